@@ -1,0 +1,91 @@
+"""Training methods: one small dataclass each, registered by name.
+
+A method turns a batch into gradients on the model's float parameters. The default `backward`
+calls `loss(ctx, x, y).backward()`; methods that need several forward passes (RandBET, AWP)
+override `backward`. Dataclass fields become CLI options of `robustlab train` (`--field-name`);
+`metadata={"help": ...}` documents them. Per-run state that must survive `--resume` goes through
+`state_dict` / `load_state_dict` (JSON-able values only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from robustlab.errors import UserError
+
+if TYPE_CHECKING:
+    from robustlab.train.trainer import TrainContext
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under `cls.name`."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass
+class Method:
+    """Plain training: cross-entropy on clean inputs (with the context's label smoothing)."""
+
+    name: ClassVar[str] = "normal"
+
+    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scalar loss and the clean logits (used for the running accuracy)."""
+        logits = ctx.forward(x)
+        return ctx.criterion(logits, y), logits
+
+    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate gradients into the model's parameters; return (loss, clean logits), detached."""
+        loss, logits = self.loss(ctx, x, y)
+        loss.backward()
+        return loss.detach(), logits.detach()
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+register(Method)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against a probability target (rows summing to 1)."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def discover() -> dict[str, type[Method]]:
+    """Import every module of `robustlab.train` so their `@register` calls run."""
+    import robustlab.train as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"robustlab.train.{info.name}")
+    return METHODS
+
+
+def create(name: str, **options: Any) -> Method:
+    """Build a registered method; unknown names or options are user errors."""
+    methods = discover()
+    if name not in methods:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(methods))}")
+    cls = methods[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(options) - fields)
+    if bad:
+        raise UserError(f"method {name!r} takes no option {bad[0]!r}; it takes "
+                        f"{', '.join(sorted(fields)) or 'no options'}")
+    return cls(**options)

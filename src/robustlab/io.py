@@ -49,8 +49,8 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_jsonable, allow_nan=True)
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(obj, indent=indent, default=_jsonable, allow_nan=True)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

@@ -1,0 +1,209 @@
+"""Model registry: mlp, lenet, convnet (the fast default for 28×28), resnet20, wrn.
+
+Every built-in model clamps its input to [0, 1] and takes `norm="none"|"bn"|"gn"`. Norm layers
+have their scale parameterized as 1 + γ (γ stored in `.weight`, initialised to 0) so that weight
+clipping of γ does not cap the scale. Any user `nn.Module` mapping images to logits works with the
+rest of the library; the registry only adds convenience and rebuildable checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from robustlab.errors import UserError
+
+NORMS = ("none", "bn", "gn")
+
+
+class Norm2d(nn.Module):
+    """BatchNorm or GroupNorm without affine, followed by the reparameterized affine (1+γ)·x + β."""
+
+    def __init__(self, channels: int, kind: str, groups: int = 8):
+        super().__init__()
+        if kind == "bn":
+            self.norm: nn.Module = nn.BatchNorm2d(channels, affine=False)
+        elif kind == "gn":
+            self.norm = nn.GroupNorm(min(groups, channels), channels, affine=False)
+        else:
+            raise UserError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * (1 + self.weight).view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def norm_layer(channels: int, norm: str) -> nn.Module:
+    if norm == "none":
+        return nn.Identity()
+    return Norm2d(channels, norm)
+
+
+class Classifier(nn.Module):
+    """Clamp to [0, 1], then the body."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.clamp(0, 1))
+
+
+def _conv_block(cin: int, cout: int, norm: str) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), norm_layer(cout, norm),
+            nn.ReLU(inplace=True)]
+
+
+def _flat_features(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        was = features.training
+        features.eval()
+        n = features(torch.zeros(1, *in_shape)).numel()
+        features.train(was)
+    return n
+
+
+def mlp(in_shape: tuple[int, int, int], num_classes: int, *, hidden: tuple[int, ...] = (256, 256),
+        norm: str = "none") -> nn.Module:
+    """Fully connected ReLU network (`norm` is ignored: no norm layers)."""
+    d = in_shape[0] * in_shape[1] * in_shape[2]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU(inplace=True)]
+        d = h
+    layers.append(nn.Linear(d, num_classes))
+    return Classifier(nn.Sequential(*layers))
+
+
+def lenet(in_shape: tuple[int, int, int], num_classes: int, *, norm: str = "none") -> nn.Module:
+    """LeNet-5 style: two 5×5 convolutions with pooling, three linear layers."""
+    c = in_shape[0]
+    features = nn.Sequential(
+        nn.Conv2d(c, 6, 5, padding=2), norm_layer(6, norm), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), norm_layer(16, norm), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Flatten())
+    d = _flat_features(features, in_shape)
+    return Classifier(nn.Sequential(features, nn.Linear(d, 120), nn.ReLU(inplace=True),
+                                    nn.Linear(120, 84), nn.ReLU(inplace=True),
+                                    nn.Linear(84, num_classes)))
+
+
+def convnet(in_shape: tuple[int, int, int], num_classes: int, *, width: int = 32,
+            norm: str = "bn", hidden: int = 128) -> nn.Module:
+    """Small fast CNN: 2×(conv-conv-pool) with `width`, 2·`width` channels, then two linear layers."""
+    c, w = in_shape[0], width
+    features = nn.Sequential(
+        *_conv_block(c, w, norm), *_conv_block(w, w, norm), nn.MaxPool2d(2),
+        *_conv_block(w, 2 * w, norm), *_conv_block(2 * w, 2 * w, norm), nn.MaxPool2d(2),
+        nn.Flatten())
+    d = _flat_features(features, in_shape)
+    return Classifier(nn.Sequential(features, nn.Linear(d, hidden), nn.ReLU(inplace=True),
+                                    nn.Linear(hidden, num_classes)))
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation residual block (norm-ReLU-conv twice) with a 1×1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str):
+        super().__init__()
+        self.n1, self.c1 = norm_layer(cin, norm), nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none")
+        self.n2, self.c2 = norm_layer(cout, norm), nn.Conv2d(cout, cout, 3, 1, 1, bias=norm == "none")
+        self.relu = nn.ReLU()
+        self.short = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                      if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.relu(self.n1(x))
+        s = self.short(o) if self.short is not None else x
+        o = self.c1(o)
+        o = self.c2(self.relu(self.n2(o)))
+        return o + s
+
+
+def _resnet(in_shape: tuple[int, int, int], num_classes: int, blocks: int, widths: list[int],
+            norm: str) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=norm == "none")]
+    cin = widths[0]
+    for stage, w in enumerate(widths[1:]):
+        for b in range(blocks):
+            layers.append(BasicBlock(cin, w, 2 if stage > 0 and b == 0 else 1, norm))
+            cin = w
+    layers += [norm_layer(cin, norm), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(cin, num_classes)]
+    return Classifier(nn.Sequential(*layers))
+
+
+def resnet20(in_shape: tuple[int, int, int], num_classes: int, *, width: int = 16,
+             norm: str = "bn") -> nn.Module:
+    """ResNet-20 (3 stages × 3 blocks) with `width`, 2·`width`, 4·`width` channels."""
+    return _resnet(in_shape, num_classes, 3, [width, width, 2 * width, 4 * width], norm)
+
+
+def wrn(in_shape: tuple[int, int, int], num_classes: int, *, depth: int = 16, widen: int = 4,
+        norm: str = "bn") -> nn.Module:
+    """Wide ResNet WRN-depth-widen (depth = 6n + 4)."""
+    if (depth - 4) % 6:
+        raise UserError(f"wrn depth {depth} must be 6n+4 (e.g. 16, 22, 28)")
+    n = (depth - 4) // 6
+    return _resnet(in_shape, num_classes, n, [16, 16 * widen, 32 * widen, 64 * widen], norm)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "lenet": lenet, "convnet": convnet, "resnet20": resnet20, "wrn": wrn}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def create(name: str, *, dataset=None, in_shape: tuple[int, int, int] | None = None,
+           num_classes: int | None = None, seed: int | None = 0, **kwargs) -> nn.Module:
+    """Build a registered model for `dataset` (or an explicit `in_shape` and `num_classes`).
+
+    Initial weights come from `seed` (the global RNG is left untouched); `seed=None` draws from it.
+    The returned module carries `robustlab_spec` = {"name", "kwargs"} so checkpoints can rebuild it.
+    """
+    if name not in REGISTRY:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(names())}")
+    if dataset is not None:
+        in_shape = in_shape or tuple(dataset.shape)
+        num_classes = num_classes or dataset.num_classes
+    if in_shape is None or num_classes is None:
+        raise UserError("create() needs a dataset or both in_shape and num_classes")
+    norm = kwargs.get("norm")
+    if norm is not None and norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = REGISTRY[name](tuple(in_shape), int(num_classes), **kwargs)
+    except TypeError as e:
+        raise UserError(f"model {name!r}: {e}") from None
+    model.robustlab_spec = {"name": name, "kwargs": {"in_shape": list(in_shape),
+                                                     "num_classes": int(num_classes), **kwargs}}
+    return model
+
+
+def forward_with(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run `model` on `x` with some parameters replaced (a partial dict is fine)."""
+    return functional_call(model, params, (x,))
+
+
+def perturbable_names(model: nn.Module) -> list[str]:
+    """Names of conv/linear weights and biases: what weight perturbations act on (no norm params)."""
+    out = []
+    for mname, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.Conv1d, nn.Conv3d)):
+            for pname, _ in mod.named_parameters(recurse=False):
+                out.append(f"{mname}.{pname}" if mname else pname)
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

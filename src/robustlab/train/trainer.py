@@ -1,0 +1,254 @@
+"""The training loop: optimizers, schedules, clipping, quantization-aware forward, checkpoints, resume.
+
+Randomness: the model is initialised from the run seed, and every epoch draws its data order and
+all method randomness (attack starts, bit error patterns) from a generator seeded by
+(seed, epoch). Together with a learning rate that is a pure function of the step, this makes a
+run resumed from any epoch checkpoint end with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from robustlab import checkpoint
+from robustlab.data import Dataset
+from robustlab.device import autocast, resolve_device
+from robustlab.errors import UserError
+from robustlab.io import atomic_write_text, dumps
+from robustlab.models import forward_with
+from robustlab.train.methods import Method
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "exponential")
+EpochHook = Callable[["TrainContext"], dict[str, float]]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a training run besides model, data and method."""
+
+    epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    step_size: int = 10          # step: decay every step_size epochs
+    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training (or epochs if ≥ 1)
+    gamma: float = 0.1           # step/multistep factor; exponential: per-epoch factor
+    seed: int = 0
+    label_smoothing: float = 0.0
+    clip: float | None = None    # clamp every parameter to [-clip, clip] after each step
+    channels_last: bool = False
+    bf16: bool = False
+
+    def validate(self) -> None:
+        checks = [("epochs", self.epochs >= 1, "≥ 1"), ("lr", self.lr > 0, "> 0"),
+                  ("batch_size", self.batch_size >= 1, "≥ 1"),
+                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("weight_decay", self.weight_decay >= 0, "≥ 0"),
+                  ("gamma", self.gamma > 0, "> 0"),
+                  ("step_size", self.step_size >= 1, "≥ 1"),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                  ("clip", self.clip is None or self.clip > 0, "> 0")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise UserError(f"{name.replace('_', '-')} = {getattr(self, name)} is invalid; "
+                                f"it must be {allowed}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+    def lr_at(self, t: float) -> float:
+        """Learning rate at fractional epoch t ∈ [0, epochs)."""
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1 + math.cos(math.pi * t / self.epochs))
+        if self.schedule == "step":
+            return self.lr * self.gamma ** int(t // self.step_size)
+        if self.schedule == "exponential":
+            return self.lr * self.gamma ** t
+        passed = sum(t >= (m * self.epochs if m < 1 else m) for m in self.milestones)
+        return self.lr * self.gamma ** passed
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class TrainContext:
+    """What a training method sees: the model, the forward pass, the criterion and the randomness."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device,
+                 num_classes: int, quant: Any = None):
+        self.model, self.config, self.device = model, config, device
+        self.num_classes, self.quant = num_classes, quant
+        self.epoch, self.step = 0, 0
+        self.generator = epoch_generator(config.seed, 0)
+        self.last_epoch: dict[str, float] = {}
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits at `params` (default: the model's own), quantized with a straight-through gradient
+        when the run is quantization-aware."""
+        if self.config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.config.bf16):
+            if params is None and self.quant is None:
+                out = self.model(x)
+            else:
+                p = self.params() if params is None else params
+                if self.quant is not None:
+                    p = self.quant.fake_quantize(p)
+                out = forward_with(self.model, p, x)
+        return out.float()
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Model in eval mode inside (e.g. while attacks run), previous mode restored after."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was)
+
+
+def _optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
+                           weight_decay=c.weight_decay)
+
+
+@torch.no_grad()
+def _clip(model: nn.Module, w_max: float) -> None:
+    for p in model.parameters():
+        p.clamp_(-w_max, w_max)
+
+
+@torch.no_grad()
+def evaluate_loss_err(ctx: TrainContext, ds: Dataset, batch_size: int = 512) -> tuple[float, float]:
+    """Mean clean loss and error of the (quantized, if QAT) model on `ds`."""
+    loss = err = 0.0
+    with ctx.eval_mode():
+        for x, y in ds.batches(batch_size, device=ctx.device):
+            logits = ctx.forward(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            err += (logits.argmax(1) != y).sum().item()
+    return loss / len(ds), err / len(ds)
+
+
+def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
+        config: TrainConfig | None = None, val: Dataset | None = None, quant: Any = None,
+        out: str | Path | None = None, resume: bool = False, device: str | torch.device = "auto",
+        meta: dict[str, Any] | None = None, epoch_hooks: list[EpochHook] | None = None,
+        select_best: str | None = None, progress: bool | None = None,
+        **overrides: Any) -> list[dict[str, Any]]:
+    """Train `model` on `train` with `method` (default: plain cross-entropy); returns per-epoch metrics.
+
+    `config` fields can also be given as keyword overrides (`epochs=5, lr=0.1`). With `out`, every
+    epoch writes `metrics.jsonl` and an atomic checkpoint; `resume=True` continues from it.
+    `epoch_hooks` return extra metrics per epoch (e.g. robust validation error); `select_best`
+    names a metric to minimise, and the best epoch's weights are kept as `model_best.safetensors`.
+    """
+    method = method or Method()
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config.validate()
+    dev = resolve_device(device)
+    model.to(dev)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ctx = TrainContext(model, config, dev, train.num_classes, quant)
+    opt = _optimizer(model, config)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    run = Path(out) if out is not None else None
+    meta = dict(meta or {})
+    meta.update(train_config=_jsonable_config(config), method=method.config(), seed=config.seed,
+                quant=quant.to_dict() if quant is not None else None)
+    if run is not None and resume and checkpoint.has_state(run):
+        start_epoch, history, method_state = checkpoint.load_state(run, model, opt, dev)
+        method.load_state_dict(method_state)
+        if history:
+            ctx.last_epoch = history[-1]
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    best = min((h[select_best] for h in history if select_best in h), default=math.inf)
+    for epoch in range(start_epoch, config.epochs):
+        ctx.epoch, ctx.generator = epoch, epoch_generator(config.seed, epoch)
+        ctx.step = epoch * steps_per_epoch
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev)
+        err_sum = torch.zeros((), device=dev)
+        seen = 0
+        bar = tqdm(train.batches(config.batch_size, shuffle=True, generator=ctx.generator, device=dev),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None if progress is None else not progress, unit="batch")
+        for i, (x, y) in enumerate(bar):
+            lr = config.lr_at(epoch + i / steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss, logits = method.backward(ctx, x, y)
+            opt.step()
+            if config.clip is not None:
+                _clip(model, config.clip)
+            loss_sum += loss * len(y)
+            err_sum += (logits.argmax(1) != y).sum()
+            seen += len(y)
+            ctx.step += 1
+            if i % 20 == 19:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                acc=f"{1 - err_sum.item() / seen:.3f}")
+        bar.close()
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
+                                   "train_err": err_sum.item() / seen,
+                                   "time_s": round(time.perf_counter() - t0, 3)}
+        if val is not None:
+            metrics["val_loss"], metrics["val_err"] = evaluate_loss_err(ctx, val)
+        for hook in epoch_hooks or []:
+            metrics.update(hook(ctx))
+        history.append(metrics)
+        ctx.last_epoch = metrics
+        if progress is not False:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                              if k not in ("epoch", "lr") and isinstance(v, float))
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
+        if run is not None:
+            if select_best is not None and metrics.get(select_best, math.inf) < best:
+                best = metrics[select_best]
+                checkpoint.save_weights(run / "model_best.safetensors", model)
+                meta["best_epoch"] = epoch + 1
+            checkpoint.save(run, model, meta)
+            checkpoint.save_state(run, epoch + 1, opt, history, method.state_dict())
+            atomic_write_text(run / "metrics.jsonl", "".join(dumps(h, indent=None) + "\n"
+                                                             for h in history))
+    return history
+
+
+def _jsonable_config(c: TrainConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(c)
+    d["milestones"] = list(d["milestones"])
+    return d

@@ -1,0 +1,20 @@
+"""Weight attacks: relative-ball perturbations (flatness, AWP) and bit attacks (spec §8).
+
+Nothing here imports `robustlab.train` or `robustlab.evaluate`.
+"""
+
+from robustlab.weights.ascent import average_case, loss_along, worst_case
+from robustlab.weights.ball import (
+    RelativeBall,
+    check_xi,
+    filter_normalized,
+    select,
+    tensor_normalized,
+)
+from robustlab.weights.objective import FunctionObjective, ModelObjective, Objective, eval_mode
+
+__all__ = [
+    "FunctionObjective", "ModelObjective", "Objective", "RelativeBall", "average_case",
+    "check_xi", "eval_mode", "filter_normalized", "loss_along", "select", "tensor_normalized",
+    "worst_case",
+]

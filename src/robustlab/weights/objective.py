@@ -1,0 +1,140 @@
+"""Objectives of a weight attack: the (robust) loss as a function of a parameter dict.
+
+An objective maps a partial parameter dict (the perturbed tensors) and an integer `seed` to the
+mean loss over a fixed evaluation set. The seed drives every random draw of the inner input attack
+(a fresh `torch.Generator` per call), so two calls with equal weights and equal seeds give
+bit-identical losses — this is what makes flatness exactly 0 at ξ = 0.
+
+An input attack is any callable `attack(model_fn, x, y, generator) -> x_adv` where
+`model_fn(x) -> logits`; `attack=None` means clean inputs (δ = 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+Attack = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor,
+                   torch.Generator], torch.Tensor]
+
+
+class Objective(Protocol):
+    """What the weight-attack engine needs: a loss value and its gradient w.r.t. `params`."""
+
+    def value(self, params: Params, seed: int) -> torch.Tensor:
+        """Mean loss (0-d tensor, detached)."""
+
+    def value_and_grad(self, params: Params, seed: int) -> tuple[torch.Tensor, Params]:
+        """Mean loss and its gradient w.r.t. every tensor in `params`."""
+
+
+class FunctionObjective:
+    """Wrap a differentiable function `fn(params) -> scalar` (closed-form tests, toy losses)."""
+
+    def __init__(self, fn: Callable[[Params], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def value(self, params: Params, seed: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fn(params).detach()
+
+    def value_and_grad(self, params: Params, seed: int) -> tuple[torch.Tensor, Params]:
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        loss = self.fn(leaves)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return loss.detach(), {n: torch.zeros_like(p) if g is None else g
+                               for (n, p), g in zip(leaves.items(), grads)}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() inside; restores the previous train/eval flags of every submodule."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+class ModelObjective:
+    """Mean cross-entropy of `model` on (x, y), on inputs from `attack` recomputed for the given
+    weights (robust loss), or on clean inputs when `attack` is None. Evaluated in eval mode;
+    norm-layer parameters and buffers are never touched."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 attack: Attack | None = None, *, batch_size: int = 256) -> None:
+        self.model, self.x, self.y, self.attack = model, x, y, attack
+        self.batch_size = int(batch_size)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def model_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, params, (x,))
+        return fn
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for s in range(0, self.x.shape[0], self.batch_size):
+            yield (self.x[s:s + self.batch_size].to(self.device),
+                   self.y[s:s + self.batch_size].to(self.device))
+
+    def _inputs(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator) -> torch.Tensor:
+        if self.attack is None:
+            return x
+        return self.attack(self.model_fn(params), x, y, gen).detach()
+
+    def evaluate(self, params: Params, seed: int) -> dict[str, torch.Tensor]:
+        """Mean loss and error (on the attacked inputs) and the clean error, as 0-d tensors."""
+        params = {n: p.detach() for n, p in params.items()}
+        gen = torch.Generator().manual_seed(int(seed))
+        fn = self.model_fn(params)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong_clean = torch.zeros((), dtype=torch.float64, device=self.device)
+        with eval_mode(self.model):
+            for x, y in self._batches():
+                xa = self._inputs(params, x, y, gen)
+                with torch.no_grad():
+                    logits = fn(xa)
+                    loss += F.cross_entropy(logits, y, reduction="sum").double()
+                    wrong += (logits.argmax(1) != y).sum()
+                    if self.attack is not None:
+                        wrong_clean += (fn(x).argmax(1) != y).sum()
+        n = max(self.x.shape[0], 1)
+        if self.attack is None:
+            wrong_clean = wrong
+        return {"loss": (loss / n).float(), "err": (wrong / n).float(),
+                "clean_err": (wrong_clean / n).float()}
+
+    def value(self, params: Params, seed: int) -> torch.Tensor:
+        return self.evaluate(params, seed)["loss"]
+
+    def value_and_grad(self, params: Params, seed: int) -> tuple[torch.Tensor, Params]:
+        detached = {n: p.detach() for n, p in params.items()}
+        names = list(params)
+        gen = torch.Generator().manual_seed(int(seed))
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        grads = {n: torch.zeros_like(p) for n, p in detached.items()}
+        n_total = max(self.x.shape[0], 1)
+        with eval_mode(self.model):
+            for x, y in self._batches():
+                xa = self._inputs(detached, x, y, gen)
+                leaves = {n: p.clone().requires_grad_(True) for n, p in detached.items()}
+                out = functional_call(self.model, leaves, (xa,))
+                batch_loss = F.cross_entropy(out, y, reduction="sum") / n_total
+                gs = torch.autograd.grad(batch_loss, [leaves[n] for n in names],
+                                         allow_unused=True)
+                for n, g in zip(names, gs):
+                    if g is not None:
+                        grads[n] += g
+                loss += batch_loss.detach().double()
+        return loss.float(), grads

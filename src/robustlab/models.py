@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -34,7 +35,11 @@ class Norm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) * (1 + self.weight).view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        n = self.norm
+        if isinstance(n, nn.BatchNorm2d):  # one fused op with the scale 1+γ
+            return F.batch_norm(x, n.running_mean, n.running_var, 1 + self.weight, self.bias,
+                                self.training, n.momentum, n.eps)
+        return F.group_norm(x, n.num_groups, 1 + self.weight, self.bias, n.eps)
 
 
 def norm_layer(channels: int, norm: str) -> nn.Module:

@@ -1,0 +1,44 @@
+"""`robustlab info RUN`: what a run directory holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a run directory",
+                       description="Print a run's model.json (architecture, data, method, seed, "
+                       "versions), its last training metrics and the results it holds.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--json", action="store_true", help="print model.json as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustlab.checkpoint import read_meta
+
+    meta = read_meta(args.run)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    run_dir = Path(args.run)
+    print(f"run           {run_dir}")
+    print(f"architecture  {meta.get('architecture')} {json.dumps(meta.get('kwargs', {}))}")
+    print(f"parameters    {meta.get('parameters')}")
+    print(f"data          {json.dumps(meta.get('data'))}")
+    print(f"method        {json.dumps(meta.get('method'))}")
+    print(f"quantization  {json.dumps(meta.get('quant'))}")
+    print(f"seed          {meta.get('seed')}")
+    print(f"versions      {json.dumps(meta.get('versions'))}")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines()
+        if lines:
+            print(f"epochs        {len(lines)}; last: {lines[-1]}")
+    results = sorted((run_dir / "results").glob("*.json"))
+    if results:
+        print(f"results       {', '.join(p.stem for p in results)}")
+    return 0

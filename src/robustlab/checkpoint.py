@@ -47,8 +47,9 @@ def save(run: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) 
 
 def _check_not_pickle(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(4)
-    if any(head.startswith(m) for m in _PICKLE_MAGIC):
+        head = f.read(9)
+    safetensors_header = len(head) == 9 and head[8:9] == b"{"  # u64 header length, then JSON
+    if not safetensors_header and any(head.startswith(m) for m in _PICKLE_MAGIC):
         raise UserError(f"{path} is a pickle/torch.save file; robustlab only loads safetensors "
                         "checkpoints (pickles can run arbitrary code)")
 

@@ -1,17 +1,32 @@
 """Datasets as in-memory tensors: N×C×H×W float32 in [0, 1] and int64 labels.
 
-`load(name)` returns `(train, test)`. Registered names: fashion-mnist, mnist, cifar10, svhn,
-digits (scikit-learn, always available), synthetic (seeded, tiny), or a path to a `.npz` file.
+`load(name)` returns `(train, test)`. Registered names: fashion-mnist, mnist, cifar10, svhn (files,
+searched for and checksummed by `robustlab.data_files`), digits (scikit-learn, always available),
+synthetic (seeded, tiny), or a path: a `.npz` file (`x`, `y`, optional `x_test`, `y_test`) or a
+folder holding one of the file layouts. `load_default()` is fashion-mnist when it is installed and
+otherwise digits upsampled to 28×28.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from robustlab import data_files as files
+from robustlab.data_files import ChecksumError, DatasetNotFound, search_dirs
 from robustlab.errors import UserError
+
+__all__ = ["ChecksumError", "Dataset", "DatasetNotFound", "LOADERS", "cifar10", "digits",
+           "fashion_mnist", "info", "load", "load_default", "load_folder", "load_npz",
+           "load_splits", "mnist", "names", "search_dirs", "split", "svhn", "synthetic"]
+
+log = logging.getLogger("robustlab.data")
 
 
 @dataclass
@@ -102,20 +117,242 @@ def digits(*, size: int = 8, test_fraction: float = 0.2) -> tuple[Dataset, Datas
     return train, test
 
 
+def _float_images(x: np.ndarray) -> torch.Tensor:
+    """uint8 N×C×H×W → float32 in [0, 1] (one copy, exact division by 255)."""
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    out /= 255.0
+    return torch.from_numpy(out)
+
+
+def _make(name: str, x: np.ndarray | torch.Tensor, y: np.ndarray, classes: list[str],
+          source: str, num_classes: int | None = None) -> Dataset:
+    xt = x if isinstance(x, torch.Tensor) else _float_images(x)
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    k = num_classes or len(classes) or (int(yt.max()) + 1 if len(yt) else 0)
+    if len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= k):
+        raise UserError(f"{source}: labels must be in 0..{k - 1}, found "
+                        f"{int(yt.min())}..{int(yt.max())}")
+    return Dataset(name, xt, yt, k, list(classes), source)
+
+
+def _from_arrays(name: str, a: files.Arrays, source: str) -> tuple[Dataset, Dataset]:
+    k = len(a.classes) or int(max(a.y_train.max(initial=-1), a.y_test.max(initial=-1))) + 1
+    return (_make(name, a.x_train, a.y_train, a.classes, source, k),
+            _make(name, a.x_test, a.y_test, a.classes, source, k))
+
+
+def _file_dataset(name: str, data_dir: str | Path | None, verify: bool,
+                  download: bool) -> tuple[Dataset, Dataset]:
+    arrays, loc = files.read_dataset(name, data_dir, verify=verify, download=download)
+    return _from_arrays(name, arrays, str(loc.archive or loc.root))
+
+
+def fashion_mnist(data_dir: str | Path | None = None, *, verify: bool = True,
+                  download: bool = False) -> tuple[Dataset, Dataset]:
+    """Fashion-MNIST (60000 + 10000 gray 28×28) from IDX files, gzipped or not."""
+    return _file_dataset("fashion-mnist", data_dir, verify, download)
+
+
+def mnist(data_dir: str | Path | None = None, *, verify: bool = True,
+          download: bool = False) -> tuple[Dataset, Dataset]:
+    """MNIST (60000 + 10000 gray 28×28) from IDX files, gzipped or not."""
+    return _file_dataset("mnist", data_dir, verify, download)
+
+
+def cifar10(data_dir: str | Path | None = None, *, verify: bool = True,
+            download: bool = False) -> tuple[Dataset, Dataset]:
+    """CIFAR-10 (50000 + 10000 color 32×32) from the python batches or their tar.gz archive."""
+    return _file_dataset("cifar10", data_dir, verify, download)
+
+
+def svhn(data_dir: str | Path | None = None, *, verify: bool = True,
+         download: bool = False) -> tuple[Dataset, Dataset]:
+    """SVHN cropped digits (73257 + 26032 color 32×32) from train/test_32x32.mat; label 10 → 0."""
+    return _file_dataset("svhn", data_dir, verify, download)
+
+
+def load_npz(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0
+             ) -> tuple[Dataset, Dataset]:
+    """A user `.npz`: `x`, `y`, optional `x_test`, `y_test`, `classes` (strings), `num_classes`.
+
+    Images may be N×C×H×W, N×H×W×C or N×H×W, uint8 (0..255) or float in [0, 1]. Without
+    `x_test` a seeded `test_fraction` of the examples becomes the test set (`split`).
+    """
+    path = Path(path).expanduser()
+    z = files.read_npz(path)
+    src = str(path)
+    if "x" not in z or "y" not in z:
+        raise UserError(f"{src}: an npz dataset needs arrays 'x' and 'y' (found "
+                        f"{', '.join(sorted(z)) or 'none'})")
+    if ("x_test" in z) != ("y_test" in z):
+        raise UserError(f"{src}: give both 'x_test' and 'y_test', or neither")
+    x = files.images_from_array(z["x"], f"{src}:x")
+    y = files.labels_from_array(z["y"], len(x), f"{src}:y")
+    classes = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else []
+    k = int(z["num_classes"]) if "num_classes" in z else len(classes) or None
+    name = path.stem
+    if "x_test" in z:
+        xt = files.images_from_array(z["x_test"], f"{src}:x_test")
+        yt = files.labels_from_array(z["y_test"], len(xt), f"{src}:y_test")
+        if xt.shape[1:] != x.shape[1:]:
+            raise UserError(f"{src}: x_test images are {xt.shape[1:]}, x images {x.shape[1:]}")
+        k = k or int(max(y.max(initial=-1), yt.max(initial=-1))) + 1
+        return (_make(name, torch.from_numpy(x), y, classes, src, k),
+                _make(name, torch.from_numpy(xt), yt, classes, src, k))
+    full = _make(name, torch.from_numpy(x), y, classes, src, k)
+    train, test = split(full, test_fraction, seed)
+    test.name = name
+    return train, test
+
+
+def load_folder(path: str | Path, *, verify: bool = True) -> tuple[Dataset, Dataset]:
+    """A folder holding IDX files, CIFAR batches (or archive) or SVHN .mat files.
+
+    A folder named like a registered dataset (e.g. `.../fashion-mnist`) is read as that dataset,
+    with its class names and checksums; any other folder by its layout, unverified.
+    """
+    path = Path(path).expanduser()
+    key = canonical(path.name)
+    spec = files.FILE_DATASETS.get(key)
+    if spec is not None:
+        loc = files.FORMATS[spec.format].locate(path)
+        if loc is not None:
+            arrays = files.FORMATS[spec.format].read(loc, spec, verify)
+            return _from_arrays(key, arrays, str(loc.archive or loc.root))
+    found = files.detect(path)
+    if found is None:
+        raise UserError(f"{path}: no dataset files found (expected IDX files such as "
+                        f"train-images-idx3-ubyte[.gz], CIFAR-10 python batches or "
+                        f"cifar-10-python.tar.gz, or SVHN train_32x32.mat/test_32x32.mat)")
+    kind, loc = found
+    arrays = files.FORMATS[kind].read(loc, None, verify=False)
+    return _from_arrays(path.name, arrays, str(loc.archive or loc.root))
+
+
 Loader = Callable[..., tuple[Dataset, Dataset]]
-LOADERS: dict[str, Loader] = {"synthetic": synthetic, "digits": digits}
+LOADERS: dict[str, Loader] = {"synthetic": synthetic, "digits": digits,
+                              "fashion-mnist": fashion_mnist, "mnist": mnist,
+                              "cifar10": cifar10, "svhn": svhn}
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "fmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def canonical(name: str) -> str:
+    """Registry key for a dataset name (case-insensitive; a few common spellings)."""
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
 
 
 def names() -> list[str]:
     return sorted(LOADERS)
 
 
-def load(name: str, **kwargs) -> tuple[Dataset, Dataset]:
-    """Load a registered dataset by name, or a user `.npz` file by path → (train, test)."""
-    if name in LOADERS:
-        return LOADERS[name](**kwargs)
-    if name.endswith(".npz"):
-        from robustlab.data_files import load_npz  # noqa: PLC0415
+def load(name: str, data_dir: str | Path | None = None, **kwargs: Any
+         ) -> tuple[Dataset, Dataset]:
+    """Load a registered dataset, a `.npz` file or a dataset folder → (train, test).
 
-        return load_npz(name)
-    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(names())} or a .npz path")
+    File datasets (fashion-mnist, mnist, cifar10, svhn) are searched for in `data_dir`,
+    `$ROBUSTLAB_DATA`, `~/.cache/robustlab/<name>`, `/usr/share/datasets/<name>` and checked
+    against published checksums (`verify=False` skips that; `download=True` fetches missing
+    files where the network allows). Other keyword arguments go to the loader.
+    """
+    key = canonical(name)
+    if key in LOADERS:
+        if key in files.FILE_DATASETS:
+            return LOADERS[key](data_dir, **kwargs)
+        return LOADERS[key](**kwargs)
+    path = Path(name).expanduser()
+    if name.endswith(".npz"):
+        return load_npz(path, **kwargs)
+    if path.is_dir():
+        return load_folder(path, **kwargs)
+    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(names())}, a .npz "
+                    f"file or a folder of dataset files")
+
+
+def load_splits(name: str, val_fraction: float = 0.1, seed: int = 0,
+                data_dir: str | Path | None = None, **kwargs: Any
+                ) -> tuple[Dataset, Dataset, Dataset]:
+    """(train, val, test): `load` then a seeded `split` of `val_fraction` of the training set."""
+    train, test = load(name, data_dir, **kwargs)
+    train, val = split(train, val_fraction, seed)
+    return train, val, test
+
+
+def load_default(prefer: str = "fashion-mnist", data_dir: str | Path | None = None, *,
+                 verify: bool = True) -> tuple[Dataset, Dataset]:
+    """`prefer` when its files are found, else scikit-learn digits upsampled to 28×28 (32×32
+    when `prefer` is a 32×32 dataset), with a logged warning saying so."""
+    key = canonical(prefer)
+    if key not in files.FILE_DATASETS:
+        return load(prefer, data_dir)
+    try:
+        return load(key, data_dir, verify=verify)
+    except DatasetNotFound:
+        size = 32 if key in ("cifar10", "svhn") else 28
+        log.warning("%s not found (%s); using scikit-learn digits upsampled to %d×%d instead",
+                    key, files.FILE_DATASETS[key].hint.split(",")[0], size, size)
+        train, test = digits(size=size)
+        for d in (train, test):
+            d.source = f"scikit-learn (fallback: {key} not found)"
+        return train, test
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def info(name: str, data_dir: str | Path | None = None, *, verify: bool = True
+         ) -> dict[str, Any]:
+    """What is known about a dataset without training on it: where it was found (or where it was
+    looked for), sizes, image shape, classes, bytes on disk and the checksum status."""
+    key = canonical(name)
+    out: dict[str, Any] = {"name": key if key in LOADERS else name}
+    try:
+        if key in files.FILE_DATASETS:
+            spec = files.FILE_DATASETS[key]
+            out["kind"] = "files"
+            loc = files.locate(key, data_dir)
+            if loc is None:
+                out.update(status="missing",
+                           searched=[str(d) for d in search_dirs(key, data_dir)],
+                           hint=spec.hint)
+                return out
+            out.update(status="found", location=str(loc.archive or loc.root),
+                       files=[str(p) for p in loc.paths()], bytes=loc.nbytes())
+            fmt = files.FORMATS[spec.format]
+            if verify:
+                a = fmt.read(loc, spec, verify=True)
+                n_train, n_test, shape = len(a.y_train), len(a.y_test), a.x_train.shape[1:]
+                out["checksums"] = a.checksums
+            else:
+                n_train, n_test, shape = fmt.sizes(loc)
+                out["checksums"] = "not checked"
+            out.update(train=int(n_train), test=int(n_test), shape=[int(s) for s in shape],
+                       num_classes=len(spec.classes))
+            return out
+        if key in LOADERS:
+            train, test = LOADERS[key]()
+            out.update(kind="built-in", status="built-in",
+                       location=train.source)
+        else:
+            train, test = load(name)
+            path = Path(name).expanduser()
+            paths = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+            out.update(kind="npz" if path.is_file() else "folder", status="found",
+                       location=str(path), bytes=sum(p.stat().st_size for p in paths),
+                       checksums="unverified")
+        out.update(train=len(train), test=len(test), shape=list(train.shape),
+                   num_classes=train.num_classes)
+    except UserError as e:
+        out.update(status="error", error=str(e))
+    return out
+
+
+def format_size(nbytes: int | None) -> str:
+    """Bytes as a short human-readable size (`30.9 MB`)."""
+    return "-" if nbytes is None else _human(int(nbytes))

@@ -68,17 +68,22 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 class ModelObjective:
     """Mean cross-entropy of `model` on (x, y), on inputs from `attack` recomputed for the given
     weights (robust loss), or on clean inputs when `attack` is None. Evaluated in eval mode;
-    norm-layer parameters and buffers are never touched."""
+    norm-layer parameters and buffers are never touched. `fixed` holds constant replacements for
+    parameters that are not perturbed (e.g. the dequantized weights of a quantized run)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 attack: Attack | None = None, *, batch_size: int = 256) -> None:
+                 attack: Attack | None = None, *, batch_size: int = 256,
+                 fixed: Params | None = None) -> None:
         self.model, self.x, self.y, self.attack = model, x, y, attack
         self.batch_size = int(batch_size)
+        self.fixed = {n: p.detach() for n, p in (fixed or {}).items()}
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def model_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
+        full = {**self.fixed, **params}
+
         def fn(x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.model, params, (x,))
+            return functional_call(self.model, full, (x,))
         return fn
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,27 +98,29 @@ class ModelObjective:
         return self.attack(self.model_fn(params), x, y, gen).detach()
 
     def evaluate(self, params: Params, seed: int) -> dict[str, torch.Tensor]:
-        """Mean loss and error (on the attacked inputs) and the clean error, as 0-d tensors."""
+        """Mean loss and error on the attacked inputs, clean error and robust error (wrong clean
+        or attacked, spec §2), as 0-d tensors."""
         params = {n: p.detach() for n, p in params.items()}
         gen = torch.Generator().manual_seed(int(seed))
         fn = self.model_fn(params)
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         wrong = torch.zeros((), dtype=torch.float64, device=self.device)
         wrong_clean = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong_any = torch.zeros((), dtype=torch.float64, device=self.device)
         with eval_mode(self.model):
             for x, y in self._batches():
                 xa = self._inputs(params, x, y, gen)
                 with torch.no_grad():
                     logits = fn(xa)
                     loss += F.cross_entropy(logits, y, reduction="sum").double()
-                    wrong += (logits.argmax(1) != y).sum()
-                    if self.attack is not None:
-                        wrong_clean += (fn(x).argmax(1) != y).sum()
+                    w_adv = logits.argmax(1) != y
+                    w_clean = (fn(x).argmax(1) != y) if self.attack is not None else w_adv
+                    wrong += w_adv.sum()
+                    wrong_clean += w_clean.sum()
+                    wrong_any += (w_adv | w_clean).sum()
         n = max(self.x.shape[0], 1)
-        if self.attack is None:
-            wrong_clean = wrong
         return {"loss": (loss / n).float(), "err": (wrong / n).float(),
-                "clean_err": (wrong_clean / n).float()}
+                "clean_err": (wrong_clean / n).float(), "robust_err": (wrong_any / n).float()}
 
     def value(self, params: Params, seed: int) -> torch.Tensor:
         return self.evaluate(params, seed)["loss"]
@@ -129,7 +136,7 @@ class ModelObjective:
             for x, y in self._batches():
                 xa = self._inputs(detached, x, y, gen)
                 leaves = {n: p.clone().requires_grad_(True) for n, p in detached.items()}
-                out = functional_call(self.model, leaves, (xa,))
+                out = functional_call(self.model, {**self.fixed, **leaves}, (xa,))
                 batch_loss = F.cross_entropy(out, y, reduction="sum") / n_total
                 gs = torch.autograd.grad(batch_loss, [leaves[n] for n in names],
                                          allow_unused=True)

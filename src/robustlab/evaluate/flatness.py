@@ -1,0 +1,216 @@
+"""Average- and worst-case flatness of the (robust) loss, and loss landscapes (spec §8).
+
+`flatness(model, test, kind="average", xi=0.5)` perturbs the conv/linear weights and biases in the
+relative ball B_ξ(w) and reports the increase of the robust loss (mean cross-entropy on PGD examples
+recomputed for every perturbed model) or, with `clean=True`, of the clean loss. The same attack
+settings and the same attack seed are used on both sides of each difference, so ξ = 0 gives 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.data import Dataset
+from robustlab.errors import UserError
+from robustlab.weights import (
+    ModelObjective,
+    RelativeBall,
+    average_case,
+    check_xi,
+    filter_normalized,
+    loss_along,
+    select,
+    tensor_normalized,
+    worst_case,
+)
+from robustlab.weights.objective import Attack
+
+KINDS = ("average", "worst")
+DIRECTIONS = ("random", "adversarial")
+
+
+def default_attack(shape: Sequence[int], **overrides: Any) -> tuple[Attack, dict[str, Any]]:
+    """The robust loss's inner attack: PGD-L∞ with the spec's default ε for the image size
+    (`robustlab.attacks`), returned with its settings for the result file."""
+    from robustlab.evaluate.robust_tracking import make_attack
+
+    settings = {"norm": "linf", "steps": 20, **overrides}
+    return make_attack(settings, shape)
+
+
+def _xis(xi: float | Sequence[float]) -> list[float]:
+    values = [xi] if isinstance(xi, (int, float)) else list(xi)
+    if not values:
+        raise UserError("xi: give at least one relative radius")
+    return [check_xi(v) for v in values]
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if int(value) != value or value < minimum:
+        raise UserError(f"{name}={value} must be an integer >= {minimum}")
+    return int(value)
+
+
+def _first(ds: Dataset, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(ds) if n is None else min(int(n), len(ds))
+    return ds.x[:n], ds.y[:n]
+
+
+def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: Any,
+           device: torch.device | str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    if device is not None:
+        model.to(device)
+    base = {n: p.detach() for n, p in model.named_parameters()} if params is None else \
+        {n: p.detach() for n, p in params.items()}
+    names = select(model, selection)
+    return base, names
+
+
+def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
+             xi: float | Sequence[float] = 0.5, clean: bool = False,
+             attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
+             n: int | None = 1000, samples: int = 10, steps: int = 20, restarts: int = 1,
+             step_size: float | None = None, selection: Any = "default",
+             params: dict[str, torch.Tensor] | None = None, train: Dataset | None = None,
+             seed: int = 0, batch_size: int = 256, device: torch.device | str | None = None,
+             progress: bool | None = None, return_nu: bool = False) -> dict[str, Any]:
+    """Flatness of the robust (or clean) loss at the model's weights for each ξ.
+
+    kind: "average" (mean over `samples` random ν on the sphere of B_ξ) or "worst" (projected
+    normalized ascent on ν jointly with the input attack, `steps` steps, max over `restarts`).
+    attack: `attack(model_fn, x, y, generator) -> x_adv`; default PGD-L∞ (`attack_settings`
+    override its options). `params` replaces the model's weights (e.g. dequantized ones).
+    With `train`, the same robust loss on as many training examples gives the test−train gap.
+    """
+    if kind not in KINDS:
+        raise UserError(f"unknown flatness kind {kind!r}; choose one of {', '.join(KINDS)}")
+    xis = _xis(xi)
+    samples = _check_int("samples", samples, 1)
+    steps = _check_int("steps", steps, 0)
+    restarts = _check_int("restarts", restarts, 1)
+    if n is not None:
+        _check_int("n", n, 1)
+    base, names = _setup(model, params, selection, device)
+    settings: dict[str, Any] = {"variant": "clean"}
+    if not clean:
+        if attack is None:
+            attack, settings = default_attack(test.shape, **(attack_settings or {}))
+        else:
+            settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
+        settings = {"variant": "robust", **settings}
+    inner = None if clean else attack
+    x, y = _first(test, n)
+    fixed = {k: v for k, v in base.items() if k not in names}
+    objective = ModelObjective(model, x, y, inner, batch_size=batch_size, fixed=fixed)
+    ref = objective.evaluate({k: base[k] for k in names}, seed)
+    result: dict[str, Any] = {
+        "flatness_kind": kind, "variant": "clean" if clean else "robust", "n": int(len(y)),
+        "seed": seed, "attack": settings, "parameters": names,
+        "loss": float(ref["loss"]), "err": float(ref["err"]), "clean_err": float(ref["clean_err"]),
+        "config": {"samples": samples} if kind == "average" else
+        {"steps": steps, "restarts": restarts, "step_size": step_size},
+    }
+    if not clean:
+        result["robust_err"] = float(ref["robust_err"])
+    if train is not None:
+        xt, yt = _first(train, len(y))
+        tr = ModelObjective(model, xt, yt, inner, batch_size=batch_size, fixed=fixed)
+        tr_ref = tr.evaluate({k: base[k] for k in names}, seed)
+        result["train_loss"] = float(tr_ref["loss"])
+        result["train_err"] = float(tr_ref["err"])
+        result["gap"] = result["loss"] - result["train_loss"]
+    gen = torch.Generator().manual_seed(seed)
+    per_xi, values, nus = [], [], []
+    for v in xis:
+        ball = RelativeBall(base, names, v)
+        if kind == "average":
+            r = average_case(objective, ball, samples=samples, generator=gen, seed=seed,
+                             progress=progress)
+        else:
+            r = worst_case(objective, ball, steps=steps, restarts=restarts, step_size=step_size,
+                           generator=gen, seed=seed, progress=progress)
+            nus.append(r.pop("nu"))
+        values.append(r["flatness"])
+        per_xi.append({"xi": v, **r})
+    result.update(xi=xis, flatness=values, details=per_xi)
+    if return_nu:
+        result["nu"] = nus
+    return result
+
+
+def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str = "random",
+              xi: float = 0.5, extent: float | None = None, points: int = 21,
+              attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
+              n: int | None = 1000, selection: Any = "default",
+              params: dict[str, torch.Tensor] | None = None, nu: dict[str, torch.Tensor] | None = None,
+              steps: int = 20, seed: int = 0, batch_size: int = 256,
+              device: torch.device | str | None = None,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Clean and robust loss along 1-D or 2-D directions through the weights.
+
+    Directions: "random" (filter-normalized Gaussian: coordinate α perturbs every filter by α
+    times its norm) or "adversarial" (the worst-case ν of B_ξ divided by ξ, so α = ξ is the ball's
+    boundary; a given `nu` is reused, else it is computed). In 2-D the second direction is random.
+    Coordinates run over [−extent, extent] (default 2ξ, or 0.5 when ξ = 0).
+    """
+    if dims not in (1, 2):
+        raise UserError(f"landscape dims={dims} must be 1 or 2")
+    if direction not in DIRECTIONS:
+        raise UserError(f"unknown landscape direction {direction!r}; choose one of "
+                        f"{', '.join(DIRECTIONS)}")
+    xi = check_xi(xi)
+    points = _check_int("points", points, 2)
+    extent = float(extent) if extent is not None else (2 * xi if xi > 0 else 0.5)
+    if not extent > 0:
+        raise UserError(f"landscape extent {extent} must be > 0")
+    base, names = _setup(model, params, selection, device)
+    if attack is None:
+        attack, settings = default_attack(test.shape, **(attack_settings or {}))
+    else:
+        settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
+    x, y = _first(test, n)
+    fixed = {k: v for k, v in base.items() if k not in names}
+    gen = torch.Generator().manual_seed(seed)
+    perturbed = {k: base[k] for k in names}
+    dirs: list[dict[str, torch.Tensor]] = []
+    if direction == "adversarial":
+        if nu is None:
+            if xi == 0:
+                raise UserError("an adversarial landscape direction needs xi > 0")
+            robust = ModelObjective(model, x, y, attack, batch_size=batch_size, fixed=fixed)
+            nu = worst_case(robust, RelativeBall(base, names, xi), steps=steps, generator=gen,
+                            seed=seed, progress=progress)["nu"]
+        scale = 1.0 / xi if xi > 0 else 1.0
+        dirs.append({k: nu[k] * scale for k in names})
+    else:
+        dirs.append(filter_normalized(base, names, gen))
+    if dims == 2:
+        dirs.append(filter_normalized(base, names, gen) if direction == "adversarial"
+                    else tensor_normalized(base, names, gen))
+    axis = torch.linspace(-extent, extent, points, dtype=torch.float64)
+    if dims == 1:
+        coords = axis[:, None]
+    else:
+        a, b = torch.meshgrid(axis, axis, indexing="ij")
+        coords = torch.stack([a.flatten(), b.flatten()], 1)
+    out: dict[str, Any] = {"dims": dims, "direction": direction, "xi": xi, "extent": extent,
+                           "points": points, "axis": axis.tolist(), "n": int(len(y)),
+                           "attack": settings, "seed": seed}
+    for variant, inner in (("clean", None), ("robust", attack)):
+        obj = ModelObjective(model, x, y, inner, batch_size=batch_size, fixed=fixed)
+        losses = loss_along(obj, perturbed, dirs, coords.float(), seed=seed, progress=progress)
+        out[f"{variant}_loss"] = (losses.tolist() if dims == 1
+                                  else losses.view(points, points).tolist())
+    return out
+
+
+def flatness_from_run(run: Any, **kwargs: Any) -> dict[str, Any]:
+    """`flatness` on an opened run (`robustlab.runs.open_run`): its test split, its train split for
+    the gap, and the weights it computes with (dequantized when the run is quantized)."""
+    kwargs.setdefault("train", run.train)
+    return flatness(run.model, run.test, params=run.params(), device=run.device, **kwargs)
+

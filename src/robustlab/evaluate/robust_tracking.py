@@ -1,0 +1,120 @@
+"""Robust overfitting: per-epoch robust loss and error on a held-out split, best vs last (spec §8).
+
+The trainer calls `robust_metrics` once per epoch through `epoch_hook(...)`; `best_vs_last` turns
+the per-epoch history into the numbers a report shows (the early-stopping snapshot against the
+final one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from robustlab.data import Dataset
+from robustlab.errors import UserError
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+Attack = Callable[[Model, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+DEFAULT_SETTINGS: dict[str, Any] = {"norm": "linf", "steps": 10}
+
+
+def make_attack(settings: dict[str, Any] | None, shape: Sequence[int]
+                ) -> tuple[Attack, dict[str, Any]]:
+    """An input attack `attack(model_fn, x, y, generator) -> x_adv` from PGD settings
+    (`robustlab.attacks.pgd.PGD` fields; `eps` defaults to the spec's radius for the image
+    `shape`, `dataset="mnist"` selects MNIST's larger L∞ radius), and the resolved settings."""
+    import dataclasses
+
+    from robustlab.attacks.pgd import PGD
+    from robustlab.attacks.threat import default_eps
+
+    s = {**DEFAULT_SETTINGS, **(settings or {})}
+    dataset = s.pop("dataset", None)
+    fields = {f.name for f in dataclasses.fields(PGD)}
+    bad = sorted(set(s) - fields)
+    if bad:
+        raise UserError(f"unknown attack setting {bad[0]!r}; allowed: {', '.join(sorted(fields))}")
+    if s.get("eps") is None:
+        s["eps"] = default_eps(s["norm"], tuple(shape), dataset)
+    pgd = PGD(**s)
+
+    def attack(model_fn: Model, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+        return pgd(model_fn, x, y, generator=generator).x_adv.detach()
+
+    attack.__name__ = f"pgd-{s['norm']}"
+    return attack, {"attack": "pgd", **s}
+
+
+def robust_metrics(model_fn: Model, dataset: Dataset, attack_settings: dict[str, Any] | Attack | None,
+                   generator: torch.Generator, *, batch_size: int = 256,
+                   device: torch.device | str | None = None, n: int | None = None
+                   ) -> dict[str, float]:
+    """Robust loss / error and clean loss / error of `model_fn` (x → logits, already in eval mode)
+    on the first `n` examples of `dataset` (all by default).
+
+    `attack_settings`: a dict of PGD settings (see `make_attack`; default PGD-L∞ with 10 steps
+    at the spec's ε), or an attack callable. robust_err counts an example wrong clean or attacked
+    (spec §2); robust_loss is the mean cross-entropy on the attacked inputs.
+    """
+    if callable(attack_settings):
+        attack = attack_settings
+    else:
+        attack, _ = make_attack(attack_settings, dataset.shape)
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size} must be >= 1")
+    ds = dataset if n is None else dataset.subset(slice(0, int(n)))
+    if len(ds) == 0:
+        raise UserError("robust tracking needs a non-empty held-out split")
+    sums = None
+    for x, y in ds.batches(batch_size, device=device):
+        xa = attack(model_fn, x, y, generator)
+        with torch.no_grad():
+            lc, la = model_fn(x).float(), model_fn(xa).float()
+            wc, wa = lc.argmax(1) != y, la.argmax(1) != y
+            part = torch.stack([F.cross_entropy(la, y, reduction="sum"), (wa | wc).sum(),
+                                F.cross_entropy(lc, y, reduction="sum"), wc.sum()]).double()
+        sums = part if sums is None else sums + part
+    acc = (sums.cpu() / len(ds)).tolist()
+    return {"robust_loss": acc[0], "robust_err": acc[1], "clean_loss": acc[2], "clean_err": acc[3]}
+
+
+def epoch_hook(dataset: Dataset, attack_settings: dict[str, Any] | Attack | None = None, *,
+               seed: int = 0, prefix: str = "val_", n: int | None = None,
+               batch_size: int = 256) -> Callable[[Any], dict[str, float]]:
+    """A trainer epoch hook: `robust_metrics` of the training model (in eval mode, through
+    `ctx.forward`, i.e. quantized when the run is) with a generator reseeded to `seed` every epoch,
+    so epochs are compared on identical attack randomness. Keys get `prefix`."""
+    if not callable(attack_settings):
+        attack, _ = make_attack(attack_settings, dataset.shape)
+    else:
+        attack = attack_settings
+
+    def hook(ctx: Any) -> dict[str, float]:
+        with ctx.eval_mode():
+            m = robust_metrics(ctx.forward, dataset, attack, torch.Generator().manual_seed(seed),
+                               batch_size=batch_size, device=ctx.device, n=n)
+        return {f"{prefix}{k}": v for k, v in m.items()}
+
+    return hook
+
+
+def best_vs_last(history: Sequence[dict[str, Any]], key: str = "val_robust_err"
+                 ) -> dict[str, Any]:
+    """The epoch minimizing `key` (first one on ties) against the last epoch: both metric rows,
+    and the robust-overfitting amount last − best for every numeric metric they share."""
+    rows = [h for h in history if isinstance(h.get(key), (int, float)) and not math.isnan(h[key])]
+    if not rows:
+        raise UserError(f"no epoch in the history records {key!r}; train with robust tracking")
+    best = min(rows, key=lambda h: h[key])
+    last = rows[-1]
+    shared = [k for k in best if k in last and isinstance(best[k], (int, float))
+              and isinstance(last[k], (int, float)) and k not in ("epoch",)]
+    return {"key": key, "best_epoch": best.get("epoch"), "last_epoch": last.get("epoch"),
+            "best": dict(best), "last": dict(last),
+            "overfitting": {k: last[k] - best[k] for k in shared}}

@@ -22,14 +22,16 @@ VAL_SPLIT_SEED = 0  # fixed, so every run of a dataset holds out the same valida
 
 
 def data_spec(name: str, *, data_dir: str | None = None, subset: int | None = None,
-              val_fraction: float = 0.0) -> dict[str, Any]:
-    return {"name": name, "data_dir": data_dir, "subset": subset, "val_fraction": val_fraction}
+              val_fraction: float = 0.0, **options: Any) -> dict[str, Any]:
+    """How a run's data is made: `options` go to the loader (e.g. digits' `size=28`)."""
+    return {"name": name, "data_dir": data_dir, "subset": subset, "val_fraction": val_fraction,
+            "options": options}
 
 
 def load_data(spec: dict[str, Any], data_dir: str | None = None
               ) -> tuple[data.Dataset, data.Dataset | None, data.Dataset]:
     """(train, val or None, test) as described by a run's `data` entry."""
-    kwargs = {}
+    kwargs = dict(spec.get("options") or {})
     if data_dir or spec.get("data_dir"):
         kwargs["data_dir"] = data_dir or spec.get("data_dir")
     train, test = data.load(spec["name"], **kwargs)

@@ -1,0 +1,97 @@
+"""Trainer overhead: images/s of `robustlab.train.fit` vs a minimal hand-written PyTorch loop.
+
+Same model (convnet, width 32, BN), same data (Fashion-MNIST training images when present, else
+random 28×28 images), same batch size (128), SGD with momentum and weight decay, one epoch over
+`--n` images, best of `--repeats`. Also the trainer with --channels-last --bf16.
+Target: the trainer costs ≤ 5% more than the hand loop. Writes benchmarks/results/train_speed.json.
+
+    python benchmarks/train_speed.py [--n 8192] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from robustlab import data, models
+from robustlab.device import resolve_device
+from robustlab.train import fit
+
+
+def images(n: int) -> data.Dataset:
+    try:
+        train, _ = data.load("fashion-mnist")
+        return train.subset(slice(0, n))
+    except Exception:  # noqa: BLE001 - any missing data: fall back to random images
+        g = torch.Generator().manual_seed(0)
+        return data.Dataset("random", torch.rand(n, 1, 28, 28, generator=g),
+                            torch.randint(0, 10, (n,), generator=g), 10)
+
+
+def hand_loop(model, ds, device, batch_size=128) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    for i in range(0, len(ds), batch_size):
+        idx = perm[i:i + batch_size]
+        x, y = ds.x[idx].to(device), ds.y[idx].to(device)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="benchmarks/results/train_speed.json")
+    a = ap.parse_args()
+    device = resolve_device(a.device)
+    ds = images(a.n)
+
+    def new_model():
+        return models.create("convnet", dataset=ds, seed=0).to(device)
+
+    variants = {
+        "hand loop": lambda: hand_loop(new_model(), ds, device),
+        "trainer": lambda: fit(new_model(), ds, epochs=1, schedule="constant", device=device,
+                               progress=False),
+        "trainer --channels-last --bf16": lambda: fit(new_model(), ds, epochs=1, schedule="constant",
+                                                      device=device, progress=False,
+                                                      channels_last=True, bf16=True),
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    best = {name: min(timed(fn, device) for _ in range(a.repeats)) for name, fn in variants.items()}
+    rows = {name: {"seconds": t, "images_per_s": len(ds) / t} for name, t in best.items()}
+    overhead = best["trainer"] / best["hand loop"] - 1
+    print(f"device {device}, {len(ds)} images ({ds.name}), threads {torch.get_num_threads()}")
+    for name, r in rows.items():
+        print(f"  {name:<32} {r['images_per_s']:8.0f} img/s")
+    print(f"  trainer overhead vs hand loop: {100 * overhead:+.1f}% (target ≤ +5%)")
+    print(f"  speed-up of --channels-last --bf16: "
+          f"{best['trainer'] / best['trainer --channels-last --bf16']:.2f}×")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": str(device), "n": len(ds), "data": ds.name, "rows": rows,
+                               "trainer_overhead": overhead}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Input attacks: PGD for L∞/L2/L1/L0, frames, location-optimized patches, distal inputs, corruptions.
+
+Every attack is a function (and a frozen dataclass callable) over a model `x -> logits` that
+returns an `AttackResult(x_adv, logits, y, info)`; `worst_case` merges several per example.
+
+    from robustlab.attacks import pgd
+    res = pgd(model, x, y, norm="l2", eps=1.5, steps=40, generator=torch.Generator().manual_seed(0))
+    res.success, res.conf   # misclassified? confidence at x_adv
+"""
+
+from robustlab.attacks.base import (
+                                    AttackResult,
+                                    confidence,
+                                    evaluate_logits,
+                                    worst_case,
+                                    worst_case_key,
+                                    wrong_confidence,
+)
+from robustlab.attacks.corruptions import CORRUPTIONS, corrupt
+from robustlab.attacks.distal import Distal, distal
+from robustlab.attacks.frames import Frames, frame_mask, frames
+from robustlab.attacks.patches import LOCATIONS, Patch, allowed_corners, patch_attack, place
+from robustlab.attacks.pgd import INITS, OBJECTIVES, PGD, lp_norm, pgd, project, project_l0, project_l1
+from robustlab.attacks.threat import NORMS, THREATS, Threat, default_eps
+
+__all__ = [
+    "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "THREATS", "AttackResult",
+    "Distal", "Frames", "Patch", "Threat", "allowed_corners", "confidence", "corrupt",
+    "default_eps", "distal", "evaluate_logits", "frame_mask", "frames", "lp_norm", "patch_attack",
+    "pgd", "place", "project", "project_l0", "project_l1", "worst_case", "worst_case_key",
+    "wrong_confidence",
+]

@@ -1,0 +1,64 @@
+"""Distal inputs: noise images pushed towards high confidence in any class (spec §3).
+
+Start from uniform noise x₀ and maximize max_k log softmax_k within the L∞ ball of radius ε
+around x₀ (default 0.3). A model that rejects inputs below a confidence threshold τ should
+reject these; their false positive rate FPR@τ is the fraction with confidence ≥ τ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from robustlab.attacks.base import AttackResult, Model
+from robustlab.attacks.pgd import pgd
+from robustlab.attacks.threat import DISTAL_EPS
+from robustlab.errors import UserError
+
+
+def noise_images(n: int, shape: tuple[int, ...], generator: torch.Generator, *,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """n uniform noise images of shape C×H×W, drawn from `generator`."""
+    return torch.rand((n, *shape), generator=generator, device=generator.device).to(device)
+
+
+def distal(model: Model, n: int, shape: tuple[int, ...], *, eps: float = DISTAL_EPS,
+           steps: int = 40, step_size: float | None = None, init: str = "zero",
+           restarts: int = 1, momentum: float = 0.0, backtrack: bool = False,
+           early_stop: float | None = None, generator: torch.Generator | None = None,
+           device: torch.device | str = "cpu", bf16: bool = False,
+           channels_last: bool = False) -> AttackResult:
+    """`n` distal inputs of image shape `shape`; `info["x0"]` holds the noise they started from."""
+    if n < 1:
+        raise UserError(f"number of distal inputs {n} is invalid; it must be ≥ 1")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    x0 = noise_images(n, tuple(shape), generator, device=device)
+    res = pgd(model, x0, None, norm="linf", eps=eps, steps=steps, step_size=step_size,
+              objective="distal", init=init, restarts=restarts, momentum=momentum,
+              backtrack=backtrack, early_stop=early_stop, generator=generator, bf16=bf16,
+              channels_last=channels_last)
+    res.info["x0"] = x0
+    return res
+
+
+@dataclasses.dataclass(frozen=True)
+class Distal:
+    """`distal` as a stateless callable: `Distal()(model, n, shape, generator=g)`."""
+
+    eps: float = DISTAL_EPS
+    steps: int = 40
+    step_size: float | None = None
+    init: str = "zero"
+    restarts: int = 1
+    momentum: float = 0.0
+    backtrack: bool = False
+    early_stop: float | None = None
+    bf16: bool = False
+    channels_last: bool = False
+
+    def __call__(self, model: Model, n: int, shape: tuple[int, ...], *,
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> AttackResult:
+        return distal(model, n, shape, generator=generator, device=device,
+                      **dataclasses.asdict(self))

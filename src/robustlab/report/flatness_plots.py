@@ -1,0 +1,145 @@
+"""Figures from flatness results: loss landscapes and the flatness ↔ robust generalization study.
+
+Every function here is a pure function of result dicts (or result JSON paths) written by
+`robustlab flatness`; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import UserError
+from robustlab.io import atomic_write, read_json
+
+Result = dict[str, Any] | str | Path
+
+
+def _load(r: Result) -> dict[str, Any]:
+    if isinstance(r, dict):
+        return r
+    try:
+        d = read_json(r)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read flatness result {r}: {e}") from None
+    d.setdefault("source", str(r))
+    return d
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+    out = atomic_write(path, write)
+    _figure().close(fig)
+    return out
+
+
+def plot_landscape(result: dict[str, Any], path: str | Path) -> Path:
+    """Clean and robust loss along a 1-D direction (two curves) or over a 2-D plane (two
+    contour panels) from a `landscape` result."""
+    plt = _figure()
+    axis = result["axis"]
+    what = f"{result['direction']} direction" + (" (+ random)" if result["dims"] == 2 else "")
+    if result["dims"] == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(axis, result["clean_loss"], label="clean loss", color="tab:blue")
+        ax.plot(axis, result["robust_loss"], label="robust loss", color="tab:red")
+        if result["direction"] == "adversarial" and result.get("xi"):
+            for s in (-1, 1):
+                ax.axvline(s * result["xi"], color="gray", lw=0.8, ls=":")
+        ax.set_xlabel("α (relative weight perturbation)")
+        ax.set_ylabel("cross-entropy")
+        ax.set_title(f"loss landscape, {what}")
+        ax.legend()
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for ax, key in zip(axes, ("clean_loss", "robust_loss")):
+            cs = ax.contourf(axis, axis, [list(r) for r in zip(*result[key])], levels=20,
+                             cmap="viridis")
+            fig.colorbar(cs, ax=ax)
+            ax.plot([0], [0], "w+")
+            ax.set_title(key.replace("_", " "))
+            ax.set_xlabel("α₁")
+            ax.set_ylabel("α₂")
+        fig.suptitle(f"loss landscape, {what}")
+    return _save(fig, path)
+
+
+def points(results: Iterable[Result], *, xi: float | None = None) -> list[dict[str, Any]]:
+    """One point per result (run or snapshot): label, kind, ξ, flatness, robust test loss and
+    test−train robust loss gap (None when the result has no train loss). `xi` picks the entry of
+    results that hold several radii (default: each result's first)."""
+    out = []
+    for r in map(_load, results):
+        if "details" not in r or "flatness_kind" not in r:
+            raise UserError(f"{r.get('source', 'result')} is not a flatness result")
+        entry = r["details"][0]
+        if xi is not None:
+            match = [d for d in r["details"] if math.isclose(d["xi"], xi, rel_tol=1e-9)]
+            if not match:
+                continue
+            entry = match[0]
+        out.append({"label": r.get("label") or r.get("run") or r.get("source", "?"),
+                    "kind": r["flatness_kind"], "variant": r.get("variant"), "xi": entry["xi"],
+                    "flatness": entry["flatness"], "loss": r["loss"], "gap": r.get("gap")})
+    return out
+
+
+def kendall(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Kendall τ and its two-sided p-value (NaN with fewer than 3 points)."""
+    if len(xs) < 3:
+        return float("nan"), float("nan")
+    from scipy.stats import kendalltau
+
+    tau, p = kendalltau(xs, ys)
+    return float(tau), float(p)
+
+
+def correlation(results: Iterable[Result], *, xi: float | None = None) -> dict[str, Any]:
+    """Kendall τ between flatness and the robust test loss, and between flatness and the
+    test−train robust loss gap, over the given results (all of one flatness kind)."""
+    pts = points(results, xi=xi)
+    kinds = {(p["kind"], p["variant"]) for p in pts}
+    if len(kinds) > 1:
+        raise UserError(f"results mix flatness kinds {sorted(kinds)}; correlate one kind at a time")
+    f = [p["flatness"] for p in pts]
+    tau_l, p_l = kendall(f, [p["loss"] for p in pts])
+    with_gap = [p for p in pts if p["gap"] is not None]
+    tau_g, p_g = kendall([p["flatness"] for p in with_gap], [p["gap"] for p in with_gap])
+    return {"n": len(pts), "kind": pts[0]["kind"] if pts else None, "tau_loss": tau_l,
+            "p_loss": p_l, "tau_gap": tau_g, "p_gap": p_g, "points": pts}
+
+
+def plot_correlation(results: Iterable[Result], path: str | Path, *,
+                     xi: float | None = None, annotate: bool = True) -> dict[str, Any]:
+    """Two scatter panels — robust test loss vs flatness and test−train robust loss gap vs
+    flatness — titled with Kendall τ; returns the `correlation` dict."""
+    c = correlation(results, xi=xi)
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, key, name in ((axes[0], "loss", "robust test loss"),
+                          (axes[1], "gap", "test − train robust loss")):
+        pts = [p for p in c["points"] if p[key] is not None]
+        ax.scatter([p["flatness"] for p in pts], [p[key] for p in pts], s=18)
+        if annotate:
+            for p in pts:
+                ax.annotate(Path(str(p["label"])).name, (p["flatness"], p[key]), fontsize=6,
+                            alpha=0.7)
+        tau = c["tau_loss"] if key == "loss" else c["tau_gap"]
+        ax.set_title(f"{name}: Kendall τ = {tau:.2f}")
+        ax.set_xlabel(f"{c['kind'] or ''}-case flatness")
+        ax.set_ylabel(name)
+    _save(fig, path)
+    return c

@@ -164,7 +164,7 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
         config: TrainConfig | None = None, val: Dataset | None = None, quant: Any = None,
         out: str | Path | None = None, resume: bool = False, device: str | torch.device = "auto",
         meta: dict[str, Any] | None = None, epoch_hooks: list[EpochHook] | None = None,
-        select_best: str | None = None, progress: bool | None = None,
+        select_best: str | None = None, progress: bool | None = None, log: bool = True,
         **overrides: Any) -> list[dict[str, Any]]:
     """Train `model` on `train` with `method` (default: plain cross-entropy); returns per-epoch metrics.
 
@@ -172,6 +172,7 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
     epoch writes `metrics.jsonl` and an atomic checkpoint; `resume=True` continues from it.
     `epoch_hooks` return extra metrics per epoch (e.g. robust validation error); `select_best`
     names a metric to minimise, and the best epoch's weights are kept as `model_best.safetensors`.
+    `progress` shows a per-batch bar (None: when on a terminal); `log` prints a line per epoch.
     """
     method = method or Method()
     config = dataclasses.replace(config or TrainConfig(), **overrides)
@@ -232,7 +233,7 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
             metrics.update(hook(ctx))
         history.append(metrics)
         ctx.last_epoch = metrics
-        if progress is not False:
+        if log:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                               if k not in ("epoch", "lr") and isinstance(v, float))
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")

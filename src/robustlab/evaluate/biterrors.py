@@ -1,0 +1,231 @@
+"""Robustness of a quantized model to random bit errors, profiled chips and voltage scaling (spec §6).
+
+`bit_errors` quantizes the model once, predicts the clean test set once, then for each pattern
+seed builds the XOR masks of all rates at once (nested patterns) and makes one pass over the test
+set per rate at the perturbed, dequantized weights (`torch.func.functional_call`; the model's own
+parameters are never modified). Per pattern and rate:
+
+- Err  = fraction of test examples wrong with the perturbed weights;
+- RErr = fraction wrong clean (quantized, no errors) OR wrong perturbed, so RErr ≥ clean Err.
+
+Statistics over the K patterns: mean, std (sample, ddof=1; 0 when K = 1), min and max.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm import tqdm
+
+from robustlab import biterrors as be
+from robustlab.data import Dataset
+from robustlab.device import resolve_device
+from robustlab.errors import UserError
+from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
+
+# Default evaluation rates (fractions), spec §6.
+RATES_28 = [0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.10, 0.15, 0.20]
+RATES_32 = [0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.015, 0.02, 0.025]
+
+
+def default_rates(shape: Sequence[int]) -> list[float]:
+    """Default rates for an image shape C×H×W: the 32×32 set for 32×32 images, else the 28×28 set."""
+    return list(RATES_32 if tuple(shape[-2:]) == (32, 32) else RATES_28)
+
+
+def _check(patterns: int, batch_size: int, rates: Sequence[float]) -> list[float]:
+    if isinstance(patterns, bool) or int(patterns) != patterns or patterns < 1:
+        raise UserError(f"number of patterns {patterns!r} must be an integer ≥ 1")
+    if int(batch_size) < 1:
+        raise UserError(f"batch size {batch_size} must be ≥ 1")
+    rates = [be.check_rate(r) for r in rates]
+    if not rates:
+        raise UserError("no bit error rates given")
+    return rates
+
+
+def stats(values: torch.Tensor) -> dict[str, list[float]]:
+    """Per-column mean, std (ddof=1, 0 for one row), min, max of a K×R tensor, as lists."""
+    v = values.double().cpu()
+    std = v.std(0, correction=1) if v.shape[0] > 1 else torch.zeros(v.shape[1], dtype=torch.float64)
+    return {"mean": v.mean(0).tolist(), "std": std.tolist(), "min": v.min(0).values.tolist(),
+            "max": v.max(0).values.tolist()}
+
+
+class _Evaluator:
+    """A model, a test set kept on the device, and fast prediction at given parameters."""
+
+    def __init__(self, model: nn.Module, test: Dataset, batch_size: int, device: torch.device):
+        self.model, self.device = model, device
+        self.batches = [x for x, _ in test.batches(int(batch_size), device=device)]
+        self.y = test.y.to(device)
+        self.n = len(test)
+
+    @torch.inference_mode()
+    def wrong(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool vector: test examples misclassified at `params`."""
+        pred = torch.cat([functional_call(self.model, params, (x,)).argmax(1) for x in self.batches])
+        return pred != self.y
+
+    def timed_wrong(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        self._sync()
+        t0 = time.perf_counter()
+        w = self.wrong(params)
+        self._sync()
+        return w, time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _setup(model: nn.Module, device: str | torch.device | None, scheme: Scheme | None
+           ) -> tuple[torch.device, Scheme, bool]:
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        dev = p.device if p is not None else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
+    model.to(dev)
+    was_training = model.training
+    model.eval()
+    return dev, scheme or RQUANT8, was_training
+
+
+def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
+               rates: Sequence[float] | None = None, patterns: int = 50, seed0: int = 100,
+               batch_size: int = 1000, device: str | torch.device | None = None,
+               progress: bool | None = None, quantized: Quantized | None = None) -> dict[str, Any]:
+    """Err and RErr of `model` on `test` under K random bit error patterns at each rate.
+
+    Pattern k uses seed `seed0 + k`. `scheme` defaults to RQuant 8-bit; pass `quantized` to
+    evaluate given codes instead of quantizing the model's parameters. The model is moved to
+    `device` (default: where its parameters are) and evaluated in eval mode.
+    """
+    rates = _check(patterns, batch_size, default_rates(test.shape) if rates is None else rates)
+    be.check_seed(seed0)
+    be.check_seed(seed0 + patterns - 1)
+    dev, scheme, was_training = _setup(model, device, scheme)
+    try:
+        t_start = time.perf_counter()
+        ev = _Evaluator(model, test, batch_size, dev)
+        with torch.no_grad():
+            float_wrong = ev.wrong(model_params(model))
+            q = (quantized.to(dev) if quantized is not None
+                 else scheme.quantize({k: v.detach() for k, v in model_params(model).items()}))
+        clean_wrong, t_clean = ev.timed_wrong(q.dequantize())
+        K, R = int(patterns), len(rates)
+        err = torch.empty(K, R, device=dev)
+        rerr = torch.empty(K, R, device=dev)
+        t_masks = 0.0
+        bar = tqdm(total=K * R, desc="bit errors", unit="eval", leave=False,
+                   disable=None if progress is None else not progress)
+        for k in range(K):
+            ev._sync()
+            t0 = time.perf_counter()
+            m = be.masks(q, seed0 + k, rates)
+            ev._sync()
+            t_masks += time.perf_counter() - t0
+            for r in range(R):
+                wrong = ev.wrong(q.dequantize(torch.bitwise_xor(q.codes, m[r])))
+                err[k, r] = wrong.float().mean()
+                rerr[k, r] = (wrong | clean_wrong).float().mean()
+                bar.update()
+        bar.close()
+        ev._sync()
+        total = time.perf_counter() - t_start
+    finally:
+        model.train(was_training)
+    return {
+        "scheme": q.scheme.to_dict(), "rates": rates, "patterns": K, "seeds": [seed0, seed0 + K - 1],
+        "n_test": ev.n, "float_err": float(float_wrong.double().mean()),
+        "clean_err": float(clean_wrong.double().mean()),
+        "err": {**stats(err), "values": err.cpu().tolist()},
+        "rerr": {**stats(rerr), "values": rerr.cpu().tolist()},
+        "timing": {"total_s": total, "clean_forward_s": t_clean, "masks_s": t_masks,
+                   "weights": q.numel,
+                   "overhead_ratio": total / max(K * R * t_clean, 1e-12)},
+    }
+
+
+def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Scheme | None = None,
+                offsets: Sequence[int] = (0,), patterns: int = 10, seed0: int = 100,
+                batch_size: int = 1000, device: str | torch.device | None = None,
+                progress: bool | None = None) -> dict[str, Any]:
+    """Err and RErr of `model` stored on a profiled chip: per weight-layout offset, K samples.
+
+    Sample k of offset o reads the codes back through `chip.apply(q, seed0 + k, o)`.
+    """
+    _check(patterns, batch_size, [0.0])
+    offsets = [int(o) for o in offsets]
+    if not offsets or min(offsets) < 0:
+        raise UserError(f"chip offsets {offsets} must be a non-empty list of integers ≥ 0")
+    be.check_seed(seed0 + patterns - 1)
+    dev, scheme, was_training = _setup(model, device, scheme)
+    try:
+        ev = _Evaluator(model, test, batch_size, dev)
+        with torch.no_grad():
+            q = scheme.quantize({k: v.detach() for k, v in model_params(model).items()})
+        clean_wrong = ev.wrong(q.dequantize())
+        K, O = int(patterns), len(offsets)
+        err = torch.empty(K, O, device=dev)
+        rerr = torch.empty(K, O, device=dev)
+        flipped = torch.empty(K, O, device=dev)
+        bar = tqdm(total=K * O, desc="chip", unit="eval", leave=False,
+                   disable=None if progress is None else not progress)
+        for k in range(K):
+            for o, off in enumerate(offsets):
+                codes = chip.apply(q, seed0 + k, off)
+                diff = torch.bitwise_xor(codes, q.codes)
+                flipped[k, o] = _popcount(diff).sum().float() / (q.numel * q.scheme.bits)
+                wrong = ev.wrong(q.dequantize(codes))
+                err[k, o] = wrong.float().mean()
+                rerr[k, o] = (wrong | clean_wrong).float().mean()
+                bar.update()
+        bar.close()
+    finally:
+        model.train(was_training)
+    return {"chip": chip.summary(), "scheme": q.scheme.to_dict(), "offsets": offsets,
+            "patterns": K, "seeds": [seed0, seed0 + K - 1], "n_test": ev.n,
+            "clean_err": float(clean_wrong.double().mean()),
+            "bit_error_rate": stats(flipped),
+            "err": {**stats(err), "values": err.cpu().tolist()},
+            "rerr": {**stats(rerr), "values": rerr.cpu().tolist()},
+            "overall": {"err_mean": float(err.double().mean()), "rerr_mean": float(rerr.double().mean()),
+                        "rerr_max": float(rerr.max())}}
+
+
+def _popcount(codes: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of each uint8 (int64)."""
+    c = codes.to(torch.int64)
+    return sum(((c >> j) & 1) for j in range(8))
+
+
+def energy(model: nn.Module, test: Dataset, curve: be.EnergyCurve, *, tolerance: float = 0.01,
+           scheme: Scheme | None = None, patterns: int = 10, seed0: int = 100,
+           batch_size: int = 1000, device: str | torch.device | None = None,
+           progress: bool | None = None) -> dict[str, Any]:
+    """Lowest safe supply voltage and energy saved: RErr (mean over patterns) at each voltage's bit
+    error rate must stay within `tolerance` (a fraction, 0.01 = 1 point) of the clean error."""
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise UserError(f"tolerance {tolerance} must be a number ≥ 0")
+    res = bit_errors(model, test, scheme=scheme, rates=curve.bit_error_rate, patterns=patterns,
+                     seed0=seed0, batch_size=batch_size, device=device, progress=progress)
+    verdict = be.safe_voltage(curve, res["rerr"]["mean"], res["clean_err"], tolerance)
+    rows = [{"voltage": v, "bit_error_rate": p, "relative_energy": curve.relative_energy(i),
+             "rerr_mean": res["rerr"]["mean"][i], "rerr_max": res["rerr"]["max"][i],
+             "err_mean": res["err"]["mean"][i], "safe": verdict["safe"][i]}
+            for i, (v, p) in enumerate(zip(curve.voltage, curve.bit_error_rate))]
+    return {"tolerance": tolerance, "clean_err": res["clean_err"], "patterns": res["patterns"],
+            "seeds": res["seeds"], "scheme": res["scheme"], "n_test": res["n_test"],
+            "curve": {"description": curve.description, "nominal_voltage": curve.voltage[0]},
+            "voltages": rows, "lowest_safe_voltage": verdict["voltage"],
+            "bit_error_rate": verdict["bit_error_rate"],
+            "relative_energy": verdict["relative_energy"], "energy_saved": verdict["energy_saved"]}
+

@@ -1,0 +1,350 @@
+"""Fixed-point quantization of model parameters into real integer codes (spec §5).
+
+A `Scheme` maps every float parameter tensor to m-bit codes (2 ≤ m ≤ 8) stored as `uint8`:
+
+- range: per tensor (each tensor's own [min, max], or [−max|w|, max|w|] for the symmetric modes)
+  or global ([−q_max, q_max] for every tensor);
+- `symmetric_signed`: Δ = q_max/(2^{m−1}−1), q = rnd(w/Δ) stored as m-bit two's complement;
+- `symmetric_unsigned` (offset binary): code = rnd(w/Δ) + 2^{m−1};
+- `asymmetric` (unsigned): [lo, hi] → [0, 2^m − 1], Δ = (hi − lo)/(2^m − 1);
+- rounding `round` (half to even) or `trunc` (toward zero).
+
+Integer values are clamped to the representable range before the cast to `uint8`.
+Dequantization is `clamp(base + c'·Δ, lo, hi)` with c' the code (or, for `symmetric_signed`, the
+code with its top bit inverted, which turns two's complement into offset binary), so a code
+hit by bit errors still dequantizes into the tensor's range. Only the m low bits of a code
+matter. `RQUANT8` (per tensor, asymmetric, unsigned, rounded) is the recommended default.
+
+`Quantized` holds all codes of a model in one flat buffer (tensors concatenated in the order of
+the parameter dict, i.e. module order for `model.named_parameters()`), which is the layout bit
+error patterns are defined on (`robustlab.biterrors`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustlab.errors import UserError
+
+MODES = ("asymmetric", "symmetric_signed", "symmetric_unsigned")
+ROUNDINGS = ("round", "trunc")
+NPZ_FORMAT = "robustlab-quantized-v1"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An m-bit fixed-point quantization scheme (see the module docstring)."""
+
+    bits: int = 8
+    per_tensor: bool = True
+    mode: str = "asymmetric"
+    rounding: str = "round"
+    q_max: float = 1.0  # global range [-q_max, q_max]; used only when per_tensor is False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise UserError(f"quantization bits {self.bits!r} must be an integer in 2..8")
+        if self.mode not in MODES:
+            raise UserError(f"quantization mode {self.mode!r} must be one of {', '.join(MODES)}")
+        if self.rounding not in ROUNDINGS:
+            raise UserError(f"quantization rounding {self.rounding!r} must be one of "
+                            f"{', '.join(ROUNDINGS)}")
+        if not self.per_tensor and not (float(self.q_max) > 0 and np.isfinite(self.q_max)):
+            raise UserError(f"global quantization range q_max={self.q_max!r} must be > 0")
+
+    # -- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Scheme:
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise UserError(f"unknown quantization field {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+    def __str__(self) -> str:
+        rng = "per-tensor" if self.per_tensor else f"global ±{self.q_max:g}"
+        return f"{self.bits}-bit {rng} {self.mode} {self.rounding}"
+
+    # -- the affine map ------------------------------------------------------------------
+    @property
+    def top(self) -> int:
+        """2^{m−1}: the offset of the symmetric modes."""
+        return 1 << (self.bits - 1)
+
+    def _range(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) of one tensor as float64 0-dim tensors on w's device."""
+        if not self.per_tensor:
+            q = torch.tensor(float(self.q_max), dtype=torch.float64, device=w.device)
+            return -q, q
+        w = w.detach().to(torch.float64)
+        if w.numel() == 0:
+            z = torch.zeros((), dtype=torch.float64, device=w.device)
+            return z, z
+        if self.mode == "asymmetric":
+            return w.min(), w.max()
+        q = w.abs().max()
+        return -q, q
+
+    def _affine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Δ, base) with value(c') = base + c'·Δ; Δ = 1 for an empty range (all codes → lo)."""
+        m = self.bits
+        if self.mode == "asymmetric":
+            delta = (hi - lo) / (2**m - 1)
+        else:
+            delta = hi / (self.top - 1)
+        delta = torch.where(delta > 0, delta, torch.ones_like(delta))
+        base = lo if self.mode == "asymmetric" else -self.top * delta
+        return delta, base
+
+    def _codes(self, w: torch.Tensor, lo: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        rnd = torch.round if self.rounding == "round" else torch.trunc
+        w = w.detach().to(torch.float64)
+        if self.mode == "asymmetric":
+            c = rnd((w - lo) / delta).clamp_(0, 2**self.bits - 1)
+        else:
+            c = rnd(w / delta).clamp_(-self.top, self.top - 1).add_(self.top)
+        codes = c.to(torch.uint8)  # cast only after rounding and clamping
+        if self.mode == "symmetric_signed":
+            codes.bitwise_xor_(self.top)  # offset binary → two's complement
+        return codes
+
+    def _table(self, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor,
+               base: torch.Tensor) -> torch.Tensor:
+        """T×256 float32: the dequantized value of every uint8 code (high bits ignored)."""
+        c = torch.arange(256, device=lo.device) & (2**self.bits - 1)
+        if self.mode == "symmetric_signed":
+            c = c ^ self.top
+        v = base[:, None] + c.to(torch.float64)[None, :] * delta[:, None]
+        return torch.minimum(torch.maximum(v, lo[:, None]), hi[:, None]).to(torch.float32)
+
+    # -- public API ----------------------------------------------------------------------
+    def quantize(self, params: Mapping[str, torch.Tensor]) -> Quantized:
+        """Quantize every tensor of `params` (floats) into one flat `uint8` code buffer."""
+        names, shapes, dtypes, codes, los, his = [], [], [], [], [], []
+        for name, w in params.items():
+            if not torch.is_floating_point(w):
+                raise UserError(f"cannot quantize non-float tensor {name!r} ({w.dtype})")
+            lo, hi = self._range(w)
+            delta, _ = self._affine(lo, hi)
+            names.append(name)
+            shapes.append(tuple(w.shape))
+            dtypes.append(w.dtype)
+            codes.append(self._codes(w, lo, delta).reshape(-1))
+            los.append(lo)
+            his.append(hi)
+        if not names:
+            raise UserError("nothing to quantize: the model has no float parameters")
+        lo, hi = torch.stack(los), torch.stack(his)
+        delta, base = self._affine(lo, hi)
+        return Quantized(self, names, shapes, dtypes, torch.cat(codes), lo, hi, delta, base)
+
+    def dequantize(self, q: Quantized, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The float tensors of `q` (optionally with other flat `codes`, e.g. bit-flipped)."""
+        return q.dequantize(codes)
+
+    def quantize_dequantize(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """dequantize(quantize(params)), tensor by tensor (no gradient)."""
+        out = {}
+        for name, w in params.items():
+            lo, hi = self._range(w)
+            delta, base = self._affine(lo, hi)
+            table = self._table(lo[None], hi[None], delta[None], base[None])[0]
+            codes = self._codes(w, lo, delta)
+            out[name] = table[codes.long()].to(w.dtype)
+        return out
+
+    def fake_quantize(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Straight-through view: values dequantize(quantize(w)), gradient identity to w."""
+        deq = self.quantize_dequantize(params)
+        return {n: w + (deq[n] - w).detach() for n, w in params.items()}
+
+
+@dataclass
+class Quantized:
+    """All codes of a quantized parameter dict: a flat `uint8` buffer plus per-tensor ranges.
+
+    Tensor t occupies `codes[offsets[t]:offsets[t] + sizes[t]]` (row-major). `lo`, `hi`,
+    `delta`, `base` are float64 vectors with one entry per tensor.
+    """
+
+    scheme: Scheme
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtypes: list[torch.dtype]
+    codes: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    delta: torch.Tensor
+    base: torch.Tensor
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    @property
+    def offsets(self) -> list[int]:
+        return [0, *np.cumsum(self.sizes)[:-1].tolist()]
+
+    @property
+    def numel(self) -> int:
+        return int(self.codes.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @property
+    def table(self) -> torch.Tensor:
+        """T×256 float32 lookup table: dequantized value of each code of each tensor."""
+        if "table" not in self._cache:
+            self._cache["table"] = self.scheme._table(self.lo, self.hi, self.delta, self.base)
+        return self._cache["table"]
+
+    def _index_base(self) -> torch.Tensor:
+        if "index" not in self._cache:
+            seg = torch.arange(len(self.names), device=self.device) * 256
+            self._cache["index"] = torch.repeat_interleave(
+                seg, torch.tensor(self.sizes, device=self.device))
+        return self._cache["index"]
+
+    def to(self, device: torch.device | str) -> Quantized:
+        return Quantized(self.scheme, list(self.names), list(self.shapes), list(self.dtypes),
+                         self.codes.to(device), self.lo.to(device), self.hi.to(device),
+                         self.delta.to(device), self.base.to(device))
+
+    def split(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-tensor views (original shapes) of the flat `codes` (default: this model's)."""
+        flat = self.codes if codes is None else codes
+        return {n: c.view(s) for n, c, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
+
+    def dequantize_flat(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat float32 values of all tensors for the flat `codes` (default: unperturbed)."""
+        flat = self.codes if codes is None else codes
+        if flat.shape != self.codes.shape:
+            raise ValueError(f"codes must have shape {tuple(self.codes.shape)}, got {tuple(flat.shape)}")
+        return self.table.view(-1)[self._index_base() + flat]
+
+    def dequantize(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Dict name → float tensor (original shape and dtype) for the flat `codes`."""
+        values = self.split(self.dequantize_flat(codes))
+        return {n: v if v.dtype == dt else v.to(dt) for (n, v), dt in zip(values.items(), self.dtypes)}
+
+    # -- export ----------------------------------------------------------------------------
+    def export_npz(self, path: str | Path) -> Path:
+        """Write the codes and ranges as an `.npz` an accelerator could load (no pickles).
+
+        Keys: `code:<name>` (uint8, tensor shape), `lo`, `hi`, `delta`, `base` (float64, one
+        per tensor in `names` order) and `meta` (a JSON string: format, scheme, names, shapes).
+        Value of code c of tensor t: clamp(base[t] + c'·delta[t], lo[t], hi[t]) where c' = c,
+        or c XOR 2^{m−1} for mode `symmetric_signed`.
+        """
+        from robustlab.io import atomic_write
+
+        meta = {"format": NPZ_FORMAT, "scheme": self.scheme.to_dict(), "names": self.names,
+                "shapes": [list(s) for s in self.shapes],
+                "dtypes": [str(d).removeprefix("torch.") for d in self.dtypes],
+                "dequantize": "clamp(base + c' * delta, lo, hi); c' = c, or c ^ 2**(bits-1) "
+                              "for symmetric_signed"}
+        arrays: dict[str, np.ndarray] = {
+            f"code:{n}": c.cpu().numpy() for n, c in self.split().items()}
+        for key in ("lo", "hi", "delta", "base"):
+            arrays[key] = getattr(self, key).cpu().numpy()
+        arrays["meta"] = np.array(json.dumps(meta))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load_npz(cls, path: str | Path, device: torch.device | str = "cpu") -> Quantized:
+        """Read a file written by `export_npz` (never unpickles)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("format") != NPZ_FORMAT:
+                    raise UserError(f"{path}: not a robustlab quantized export "
+                                    f"(format {meta.get('format')!r}, expected {NPZ_FORMAT!r})")
+                codes = torch.cat([torch.from_numpy(z[f"code:{n}"].reshape(-1).copy())
+                                   for n in meta["names"]])
+                vec = {k: torch.from_numpy(z[k].copy()) for k in ("lo", "hi", "delta", "base")}
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"cannot read quantized export {path}: {e}") from None
+        dtypes = [getattr(torch, d) for d in meta["dtypes"]]
+        q = cls(Scheme.from_dict(meta["scheme"]), list(meta["names"]),
+                [tuple(s) for s in meta["shapes"]], dtypes, codes, **vec)
+        return q.to(device)
+
+
+def model_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's float parameters in module order (what gets quantized)."""
+    return {n: p for n, p in model.named_parameters() if torch.is_floating_point(p)}
+
+
+def quantize_model(model: torch.nn.Module, scheme: Scheme | None = None) -> Quantized:
+    """Quantize every float parameter of `model` (weights, biases, norm affine parameters)."""
+    with torch.no_grad():
+        return (scheme or RQUANT8).quantize(model_params(model))
+
+
+RQUANT8 = Scheme(8, per_tensor=True, mode="asymmetric", rounding="round")
+RQUANT4 = dataclasses.replace(RQUANT8, bits=4)
+NORMAL8 = Scheme(8, per_tensor=False, mode="symmetric_signed", rounding="trunc", q_max=1.0)
+
+PRESETS: dict[str, Scheme] = {"rquant": RQUANT8, "normal": NORMAL8}
+
+
+def parse(text: str) -> Scheme:
+    """A scheme from a preset name with optional bit count and/or key=value overrides.
+
+    Examples: `rquant8` (RQuant), `rquant4`, `normal8` (global ±1 symmetric signed, trunc),
+    `rquant,bits=6,rounding=trunc`, `bits=8,per_tensor=false,mode=symmetric_unsigned,q_max=0.5`.
+    """
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UserError("empty quantization scheme; try rquant8")
+    fields: dict[str, Any] = {}
+    if "=" not in parts[0]:
+        m = re.fullmatch(r"([a-z_]+)(\d*)", parts.pop(0).lower())
+        if not m or m.group(1) not in PRESETS:
+            raise UserError(f"unknown quantization scheme {text!r}; use a preset "
+                            f"({', '.join(f'{p}<bits>' for p in PRESETS)}) or key=value pairs")
+        fields = PRESETS[m.group(1)].to_dict()
+        if m.group(2):
+            fields["bits"] = int(m.group(2))
+    types = {f.name: f.type for f in dataclasses.fields(Scheme)}
+    for p in parts:
+        key, sep, val = p.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise UserError(f"bad quantization option {p!r}; use key=value with key in "
+                            f"{', '.join(types)}")
+        val = val.strip()
+        try:
+            if key == "bits":
+                fields[key] = int(val)
+            elif key == "q_max":
+                fields[key] = float(val)
+            elif key == "per_tensor":
+                if val.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(val)
+                fields[key] = val.lower() in ("true", "1", "yes")
+            else:
+                fields[key] = val
+        except ValueError:
+            raise UserError(f"bad value in quantization option {p!r}") from None
+    return Scheme(**{**Scheme().to_dict(), **fields})

@@ -324,6 +324,16 @@ def test_cifar_checksums(iso, monkeypatch):
         {b"data": batches["data_batch_1"][0], b"labels": batches["data_batch_3"][1]}, 4))
     with pytest.raises(data.ChecksumError, match="data_batch_3 has MD5"):
         data.load("cifar10", iso)
+    # the archive's members are checked the same way
+    arch = iso / "a" / "cifar10"
+    arch.mkdir(parents=True)
+    with tarfile.open(arch / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    with pytest.raises(data.ChecksumError, match="data_batch_3 in .*tar.gz has MD5"):
+        data.load("cifar10", iso / "a")
+    digests["data_batch_3"] = md5((folder / "data_batch_3").read_bytes())
+    with_known(monkeypatch, "cifar10", known={k: files.Known(v, v) for k, v in digests.items()})
+    assert data.info("cifar10", iso / "a")["checksums"] == "ok"
 
 
 class _Evil:

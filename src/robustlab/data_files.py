@@ -90,15 +90,18 @@ def check(path: Path, raw: bytes, content: bytes, known: Known | None, dataset: 
     if known.md5 is not None and raw is not content and md5_bytes(raw) == known.md5:
         status = "ok"
     elif known.content_md5 is not None:
-        got = md5_bytes(content)
-        if got != known.content_md5:
-            raise ChecksumError(
-                f"{dataset}: {path} has MD5 {got} but the published file has "
-                f"{known.content_md5}; it is corrupt or not the official file - delete it and "
-                f"fetch it again, or skip the check with verify=False (CLI: --no-verify)")
+        _require(md5_bytes(content), known.content_md5, str(path), dataset)
         status = "ok"
     _VERIFIED[key] = status
     return status
+
+
+def _require(got: str, want: str, what: str, dataset: str) -> None:
+    if got != want:
+        raise ChecksumError(
+            f"{dataset}: {what} has MD5 {got} but the published file has {want}; it is corrupt "
+            f"or not the official file - delete it and fetch it again, or skip the check with "
+            f"verify=False (CLI: --no-verify)")
 
 
 def _combine(statuses: list[str]) -> str:
@@ -389,22 +392,18 @@ class CifarFormat(Format):
     def read(self, loc: Located, spec: FileDataset | None, verify: bool) -> Arrays:
         members = self._members(loc)
         statuses = []
+        dataset = spec.name if spec is not None else ""
         for name, data in members.items():
-            if verify:
-                known = spec.known.get(name) if spec is not None else None
-                if loc.archive is not None and known is not None:
-                    # members of an archive: compare their content directly (no stat cache)
-                    got = md5_bytes(data)
-                    if got != known.content_md5:
-                        raise ChecksumError(
-                            f"{spec.name}: {name} in {loc.archive} has MD5 {got} but the "
-                            f"published file has {known.content_md5}; it is corrupt or not the "
-                            f"official file - fetch it again, or skip the check with "
-                            f"verify=False (CLI: --no-verify)")
-                    statuses.append("ok")
-                else:
-                    statuses.append(check(loc.files[name], data, data, known,
-                                          spec.name if spec else ""))
+            if not verify:
+                continue
+            known = spec.known.get(name) if spec is not None else None
+            if loc.archive is None:
+                statuses.append(check(loc.files[name], data, data, known, dataset))
+            elif known is None or known.content_md5 is None:
+                statuses.append("unverified")
+            else:  # a member of the archive: compare its content (no per-file stat cache)
+                _require(md5_bytes(data), known.content_md5, f"{name} in {loc.archive}", dataset)
+                statuses.append("ok")
         src = str(loc.archive or loc.root)
         train = [parse_cifar_batch(members[b], f"{src}/{b}") for b in CIFAR_TRAIN]
         x_test, y_test = parse_cifar_batch(members["test_batch"], f"{src}/test_batch")

@@ -348,7 +348,7 @@ def info(name: str, data_dir: str | Path | None = None, *, verify: bool = True
                        checksums="unverified")
         out.update(train=len(train), test=len(test), shape=list(train.shape),
                    num_classes=train.num_classes)
-    except UserError as e:
+    except (UserError, TypeError) as e:  # TypeError: a registered loader that needs arguments
         out.update(status="error", error=str(e))
     return out
 

@@ -128,14 +128,16 @@ def _loss_grad(model: Model, x: torch.Tensor, content: torch.Tensor, pos: torch.
 
 @torch.no_grad()
 def _move(model: Model, x: torch.Tensor, content: torch.Tensor, pos: torch.Tensor, y: Any,
-          allowed: torch.Tensor, cfg: _PatchCfg, generator: torch.Generator) -> torch.Tensor:
-    """The best of the current placement and the candidate moves, all with the current content."""
+          allowed: torch.Tensor, cfg: _PatchCfg, pick: torch.Tensor | None) -> torch.Tensor:
+    """The best of the current placement and the candidate moves, all with the current content.
+
+    `pick` (N, for `optimized-random`) is the one direction to try per example.
+    """
     n = x.shape[0]
     moves = torch.tensor(_MOVES, device=x.device) * cfg.stride  # 4×2
-    if cfg.location == "optimized-full":
+    if pick is None:
         cand = pos[None] + moves[:, None]  # 4×N×2
     else:
-        pick = torch.randint(4, (n,), generator=generator, device=generator.device).to(x.device)
         cand = (pos + moves[pick])[None]  # 1×N×2
     cand = torch.cat([pos[None], cand])  # (1+M)×N×2; index 0 is the current placement
     m = cand.shape[0]
@@ -155,13 +157,9 @@ def _move(model: Model, x: torch.Tensor, content: torch.Tensor, pos: torch.Tenso
 
 
 def _patch_once(model: Model, x: torch.Tensor, y: Any, cfg: _PatchCfg, allowed: torch.Tensor,
-                start: torch.Tensor | None, generator: torch.Generator
+                pos: torch.Tensor, content: torch.Tensor, generator: torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n, c = x.shape[:2]
-    h, w = cfg.size
-    pos = start.expand(n, 2).clone() if start is not None else _sample_corners(
-        allowed, n, generator, x.device)
-    content = torch.rand((n, c, h, w), generator=generator, device=generator.device).to(x)
+    n = x.shape[0]
     loss, grad, logits = _loss_grad(model, x, content, pos, y, cfg)
     s: dict[str, torch.Tensor] = {"content": content, "pos": pos, "grad": grad,
                                   "best": content.clone(), "best_pos": pos.clone(),
@@ -183,7 +181,11 @@ def _patch_once(model: Model, x: torch.Tensor, y: Any, cfg: _PatchCfg, allowed: 
         ys = y if idx is None or y is None else y[idx]
         st["content"] = (st["content"] + cfg.step_size * st["grad"].sign()).clamp(0, 1)
         if cfg.location.startswith("optimized"):
-            st["pos"] = _move(model, xs, st["content"], st["pos"], ys, allowed, cfg, generator)
+            pick = None
+            if cfg.location == "optimized-random":  # drawn for all, then indexed: see pgd
+                pick = torch.randint(4, (n,), generator=generator, device=generator.device)
+                pick = pick.to(x.device) if idx is None else pick.to(x.device)[idx]
+            st["pos"] = _move(model, xs, st["content"], st["pos"], ys, allowed, cfg, pick)
         loss, st["grad"], logits = _loss_grad(model, xs, st["content"], st["pos"], ys, cfg)
         better = loss > st["best_loss"]
         if stopping:
@@ -246,9 +248,14 @@ def patch_attack(model: Model, x: torch.Tensor, y: Any, *, size: int | tuple[int
             idx = (~_stopped(result.logits, labels, early_stop)).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
+        # Starts are drawn for every example and then indexed (early exit does not shift them).
+        c = x.shape[1]
+        pos0 = (start.expand(n, 2).clone() if start is not None
+                else _sample_corners(allowed, n, generator, x.device))[idx]
+        content0 = torch.rand((n, c, *hw), generator=generator, device=generator.device).to(x)[idx]
         xs = x[idx]
         ys = None if y is None else y[idx]
-        content, pos = _patch_once(model, xs, ys, cfg, allowed, start, generator)
+        content, pos = _patch_once(model, xs, ys, cfg, allowed, pos0, content0, generator)
         x_adv = place(xs, content, pos)[0]
         part = AttackResult(x_adv, evaluate_logits(model, x_adv), None if labels is None else ys,
                             {"position": pos, "content": content})

@@ -295,12 +295,11 @@ def _index(y: Any, idx: torch.Tensor | None) -> Any:
     return y[idx]
 
 
-def _attack_once(model: Model, x: torch.Tensor, y: Any, cfg: _Cfg, generator: torch.Generator,
+def _attack_once(model: Model, x: torch.Tensor, y: Any, cfg: _Cfg, delta0: torch.Tensor,
                  mask: torch.Tensor | None) -> torch.Tensor:
-    """One PGD run from a fresh initialization; returns the best δ per example."""
+    """One PGD run from the starting point δ₀; returns the best δ per example."""
     n = x.shape[0]
-    delta = project(init_delta(x, cfg.norm, cfg.eps, cfg.init, generator, pixels=cfg.pixels),
-                    x, cfg.norm, cfg.eps, mask=mask, pixels=cfg.pixels)
+    delta = project(delta0, x, cfg.norm, cfg.eps, mask=mask, pixels=cfg.pixels)
     loss, grad, logits = _loss_grad(model, x, delta, y, cfg)
     s: dict[str, torch.Tensor] = {
         "delta": delta, "loss": loss, "grad": grad, "best": delta.clone(), "best_loss": loss.clone(),
@@ -423,9 +422,12 @@ def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
                     break
             else:
                 idx = torch.arange(n, device=x.device)
+        # Draw the start for every example, so that the random numbers do not depend on
+        # which examples an early exit has already removed.
+        delta0 = init_delta(x, norm, float(eps), init, generator, pixels=l0_pixels)[idx]
         xs = x[idx]
         m = mask if mask is None or mask.shape[0] == 1 else mask[idx]
-        delta = _attack_once(model, xs, _index(y, idx), cfg, generator, m)
+        delta = _attack_once(model, xs, _index(y, idx), cfg, delta0, m)
         x_adv = (xs + delta).clamp(0, 1)
         part = AttackResult(x_adv, evaluate_logits(model, x_adv), _index(labels, idx))
         result = part if result is None else merge_into(result, idx, part)

@@ -1,7 +1,8 @@
-"""Figures from flatness results: loss landscapes and the flatness ↔ robust generalization study.
+"""Figures of weight perturbations: loss landscapes, the flatness ↔ robust generalization study,
+and robust error against the number of adversarially flipped bits.
 
 Every function here is a pure function of result dicts (or result JSON paths) written by
-`robustlab flatness`; nothing is recomputed.
+`robustlab flatness` and `robustlab bitattack`; nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -143,3 +144,32 @@ def plot_correlation(results: Iterable[Result], path: str | Path, *,
         ax.set_ylabel(name)
     _save(fig, path)
     return c
+
+
+def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
+                    labels: Sequence[str] | None = None) -> Path:
+    """RErr (%) against the bit budget (log x) for every method of one or several `bitattack`
+    results on the same axes; random flips show their mean with the max as a dashed line."""
+    rs = [results] if isinstance(results, (dict, str, Path)) else list(results)
+    rs = [_load(r) for r in rs]
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, r in enumerate(rs):
+        if "results" not in r or "budgets" not in r:
+            raise UserError(f"{r.get('source', 'result')} is not a bitattack result")
+        tag = labels[i] if labels else (Path(str(r["run"])).name if len(rs) > 1 and "run" in r
+                                        else "")
+        b = [max(v, 0.5) for v in r["budgets"]]  # budget 0 sits at 0.5 on the log axis
+        for m, vals in r["results"].items():
+            name = f"{tag} {m}".strip()
+            line, = ax.plot(b, [100 * v for v in vals["rerr"]], marker="o", ms=3, label=name)
+            if "rerr_max" in vals:
+                ax.plot(b, [100 * v for v in vals["rerr_max"]], ls="--", lw=0.8,
+                        color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("flipped bits (budget)")
+    ax.set_ylabel("RErr (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("adversarial bit errors")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

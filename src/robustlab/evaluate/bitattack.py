@@ -1,0 +1,135 @@
+"""Robust error under adversarial bit errors, per bit budget (spec §8).
+
+`bit_attack(model, test, budgets=[10, 20, 40, 80, 160, 320])` quantizes the model, computes the
+bit flips on an attack set (default: the first `n_attack` examples of `attack_data`, usually the
+training set, so the test set is not attacked directly) and reports on the test set, per budget:
+
+- RErr: fraction of test examples wrong clean (quantized, no flips) OR wrong with the flipped bits;
+- Err with the flipped bits, the attack loss, and the number of flipped bits (≤ budget);
+- targeted attacks also report the target rate: the fraction of test examples whose label is not
+  the target but that are classified as the target.
+
+Methods: "attack" (the projected attack of `robustlab.weights.bits`, one run per budget), "bfa"
+(progressive bit search, one run whose prefixes give every budget) and "random" (random flips,
+at most one per weight, mean and max over `random_patterns` seeds) as a reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from robustlab.data import Dataset
+from robustlab.errors import UserError
+from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
+from robustlab.weights import bits as wb
+from robustlab.weights.objective import eval_mode
+
+BUDGETS = (10, 20, 40, 80, 160, 320)
+METHODS = ("attack", "bfa", "random")
+
+
+class _Predictor:
+    def __init__(self, model: nn.Module, q: Quantized, test: Dataset, batch_size: int) -> None:
+        self.model, self.q = model, q
+        self.batches = [x for x, _ in test.batches(batch_size, device=q.device)]
+        self.y = test.y.to(q.device)
+
+    @torch.no_grad()
+    def pred(self, codes: torch.Tensor) -> torch.Tensor:
+        params = self.q.dequantize(codes)
+        with eval_mode(self.model):
+            return torch.cat([functional_call(self.model, params, (x,)).argmax(1)
+                              for x in self.batches])
+
+
+def _methods(method: str | Sequence[str]) -> list[str]:
+    names = [m.strip() for m in method.split(",")] if isinstance(method, str) else list(method)
+    names = [m for m in names if m]
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise UserError(f"unknown bit attack method {(bad or [''])[0]!r}; choose from "
+                        f"{', '.join(METHODS)}")
+    return names
+
+
+def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDGETS,
+               method: str | Sequence[str] = "attack", scheme: Scheme | None = None,
+               quantized: Quantized | None = None, attack_data: Dataset | None = None,
+               n_attack: int = 512, target: int | None = None, steps: int = 20,
+               step_size: float = 0.25, restarts: int = 1, random_patterns: int = 5,
+               selection: str | Sequence[str] = "all", seed: int = 0, batch_size: int = 512,
+               device: torch.device | str | None = None,
+               progress: bool | None = None) -> dict[str, Any]:
+    """RErr of `model` on `test` under adversarial bit flips for each budget (module docstring)."""
+    budgets = [wb.check_budget(b) for b in budgets]
+    if not budgets:
+        raise UserError("no bit budgets given")
+    methods = _methods(method)
+    for name, v, lo in (("n_attack", n_attack, 1), ("random_patterns", random_patterns, 1),
+                        ("batch_size", batch_size, 1)):
+        if int(v) != v or v < lo:
+            raise UserError(f"{name}={v} must be an integer >= {lo}")
+    if target is not None and not 0 <= int(target) < test.num_classes:
+        raise UserError(f"target class {target} must be in 0..{test.num_classes - 1}")
+    if device is not None:
+        model.to(device)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if quantized is None:
+        with torch.no_grad():
+            quantized = (scheme or RQUANT8).quantize(
+                {k: v.detach() for k, v in model_params(model).items()})
+    q = quantized.to(dev)
+    wb.select_tensors(model, q, selection)  # validate before any work
+    src = attack_data if attack_data is not None else test
+    xa, ya = src.x[:n_attack], src.y[:n_attack]
+    pred = _Predictor(model, q, test, batch_size)
+    clean_wrong = pred.pred(q.codes) != pred.y
+    not_target = pred.y != target if target is not None else None
+
+    def scores(codes: torch.Tensor) -> dict[str, float]:
+        p = pred.pred(codes)
+        wrong = p != pred.y
+        out = {"rerr": float((wrong | clean_wrong).double().mean()),
+               "err": float(wrong.double().mean())}
+        if not_target is not None:
+            hit = (p == target) & not_target
+            out["target_rate"] = float(hit.double().sum() / not_target.sum().clamp_min(1))
+        return out
+
+    gen = torch.Generator().manual_seed(seed)
+    results: dict[str, Any] = {}
+    kw = dict(target=target, selection=selection, batch_size=batch_size)
+    for m in methods:
+        rows: list[dict[str, Any]] = []
+        if m == "attack":
+            for b in budgets:
+                r = wb.bit_attack(model, q, xa, ya, budget=b, steps=steps, step_size=step_size,
+                                  restarts=restarts, generator=gen, progress=progress, **kw)
+                rows.append({"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)})
+        elif m == "bfa":
+            for b, r in sorted(wb.bfa(model, q, xa, ya, budgets=budgets, progress=progress,
+                                      **kw).items()):
+                rows.append({"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)})
+        else:
+            allowed = wb._tensor_mask(q, wb.select_tensors(model, q, selection))
+            for b in budgets:
+                per = [scores(wb.random_flips(q, b, gen, allowed)) for _ in range(random_patterns)]
+                row: dict[str, Any] = {"budget": b, "flips": min(b, int(allowed.sum()))}
+                for key in per[0]:
+                    vals = torch.tensor([p[key] for p in per], dtype=torch.float64)
+                    row[key] = float(vals.mean())
+                    row[f"{key}_max"] = float(vals.max())
+                rows.append(row)
+        results[m] = {key: [r.get(key) for r in rows] for key in rows[0]}
+    return {"budgets": budgets, "methods": methods, "scheme": q.scheme.to_dict(),
+            "weights": q.numel, "bits": q.numel * q.scheme.bits, "n_test": len(test),
+            "n_attack": int(xa.shape[0]), "target": target, "selection": selection
+            if isinstance(selection, str) else list(selection), "seed": seed,
+            "config": {"steps": steps, "step_size": step_size, "restarts": restarts,
+                       "random_patterns": random_patterns},
+            "clean_err": float(clean_wrong.double().mean()), "results": results}

@@ -1,0 +1,307 @@
+"""Adversarial bit errors on quantized weights (spec §8): the projected attack and BFA.
+
+Both attacks act on the integer codes of a `robustlab.quant.Quantized` model (a flat `uint8`
+buffer) and keep the threat model of at most `budget` flipped bits in total and at most one flipped
+bit per weight. Only the m low bits of a code are ever flipped.
+
+**Projected attack.** Codes are handled in offset binary c′ (the code itself, or the code with its
+top bit inverted for two's complement), in which the dequantized value is affine and increasing.
+A continuous iterate u (in code units, starting at the clean codes c′₀) takes normalized gradient
+ascent steps u += η·2^{m−1}·ĝ, with ĝ the loss gradient w.r.t. the dequantized weights times the
+tensor's step Δ, divided by its largest magnitude. Every iterate is projected onto the feasible
+set: c = round(u) is the target code; among the weights whose target differs from c′₀, the
+`budget` weights whose u moved most from c′₀ are kept, and of each only the most significant
+differing bit of c ⊕ c′₀ is flipped (this moves the code in the direction of u). Gradients are
+taken at the projected codes; the best projected codes (highest attack loss) are returned.
+Restarts start from random feasible flips.
+
+**BFA** (progressive bit search, Rakin et al. 2019). Per iteration: the first-order loss gain of
+flipping each bit, g·(deq(c ⊕ 2^j) − deq(c)), picks the best bit of every tensor (in-layer
+search); each tensor's candidate flip is evaluated exactly and the one with the highest loss is
+committed (cross-layer search). One bit per iteration, so the flips at budget b are a prefix of
+those at b′ > b. Weights already flipped are excluded (at most one flip per weight, as above).
+
+Targeted variants minimize the cross-entropy to `target` instead of maximizing it to the label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from robustlab.errors import UserError
+from robustlab.quant import Quantized
+from robustlab.weights.objective import eval_mode
+
+SELECTIONS = ("all", "default", "weights")
+
+
+def check_budget(budget: int) -> int:
+    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
+        raise UserError(f"bit budget {budget!r} must be an integer >= 0")
+    return int(budget)
+
+
+def select_tensors(model: nn.Module, q: Quantized, selection: str | Sequence[str] = "all"
+                   ) -> list[str]:
+    """Quantized tensors the attacker may flip: "all" (every quantized tensor, as random bit
+    errors), "default" (conv/linear weights and biases), "weights" (conv/linear weights), or
+    explicit names (list or comma-separated)."""
+    if isinstance(selection, str) and selection == "all":
+        names = list(q.names)
+    elif isinstance(selection, str) and selection in ("default", "weights"):
+        from robustlab.weights.ball import select
+
+        names = [n for n in select(model, selection) if n in q.names]
+    else:
+        wanted = [s.strip() for s in selection.split(",")] if isinstance(selection, str) \
+            else list(selection)
+        wanted = [w for w in wanted if w]
+        for w in wanted:
+            if w not in q.names:
+                raise UserError(f"unknown parameter selection {w!r}; use all, default, weights or "
+                                f"names of quantized tensors such as {', '.join(q.names[:3])}")
+        names = [n for n in q.names if n in set(wanted)]
+    if not names:
+        raise UserError(f"no quantized tensors to attack for selection {selection!r}")
+    return names
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of every uint8 / integer entry (int64)."""
+    x = x.long()
+    out = torch.zeros_like(x)
+    for j in range(8):
+        out += (x >> j) & 1
+    return out
+
+
+def msb(x: torch.Tensor) -> torch.Tensor:
+    """The most significant set bit of every entry of an int64 tensor (0 for 0)."""
+    out = torch.zeros_like(x)
+    for j in range(8):
+        out = torch.where(((x >> j) & 1).bool(), torch.full_like(x, 1 << j), out)
+    return out
+
+
+class CodeObjective:
+    """Attack loss of `model` on (x, y) at given codes of `q`, in eval mode; larger is better for
+    the attacker: cross-entropy to the labels, or minus cross-entropy to `target`."""
+
+    def __init__(self, model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
+                 target: int | None = None, batch_size: int = 512) -> None:
+        self.model, self.q = model, q
+        dev = q.device
+        self.x, self.y = x.to(dev), y.to(dev)
+        self.target = target
+        self.batch_size = int(batch_size)
+        self.sign = 1.0 if target is None else -1.0
+        self.labels = self.y if target is None else torch.full_like(self.y, int(target))
+
+    def _params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = self.q.split(flat)
+        return {n: v if v.dtype == dt else v.to(dt)
+                for (n, v), dt in zip(parts.items(), self.q.dtypes)}
+
+    def _chunks(self):
+        for s in range(0, self.x.shape[0], self.batch_size):
+            yield self.x[s:s + self.batch_size], self.labels[s:s + self.batch_size]
+
+    @torch.no_grad()
+    def value(self, codes: torch.Tensor) -> torch.Tensor:
+        params = self._params(self.q.dequantize_flat(codes))
+        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
+        with eval_mode(self.model):
+            for x, t in self._chunks():
+                out = functional_call(self.model, params, (x,))
+                total += F.cross_entropy(out.float(), t, reduction="sum").double()
+        return (self.sign * total / self.x.shape[0]).float()
+
+    def value_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and its gradient w.r.t. the flat dequantized weights."""
+        flat = self.q.dequantize_flat(codes).detach().requires_grad_(True)
+        params = self._params(flat)
+        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
+        grad = torch.zeros_like(flat)
+        n = self.x.shape[0]
+        with eval_mode(self.model):
+            for x, t in self._chunks():
+                out = functional_call(self.model, params, (x,))
+                loss = self.sign * F.cross_entropy(out.float(), t, reduction="sum") / n
+                (g,) = torch.autograd.grad(loss, flat)
+                grad += g
+                total += loss.detach().double()
+        return total.float(), grad
+
+
+@dataclasses.dataclass
+class BitAttackResult:
+    codes: torch.Tensor     # perturbed flat codes
+    loss: float             # attack loss at `codes` on the attack set
+    flips: int              # flipped bits (≤ budget)
+
+
+def _tensor_mask(q: Quantized, names: Sequence[str]) -> torch.Tensor:
+    allowed = torch.zeros(q.numel, dtype=torch.bool, device=q.device)
+    for n, off, size in zip(q.names, q.offsets, q.sizes):
+        if n in set(names):
+            allowed[off:off + size] = True
+    return allowed
+
+
+def _per_weight(q: Quantized, values: torch.Tensor) -> torch.Tensor:
+    """Expand a per-tensor vector to one entry per weight."""
+    return torch.repeat_interleave(values, torch.tensor(q.sizes, device=q.device))
+
+
+def _offset_binary(q: Quantized, codes: torch.Tensor) -> torch.Tensor:
+    top = q.scheme.top if q.scheme.mode == "symmetric_signed" else 0
+    return (codes.long() & (2 ** q.scheme.bits - 1)) ^ top
+
+
+def _from_offset_binary(q: Quantized, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Codes with the low bits taken from offset-binary c (high bits kept from `like`)."""
+    top = q.scheme.top if q.scheme.mode == "symmetric_signed" else 0
+    low = 2 ** q.scheme.bits - 1
+    return ((like.long() & ~low) | ((c ^ top) & low)).to(torch.uint8)
+
+
+def project_codes(q: Quantized, u: torch.Tensor, c0: torch.Tensor, allowed: torch.Tensor,
+                  budget: int) -> torch.Tensor:
+    """Feasible offset-binary codes closest in spirit to the continuous iterate u: at most
+    `budget` weights change, each by its most significant differing bit (module docstring)."""
+    target = u.round().long().clamp(0, 2 ** q.scheme.bits - 1)
+    diff = (target ^ c0) & (2 ** q.scheme.bits - 1)
+    moved = torch.where((diff != 0) & allowed, (u - c0.to(u.dtype)).abs(),
+                        torch.full_like(u, -1.0))
+    k = min(int(budget), int(moved.numel()))
+    out = c0.clone()
+    if k == 0:
+        return out
+    top = moved.topk(k)
+    idx = top.indices[top.values >= 0]
+    out[idx] = c0[idx] ^ msb(diff[idx])
+    return out
+
+
+def random_flips(q: Quantized, budget: int, generator: torch.Generator,
+                 allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Codes with `budget` random bits flipped, at most one per weight, among `allowed`."""
+    budget = check_budget(budget)
+    cand = torch.arange(q.numel) if allowed is None else allowed.cpu().nonzero().squeeze(1)
+    k = min(budget, int(cand.numel()))
+    pick = cand[torch.randperm(cand.numel(), generator=generator)[:k]]
+    bits = torch.randint(q.scheme.bits, (k,), generator=generator)
+    mask = torch.zeros(q.numel, dtype=torch.uint8)
+    mask[pick] = (1 << bits).to(torch.uint8)
+    return torch.bitwise_xor(q.codes, mask.to(q.device))
+
+
+def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
+               budget: int, steps: int = 20, step_size: float = 0.25, restarts: int = 1,
+               target: int | None = None, selection: str | Sequence[str] = "all",
+               generator: torch.Generator | None = None, batch_size: int = 512,
+               progress: bool | None = None) -> BitAttackResult:
+    """The projected adversarial bit error attack (module docstring) with `budget` bits."""
+    budget = check_budget(budget)
+    if int(steps) != steps or steps < 0:
+        raise UserError(f"steps={steps} must be an integer >= 0")
+    if int(restarts) != restarts or restarts < 1:
+        raise UserError(f"restarts={restarts} must be an integer >= 1")
+    if not step_size > 0:
+        raise UserError(f"step size {step_size} must be > 0")
+    generator = generator or torch.Generator().manual_seed(0)
+    obj = CodeObjective(model, q, x, y, target=target, batch_size=batch_size)
+    names = select_tensors(model, q, selection)
+    allowed = _tensor_mask(q, names)
+    c0 = _offset_binary(q, q.codes)
+    delta = _per_weight(q, q.delta.float())
+    half = float(2 ** (q.scheme.bits - 1))
+    best = BitAttackResult(q.codes.clone(), float(obj.value(q.codes)), 0)
+    if budget == 0:
+        return best
+    bar = tqdm(total=restarts * (steps + 1), desc=f"bit attack ({budget} bits)", leave=False,
+               disable=True if progress is False else None)
+    for r in range(restarts):
+        if r == 0:
+            c = c0.clone()
+        else:
+            c = _offset_binary(q, random_flips(q, budget, generator, allowed))
+        u = c.float()
+        for t in range(steps + 1):
+            codes = _from_offset_binary(q, c, q.codes)
+            if t < steps:
+                loss, g = obj.value_and_grad(codes)
+            else:
+                loss, g = obj.value(codes), None
+            if float(loss) > best.loss:
+                best = BitAttackResult(codes, float(loss), int(popcount(codes ^ q.codes).sum()))
+            bar.update(1)
+            if g is None:
+                break
+            gc = torch.where(allowed, g * delta, torch.zeros_like(g))
+            u = (u + step_size * half * gc / gc.abs().max().clamp_min(1e-30)).clamp(0, 2 * half - 1)
+            c = project_codes(q, u, c0, allowed, budget)
+    bar.close()
+    return best
+
+
+def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
+        budgets: Sequence[int], target: int | None = None,
+        selection: str | Sequence[str] = "all", batch_size: int = 512,
+        progress: bool | None = None) -> dict[int, BitAttackResult]:
+    """Progressive bit search up to max(budgets) flips; the codes after each budget."""
+    budgets = sorted({check_budget(b) for b in budgets})
+    obj = CodeObjective(model, q, x, y, target=target, batch_size=batch_size)
+    names = select_tensors(model, q, selection)
+    allowed = _tensor_mask(q, names)
+    segments = [(off, size) for n, off, size in zip(q.names, q.offsets, q.sizes) if n in names]
+    codes = q.codes.clone()
+    touched = torch.zeros_like(allowed)
+    out: dict[int, BitAttackResult] = {}
+    loss = float(obj.value(codes))
+    flips = 0
+    if 0 in budgets:
+        out[0] = BitAttackResult(codes.clone(), loss, 0)
+    neg = torch.tensor(float("-inf"), device=q.device)
+    for it in tqdm(range(budgets[-1]), desc="BFA", leave=False,
+                   disable=True if progress is False else None):
+        _, g = obj.value_and_grad(codes)
+        v = q.dequantize_flat(codes)
+        best_gain = torch.full_like(v, float("-inf"))
+        best_bit = torch.zeros(q.numel, dtype=torch.uint8, device=q.device)
+        for j in range(q.scheme.bits):
+            gain = g * (q.dequantize_flat(codes ^ (1 << j)) - v)
+            better = gain > best_gain
+            best_gain = torch.where(better, gain, best_gain)
+            best_bit = torch.where(better, torch.full_like(best_bit, 1 << j), best_bit)
+        best_gain = torch.where(allowed & ~touched, best_gain, neg)
+        cands = []
+        for off, size in segments:
+            seg = best_gain[off:off + size]
+            i = int(seg.argmax())
+            if seg[i] > float("-inf"):
+                cands.append(off + i)
+        if not cands:
+            break
+        trial = []
+        for i in cands:
+            c = codes.clone()
+            c[i] ^= best_bit[i]
+            trial.append(obj.value(c))
+        k = int(torch.stack(trial).argmax())
+        i = cands[k]
+        codes[i] ^= best_bit[i]
+        touched[i] = True
+        loss, flips = float(trial[k]), flips + 1
+        if it + 1 in budgets:
+            out[it + 1] = BitAttackResult(codes.clone(), loss, flips)
+    for b in budgets:  # budgets beyond the available flips keep the last codes
+        out.setdefault(b, BitAttackResult(codes.clone(), loss, flips))
+    return out

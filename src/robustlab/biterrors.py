@@ -46,6 +46,16 @@ _C1, _C2 = 0x21F0AAAD, 0x735A2D97  # odd multipliers < 2^31: products stay below
 CHUNK_CPU = 1 << 16  # weights per generation chunk on CPU (a power of two ≤ 2^29)
 CHUNK_GPU = 1 << 20
 CHIP_FORMAT = "robustlab-chip-map-v1"
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def example(name: str) -> Path:
+    """Path of a shipped (synthetic) example file, e.g. `example("synthetic_chip_map.json")`."""
+    path = EXAMPLES / name
+    if not path.is_file():
+        have = ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if p.suffix != ".md"))
+        raise UserError(f"no example {name!r}; available: {have}")
+    return path
 
 
 def _mix_int(x: int) -> int:

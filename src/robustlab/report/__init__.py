@@ -1,0 +1,1 @@
+"""Reports and figures: pure functions of result JSON files (matplotlib, Agg backend)."""

@@ -1,0 +1,115 @@
+"""Figures of bit error results: RErr vs bit error rate, and RErr/energy vs supply voltage.
+
+Pure functions of the result dicts written by `robustlab biterrors` and `robustlab energy` (or
+paths to those JSON files); nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import UserError
+from robustlab.io import atomic_write, read_json
+
+Result = Mapping[str, Any] | str | Path
+
+
+def _load(r: Result) -> Mapping[str, Any]:
+    if isinstance(r, Mapping):
+        return r
+    try:
+        d = read_json(r)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read bit error result {r}: {e}") from None
+    d.setdefault("label", Path(r).parent.parent.name)
+    return d
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    plt = _plt()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                          bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
+                      labels: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """RErr (%) against bit error rate (%, log x) for one or several runs on the same axes.
+
+    Each curve is the mean over patterns with a min–max band; rates of 0 are left out (log axis).
+    A result's label is `labels[i]`, else its "label" entry, else "run i".
+    """
+    rs = [_load(r) for r in ([results] if isinstance(results, (Mapping, str, Path)) else results)]
+    if not rs:
+        raise UserError("no bit error results to plot")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(rs):
+        try:
+            rates, rerr = r["rates"], r["rerr"]
+            pts = [(100 * p, 100 * m, 100 * lo, 100 * hi) for p, m, lo, hi
+                   in zip(rates, rerr["mean"], rerr["min"], rerr["max"]) if p > 0]
+        except (KeyError, TypeError):
+            plt.close(fig)
+            raise UserError(f"result {i} is not a bit error result (needs rates and rerr)") from None
+        pts.sort()
+        label = labels[i] if labels is not None and i < len(labels) else r.get("label", f"run {i}")
+        if not pts:
+            continue
+        x, m, lo, hi = (list(v) for v in zip(*pts))
+        (line,) = ax.plot(x, m, marker="o", ms=3, label=f"{label} (Err {100 * r['clean_err']:.2f}%)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate p (%)")
+    ax.set_ylabel("RErr (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    k = rs[0].get("patterns")
+    ax.set_title(title or f"robust error under random bit errors (mean, min–max over {k} patterns)",
+                 fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_energy(result: Result, path: str | Path, *, title: str | None = None) -> Path:
+    """Mean RErr and relative energy against supply voltage, with the lowest safe voltage marked."""
+    r = _load(result)
+    try:
+        rows = r["voltages"]
+        v = [row["voltage"] for row in rows]
+        rerr = [100 * row["rerr_mean"] for row in rows]
+        energy = [row["relative_energy"] for row in rows]
+    except (KeyError, TypeError):
+        raise UserError("not an energy result (needs voltages)") from None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(v, rerr, marker="o", ms=3, color="C0", label="RErr (mean)")
+    ax.axhline(100 * (r["clean_err"] + r["tolerance"]), color="C0", ls=":", lw=1,
+               label="clean Err + tolerance")
+    ax.set_xlabel("supply voltage")
+    ax.set_ylabel("RErr (%)")
+    ax.invert_xaxis()
+    ax2 = ax.twinx()
+    ax2.plot(v, energy, marker="s", ms=3, color="C1", label="relative energy")
+    ax2.set_ylabel("energy per access (relative)")
+    if r.get("lowest_safe_voltage") is not None:
+        ax.axvline(r["lowest_safe_voltage"], color="C2", ls="--", lw=1,
+                   label=f"lowest safe {r['lowest_safe_voltage']:g} "
+                         f"(saves {100 * r['energy_saved']:.1f}%)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize="small", loc="center left")
+    ax.set_title(title or "robust error and energy vs voltage", fontsize="medium")
+    return _save(fig, path)

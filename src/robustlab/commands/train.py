@@ -1,4 +1,8 @@
-"""`robustlab train`: train a model with a method; writes a run directory."""
+"""`robustlab train`: train a model with a method; writes a run directory.
+
+Under `torchrun --nproc-per-node N -m robustlab train …` the ranks train together (data-parallel,
+see docs/distributed.md); rank 0 writes the run directory and prints.
+"""
 
 from __future__ import annotations
 
@@ -107,8 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab import checkpoint, runs
-    from robustlab.device import resolve_device
+    from robustlab import checkpoint, distributed, runs
     from robustlab.train import fit
 
     # Validate everything before anything is written.
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                          label_smoothing=args.label_smoothing, clip=args.clip,
                          channels_last=args.channels_last, bf16=args.bf16)
     config.validate()
-    device = resolve_device(args.device)
+    owns_group = not distributed.is_initialized()
+    device = distributed.init(args.device)  # joins the process group under torchrun
     quant = None
     if args.quant:
         from robustlab import quant as quant_mod
@@ -145,18 +149,26 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (out / checkpoint.META).exists():
         raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
 
+    distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
+    main = distributed.is_main()
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write_text(out / "config.yaml", _yaml(vars(args)))
+        if main:
+            atomic_write_text(out / "config.yaml", _yaml(vars(args)))
         fit(model, train, method=method, config=config, val=val, quant=quant, out=out,
             resume=args.resume, device=device, meta={"data": spec},
             progress=False if args.quiet else None)
     except UserError:
-        if created:
+        if created and main:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    print(f"run written to {out}")
+    finally:
+        if owns_group:
+            distributed.destroy()
+    if main:
+        print(f"run written to {out}")
     return 0
 
 

@@ -4,6 +4,14 @@ Randomness: the model is initialised from the run seed, and every epoch draws it
 all method randomness (attack starts, bit error patterns) from a generator seeded by
 (seed, epoch). Together with a learning rate that is a pure function of the step, this makes a
 run resumed from any epoch checkpoint end with exactly the weights of an uninterrupted run.
+
+Under `torchrun` (see docs/distributed.md) every rank draws the same data order from the epoch
+generator and trains on its share of each global batch of `batch_size` examples; the gradients are
+averaged over the global batch with one all-reduce after `method.backward`, so methods keep working
+on the plain module (`ctx.model`, `ctx.forward`, `ctx.params()`). Rank 0 then continues the epoch
+generator for its method randomness, rank r > 0 uses a generator seeded by (seed, epoch, r): attack
+starts and bit error patterns differ between ranks and are reproducible for a given world size.
+Rank 0 writes the checkpoints; every rank waits for it before the next epoch.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from robustlab import checkpoint
+from robustlab import checkpoint, distributed
 from robustlab.data import Dataset
-from robustlab.device import autocast, resolve_device
+from robustlab.device import autocast
 from robustlab.errors import UserError
 from robustlab.io import atomic_write_text, dumps
 from robustlab.models import forward_with
@@ -91,6 +99,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def rank_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Method randomness of rank `rank` > 0 in a distributed run (rank 0 continues `epoch_generator`)."""
+    return torch.Generator().manual_seed(distributed.derive_seed(seed, epoch, rank))
+
+
 class TrainContext:
     """What a training method sees: the model, the forward pass, the criterion and the randomness."""
 
@@ -101,6 +114,7 @@ class TrainContext:
         self.epoch, self.step = 0, 0
         self.generator = epoch_generator(config.seed, 0)
         self.last_epoch: dict[str, float] = {}
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
 
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
@@ -150,14 +164,58 @@ def _clip(model: nn.Module, w_max: float) -> None:
 
 @torch.no_grad()
 def evaluate_loss_err(ctx: TrainContext, ds: Dataset, batch_size: int = 512) -> tuple[float, float]:
-    """Mean clean loss and error of the (quantized, if QAT) model on `ds`."""
+    """Mean clean loss and error of the (quantized, if QAT) model on `ds` (sharded across ranks)."""
+    n = len(ds)
+    if distributed.active():
+        ds = ds.subset(slice(*distributed.shard_bounds(n)))
     loss = err = 0.0
     with ctx.eval_mode():
         for x, y in ds.batches(batch_size, device=ctx.device):
             logits = ctx.forward(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             err += (logits.argmax(1) != y).sum().item()
-    return loss / len(ds), err / len(ds)
+    if distributed.active():
+        loss, err = distributed.all_reduce_sum(torch.tensor([loss, err], dtype=torch.float64)).tolist()
+    return loss / n, err / n
+
+
+def _shard_batches(ctx: TrainContext, ds: Dataset, batch_size: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of each global batch of the epoch's permutation (the same on all ranks)."""
+    order = torch.randperm(len(ds), generator=ctx.generator)
+    if ctx.rank > 0:
+        ctx.generator = rank_generator(ctx.config.seed, ctx.epoch, ctx.rank)
+    for start in range(0, len(ds), batch_size):
+        idx = distributed.split_batch(order[start:start + batch_size])
+        yield ds.x[idx].to(ctx.device, non_blocking=True), ds.y[idx].to(ctx.device, non_blocking=True)
+
+
+def _distributed_backward(method: Method, ctx: TrainContext, model: nn.Module, x: torch.Tensor,
+                          y: torch.Tensor, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`method.backward` on this rank's share, then the gradient of the global batch mean."""
+    if len(y):
+        loss, logits = method.backward(ctx, x, y)
+    else:  # a last global batch smaller than the world leaves some ranks without examples
+        loss, logits = torch.zeros((), device=ctx.device), torch.zeros(0, ctx.num_classes, device=ctx.device)
+    distributed.reduce_gradients([p for p in model.parameters() if p.requires_grad],
+                                 len(y) / global_batch)
+    return loss, logits
+
+
+def _method_state(method: Method) -> dict[str, Any]:
+    """Rank 0's method state, plus every rank's under "distributed" when several ranks train."""
+    state = method.state_dict()
+    if not distributed.active():
+        return state
+    ranks = distributed.all_gather_object(state)
+    return {**ranks[0], "distributed": {"world_size": len(ranks), "ranks": ranks}}
+
+
+def _load_method_state(method: Method, state: dict[str, Any]) -> None:
+    per_rank = state.get("distributed")
+    if per_rank and per_rank.get("world_size") == distributed.world_size():
+        state = per_rank["ranks"][distributed.rank()]
+    method.load_state_dict({k: v for k, v in state.items() if k != "distributed"})
 
 
 def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
@@ -177,7 +235,8 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
     method = method or Method()
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
-    dev = resolve_device(device)
+    dev = distributed.init(device)  # resolves the device; joins the process group under torchrun
+    world, main = distributed.world_size(), distributed.is_main()
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -189,11 +248,18 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
     meta = dict(meta or {})
     meta.update(train_config=_jsonable_config(config), method=method.config(), seed=config.seed,
                 quant=quant.to_dict() if quant is not None else None)
+    if world > 1:
+        meta["world_size"] = world  # method randomness depends on it (docs/distributed.md)
     if run is not None and resume and checkpoint.has_state(run):
         start_epoch, history, method_state = checkpoint.load_state(run, model, opt, dev)
-        method.load_state_dict(method_state)
+        _load_method_state(method, method_state)
         if history:
             ctx.last_epoch = history[-1]
+    if world > 1:
+        if len(set(distributed.all_gather_object(start_epoch))) > 1:
+            raise UserError(f"ranks disagree on the epoch to resume {run} from; the run directory must "
+                            "be on a file system that every rank sees")
+        distributed.broadcast_module(model)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     best = min((h[select_best] for h in history if select_best in h), default=math.inf)
     for epoch in range(start_epoch, config.epochs):
@@ -204,26 +270,39 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
         loss_sum = torch.zeros((), device=dev)
         err_sum = torch.zeros((), device=dev)
         seen = 0
-        bar = tqdm(train.batches(config.batch_size, shuffle=True, generator=ctx.generator, device=dev),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=None if progress is None else not progress, unit="batch")
+        batches = (train.batches(config.batch_size, shuffle=True, generator=ctx.generator, device=dev)
+                   if world == 1 else _shard_batches(ctx, train, config.batch_size))
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   leave=False, unit="batch",
+                   disable=True if not main else None if progress is None else not progress)
         for i, (x, y) in enumerate(bar):
             lr = config.lr_at(epoch + i / steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss, logits = method.backward(ctx, x, y)
+            if world == 1:
+                loss, logits = method.backward(ctx, x, y)
+            else:
+                loss, logits = _distributed_backward(
+                    method, ctx, model, x, y, min(config.batch_size, len(train) - i * config.batch_size))
             opt.step()
             if config.clip is not None:
                 _clip(model, config.clip)
+            if world > 1:
+                distributed.broadcast_buffers(model)
             loss_sum += loss * len(y)
             err_sum += (logits.argmax(1) != y).sum()
             seen += len(y)
             ctx.step += 1
-            if i % 20 == 19:
+            if main and i % 20 == 19:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                 acc=f"{1 - err_sum.item() / seen:.3f}")
         bar.close()
+        if world > 1:
+            totals = torch.stack([loss_sum.double(), err_sum.double(),
+                                  torch.tensor(float(seen), dtype=torch.float64, device=dev)])
+            distributed.all_reduce_sum(totals)
+            loss_sum, err_sum, seen = totals[0], totals[1], int(totals[2].item())
         metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
                                    "train_err": err_sum.item() / seen,
                                    "time_s": round(time.perf_counter() - t0, 3)}
@@ -233,19 +312,21 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
             metrics.update(hook(ctx))
         history.append(metrics)
         ctx.last_epoch = metrics
-        if log:
+        if log and main:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                               if k not in ("epoch", "lr") and isinstance(v, float))
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        if run is not None:
+        method_state = _method_state(method) if run is not None else {}
+        if run is not None and main:
             if select_best is not None and metrics.get(select_best, math.inf) < best:
                 best = metrics[select_best]
                 checkpoint.save_weights(run / "model_best.safetensors", model)
                 meta["best_epoch"] = epoch + 1
             checkpoint.save(run, model, meta)
-            checkpoint.save_state(run, epoch + 1, opt, history, method.state_dict())
+            checkpoint.save_state(run, epoch + 1, opt, history, method_state)
             atomic_write_text(run / "metrics.jsonl", "".join(dumps(h, indent=None) + "\n"
                                                              for h in history))
+        distributed.barrier()
     return history
 
 

@@ -1,0 +1,229 @@
+"""Training against adversarial weight perturbations: AWP and AdvBET (spec §8).
+
+**AWP** (`--method awp`): adversarial examples x̃ are computed at w by the base method (`at` or
+`trades`, `--awp-base`); one normalized ascent step on the conv/linear weights,
+ν_l = γ‖w_l‖·g_l/‖g_l‖ with g the gradient of the base loss on those inputs, gives w + ν; the
+gradient of the same loss on the same inputs at w + ν is applied to w. The base method runs
+unchanged: its training forward pass at w is recorded, and for the pass at w + ν the recorded
+inputs are replayed while its attack runs on a throwaway stand-in of the model (the attack is not
+computed twice). This works for base methods whose loss depends only on the logits of their
+training forward pass (AT and TRADES).
+
+**AdvBET** (`--method advbet`): RandBET (clean plus clamped perturbed gradient, averaged, with the
+loss-threshold curriculum) where the random bit error pattern is replaced by adversarial bit
+errors: `bit_budget` flipped bits (at most one per weight) found on the current batch by the
+projected attack of `robustlab.weights.bits`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from robustlab.errors import UserError
+from robustlab.train.biterror_methods import RandBET
+from robustlab.train.methods import Method, create, register
+from robustlab.weights.ball import RelativeBall, select
+from robustlab.weights.bits import bit_attack, check_budget
+
+if TYPE_CHECKING:
+    from robustlab.quant import Quantized
+    from robustlab.train.trainer import TrainContext
+
+AWP_BASES = ("at", "trades")
+
+
+class _Proxy:
+    """A TrainContext stand-in for one call of a base method's `loss`.
+
+    Recording (`replay=None`): forwards like the context (at `params` when given) and records
+    the inputs of training-mode forward passes. Replaying: training-mode passes take the recorded
+    inputs instead of their own, and eval-mode passes (the base method's attack) hit a cheap
+    differentiable stand-in, so the attack costs nearly nothing and its result is discarded.
+    """
+
+    def __init__(self, ctx: TrainContext, params: dict[str, torch.Tensor] | None = None,
+                 replay: list[torch.Tensor] | None = None) -> None:
+        self._ctx, self._params = ctx, params
+        self._replay = None if replay is None else list(replay)
+        self.recorded: list[torch.Tensor] = []
+        self._eval = 0
+        # the base's attack must not consume the run's randomness a second time
+        self.generator = ctx.generator if replay is None else \
+            torch.Generator().set_state(ctx.generator.get_state())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        self._eval += 1
+        try:
+            with self._ctx.eval_mode():
+                yield
+        finally:
+            self._eval -= 1
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        if self._eval and self._replay is not None:
+            k = self._ctx.num_classes
+            return (x.flatten(1).sum(1, keepdim=True) * 0).expand(x.shape[0], k).float()
+        if not self._eval:
+            if self._replay is not None:
+                if not self._replay:
+                    raise RuntimeError("awp: the base method made more training passes at w+ν "
+                                       "than at w")
+                x = self._replay.pop(0)
+            else:
+                self.recorded.append(x.detach())
+        return self._ctx.forward(x, self._params if params is None else params)
+
+
+@register
+@dataclasses.dataclass
+class AWP(Method):
+    """Adversarial weight perturbation on top of AT or TRADES (module docstring)."""
+
+    name: ClassVar[str] = "awp"
+
+    awp_base: str = field(default="at", metadata={
+        "help": f"loss AWP perturbs the weights against: {', '.join(AWP_BASES)}"})
+    awp_gamma: float = field(default=0.005, metadata={
+        "help": "relative size γ of the weight perturbation, ‖ν_l‖ = γ‖w_l‖ (0.005-0.01)"})
+    awp_warmup: int = field(default=0, metadata={
+        "help": "epochs of the plain base method before weights are perturbed"})
+    fraction: float = 0.5
+    beta: float = field(default=6.0, metadata={"help": "TRADES weight β of the KL term"})
+    eps: float | None = None
+    attack_norm: str = "linf"
+    attack_steps: int = 10
+    attack_lr: float | None = None
+    attack_init: str | None = field(default=None, metadata={
+        "help": "start of the training attack (default: the base method's)"})
+
+    def __post_init__(self) -> None:
+        if self.awp_base not in AWP_BASES:
+            raise UserError(f"awp-base {self.awp_base!r} is invalid; choose one of "
+                            f"{', '.join(AWP_BASES)}")
+        if not self.awp_gamma >= 0:
+            raise UserError(f"awp-gamma {self.awp_gamma} is invalid; it must be >= 0")
+        if self.awp_warmup < 0:
+            raise UserError(f"awp-warmup {self.awp_warmup} is invalid; it must be >= 0")
+        opts: dict[str, Any] = {"eps": self.eps, "attack_norm": self.attack_norm,
+                                "attack_steps": self.attack_steps, "attack_lr": self.attack_lr}
+        if self.attack_init is not None:
+            opts["attack_init"] = self.attack_init
+        if self.awp_base == "at":
+            opts["fraction"] = self.fraction
+        else:
+            opts["beta"] = self.beta
+        self._base = create(self.awp_base, **opts)
+        self._names: list[str] | None = None
+
+    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._base.loss(ctx, x, y)
+
+    def perturbation(self, ctx: TrainContext, proxy_loss: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """ν_l = γ‖w_l‖·g_l/‖g_l‖ on the conv/linear weights, from the loss at w."""
+        params = ctx.params()
+        if self._names is None:
+            self._names = [n for n in select(ctx.model, "weights") if params[n].requires_grad]
+        grads = torch.autograd.grad(proxy_loss, [params[n] for n in self._names],
+                                    allow_unused=True)
+        grads_d = {n: torch.zeros_like(params[n]) if g is None else g
+                   for n, g in zip(self._names, grads)}
+        ball = RelativeBall({n: params[n] for n in self._names}, self._names, self.awp_gamma)
+        return ball.ascent(ball.zeros(), grads_d, self.awp_gamma)
+
+    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if ctx.epoch < self.awp_warmup or self.awp_gamma == 0:
+            return self._base.backward(ctx, x, y)
+        rec = _Proxy(ctx)
+        loss_w, _ = self._base.loss(rec, x, y)
+        nu = self.perturbation(ctx, loss_w)
+        params = ctx.params()
+        perturbed = {**params, **{n: params[n] + nu[n].detach() for n in nu}}
+        loss, logits = self._base.loss(_Proxy(ctx, perturbed, rec.recorded), x, y)
+        loss.backward()
+        return loss.detach(), logits.detach()
+
+
+class _AdversarialPattern(RandBET):
+    """RandBET whose bit error pattern comes from the adversarial bit attack on the batch."""
+
+    owner: AdvBET | None = None
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def mask(self, ctx: TrainContext, q: Quantized) -> torch.Tensor:
+        o = self.owner
+        assert o is not None and self.batch is not None
+        x, y = self.batch
+        with torch.enable_grad():  # RandBET asks for the mask under no_grad
+            r = bit_attack(ctx.model, q, x, y, budget=o.bit_budget, steps=o.bit_attack_steps,
+                           step_size=o.bit_attack_step_size, selection=o.bit_attack_params,
+                           generator=ctx.generator, batch_size=x.shape[0], progress=False)
+        return torch.bitwise_xor(r.codes, q.codes)
+
+
+@register
+@dataclasses.dataclass
+class AdvBET(Method):
+    """Adversarial bit error training: RandBET with adversarial instead of random bit errors."""
+
+    name: ClassVar[str] = "advbet"
+
+    bit_budget: int = field(default=160, metadata={
+        "help": "flipped bits per batch of the training bit attack (at most one per weight)"})
+    bit_attack_steps: int = field(default=5, metadata={
+        "help": "iterations of the training bit attack"})
+    bit_attack_step_size: float = field(default=0.25, metadata={
+        "help": "step of the training bit attack (fraction of half the code range)"})
+    bit_attack_params: str = field(default="all", metadata={
+        "help": "tensors the training bit attack may flip: all, default, weights or names"})
+    grad_clamp: float = field(default=0.05, metadata={
+        "help": "element-wise clamp of the gradient at the bit-flipped weights"})
+    loss_threshold: float = field(default=-1.0, metadata={
+        "help": "bit errors start once the clean loss of a batch is below this; -1: 1.75 on "
+                "10 classes (scaled by ln K/ln 10); inf: from the start"})
+
+    def __post_init__(self) -> None:
+        check_budget(self.bit_budget)
+        if self.bit_attack_steps < 0:
+            raise UserError(f"bit-attack-steps {self.bit_attack_steps} is invalid; it must be >= 0")
+        if not self.bit_attack_step_size > 0:
+            raise UserError(f"bit-attack-step-size {self.bit_attack_step_size} is invalid; "
+                            "it must be > 0")
+        self._inner = _AdversarialPattern(bit_error_rate=0.0, grad_clamp=self.grad_clamp,
+                                          loss_threshold=self.loss_threshold)
+        self._inner.owner = self
+
+    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._inner.batch = (x, y)
+        try:
+            return self._inner.backward(ctx, x, y)
+        finally:
+            self._inner.batch = None
+
+    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inner.loss(ctx, x, y)
+
+    @property
+    def active(self) -> bool:
+        return self._inner.active
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._inner.load_state_dict(state)

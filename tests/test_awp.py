@@ -1,0 +1,155 @@
+"""AWP and AdvBET training methods."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from robustlab import models
+from robustlab.cli import main
+from robustlab.data import synthetic
+from robustlab.errors import UserError
+from robustlab.quant import RQUANT8
+from robustlab.train import fit
+from robustlab.train.adversarial_methods import AT, TRADES
+from robustlab.train.methods import create
+from robustlab.train.trainer import TrainConfig, TrainContext
+from robustlab.train.weight_methods import AWP, AdvBET
+from robustlab.weights import select
+
+torch.set_num_threads(1)
+
+
+def setup(seed=0):
+    train, _ = synthetic(32, 8, shape=(1, 6, 6), num_classes=3, seed=seed)
+    m = models.create("convnet", in_shape=(1, 6, 6), num_classes=3, width=4, hidden=8,
+                      norm="none", seed=seed)
+    return m, train.x, train.y
+
+
+def ctx_for(m, state=None):
+    ctx = TrainContext(m, TrainConfig(seed=0), torch.device("cpu"), 3)
+    if state is not None:
+        ctx.generator.set_state(state)
+    return ctx
+
+
+@pytest.mark.parametrize("base", ["at", "trades"])
+def test_awp_gradient_is_the_base_gradient_at_w_plus_nu(base):
+    m, x, y = setup()
+    m.train()
+    gamma = 0.01
+    ctx = ctx_for(m)
+    state = ctx.generator.get_state()
+    awp = AWP(awp_base=base, awp_gamma=gamma, attack_steps=3)
+    awp.backward(ctx, x, y)
+    got = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+
+    # the same computation by hand: inputs at w, ν from the base loss, gradient at w + ν
+    ref = (AT(fraction=0.5, attack_steps=3) if base == "at" else TRADES(attack_steps=3))
+    params = dict(m.named_parameters())
+    loss_w, _ = ref.loss(ctx_for(m, state), x, y)
+    names = select(m, "weights")
+    grads = torch.autograd.grad(loss_w, [params[n] for n in names])
+    nu = {n: gamma * params[n].detach().norm() * g / g.norm() for n, g in zip(names, grads)}
+    if base == "at":
+        n_adv = 16
+        x_adv = ref.attack(ctx_for(m, state), x[16:], y[16:])
+        inp = torch.cat([x[:16], x_adv])
+    else:
+        from robustlab.attacks.pgd import pgd
+        from robustlab.train.adversarial_methods import _kl_objective
+
+        c = ctx_for(m, state)
+        with c.eval_mode():
+            with torch.no_grad():
+                p_clean = F.softmax(m(x), 1)
+            x_adv = pgd(m, x, p_clean, eps=0.1, steps=3, objective=_kl_objective, init="tiny",
+                        generator=c.generator).x_adv
+        inp = torch.cat([x, x_adv])
+    pert = {**params, **{n: params[n] + nu[n] for n in names}}
+    logits = functional_call(m, pert, (inp,))
+    if base == "at":
+        loss = 0.5 * F.cross_entropy(logits[16:], y[16:]) + 0.5 * F.cross_entropy(logits[:16], y[:16])
+        assert n_adv == 16
+    else:
+        clean, adv = logits[:32], logits[32:]
+        loss = F.cross_entropy(clean, y) + 6.0 * F.kl_div(
+            F.log_softmax(adv, 1), F.log_softmax(clean, 1), reduction="batchmean", log_target=True)
+    loss.backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-6), n
+    # ν really moved the weights: the gradient differs from the plain base gradient
+    m.zero_grad(set_to_none=True)
+    create(base, attack_steps=3).backward(ctx_for(m, state), x, y)
+    assert any(not torch.allclose(got[n], p.grad, atol=1e-6) for n, p in m.named_parameters())
+
+
+def test_awp_perturbation_is_relative_and_weights_only():
+    m, x, y = setup()
+    ctx = ctx_for(m)
+    awp = AWP(awp_gamma=0.01, attack_steps=2)
+    loss, _ = awp._base.loss(ctx, x, y)
+    nu = awp.perturbation(ctx, loss)
+    params = dict(m.named_parameters())
+    assert set(nu) == set(select(m, "weights")) and all(params[n].ndim >= 2 for n in nu)
+    for n, v in nu.items():
+        assert torch.allclose(v.norm(), 0.01 * params[n].norm(), rtol=1e-5)
+
+
+def test_awp_options_and_training():
+    with pytest.raises(UserError, match="awp-base"):
+        AWP(awp_base="ccat")
+    with pytest.raises(UserError, match="awp-gamma"):
+        AWP(awp_gamma=-1)
+    m, x, y = setup()
+    train, _ = synthetic(64, 8, shape=(1, 6, 6), num_classes=3, seed=0)
+    hist = fit(m, train, method=AWP(awp_base="trades", attack_steps=2, awp_warmup=1), epochs=2,
+               lr=0.05, batch_size=32, progress=False, device="cpu")
+    assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
+
+
+def test_advbet_uses_adversarial_bit_errors(monkeypatch):
+    m, x, y = setup()
+    ctx = ctx_for(m)
+    adv = AdvBET(bit_budget=7, bit_attack_steps=2, loss_threshold=float("inf"))
+    seen = []
+    orig = adv._inner.mask
+
+    def spy(c, q):
+        mask = orig(c, q)
+        seen.append((q, mask))
+        return mask
+
+    monkeypatch.setattr(adv._inner, "mask", spy)
+    loss, logits = adv.backward(ctx, x, y)
+    assert torch.isfinite(loss) and logits.shape == (32, 3)
+    (q, mask), = seen
+    bits = torch.zeros_like(mask, dtype=torch.int64)
+    for j in range(8):
+        bits += (mask.long() >> j) & 1
+    assert int(bits.max()) <= 1 and 0 < int(bits.sum()) <= 7
+    # the adversarial pattern hurts the batch more than the clean quantized weights
+    with torch.no_grad():
+        clean = F.cross_entropy(functional_call(m, q.dequantize(), (x,)), y)
+        hit = F.cross_entropy(functional_call(m, q.dequantize(q.codes ^ mask), (x,)), y)
+    assert hit > clean
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_advbet_trains_quantized_and_cli_lists_methods(tmp_path, capsys):
+    train, _ = synthetic(64, 8, shape=(1, 6, 6), num_classes=3, seed=0)
+    m, _, _ = setup()
+    hist = fit(m, train, method=AdvBET(bit_budget=4, bit_attack_steps=1,
+                                       loss_threshold=float("inf")),
+               quant=RQUANT8, epochs=1, lr=0.05, batch_size=32, progress=False, device="cpu")
+    assert len(hist) == 1
+    out = tmp_path / "awp"
+    assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--method",
+                 "awp", "--awp-gamma", "0.01", "--attack-steps", "1", "--device", "cpu",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--method",
+                 "at", "--awp-gamma", "0.01", "--device", "cpu", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2
+    assert "does not apply" in capsys.readouterr().err

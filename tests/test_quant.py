@@ -1,0 +1,192 @@
+"""Quantization: exact codes, error bounds, two's complement, clamping, STE, export."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from robustlab import quant
+from robustlab.errors import UserError
+from robustlab.quant import NORMAL8, RQUANT8, Quantized, Scheme
+
+
+def _params(seed=0, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    return {"conv.weight": (scale * torch.randn(4, 3, 3, 3, generator=g)).clamp(-0.9, 0.9),
+            "conv.bias": 0.05 * torch.randn(4, generator=g),
+            "norm.weight": torch.zeros(4),  # a fresh 1+γ norm scale: constant tensor
+            "fc.weight": (scale * torch.rand(10, 8, generator=g) - 0.1)}
+
+
+ALL = [Scheme(bits, per_tensor, mode, rnd, q_max=1.0)
+       for bits, per_tensor, mode, rnd in itertools.product(
+           range(2, 9), (True, False), quant.MODES, quant.ROUNDINGS)]
+
+
+@pytest.mark.parametrize("scheme", ALL, ids=str)
+def test_codes_in_range_and_error_bound(scheme):
+    p = _params()
+    q = scheme.quantize(p)
+    assert q.codes.dtype == torch.uint8 and q.codes.numel() == sum(v.numel() for v in p.values())
+    assert int(q.codes.max()) <= 2**scheme.bits - 1
+    deq = q.dequantize()
+    for t, (name, w) in enumerate(p.items()):
+        assert deq[name].shape == w.shape and deq[name].dtype == w.dtype
+        err = (deq[name] - w).abs().max().item()
+        delta = q.delta[t].item()
+        bound = delta / 2 if scheme.rounding == "round" else delta
+        assert err <= bound * (1 + 1e-6) + 1e-7, (name, err, delta)
+        if scheme.per_tensor and w.abs().max() == 0:
+            assert err == 0.0  # an empty per-tensor range is represented exactly
+        # every dequantized value lies in the tensor's range
+        assert deq[name].min() >= q.lo[t].item() - 1e-7 and deq[name].max() <= q.hi[t].item() + 1e-7
+    # per-tensor path (used for the STE) agrees exactly with the flat table path
+    qd = scheme.quantize_dequantize(p)
+    assert all(torch.equal(qd[n], deq[n]) for n in p)
+
+
+def test_asymmetric_closed_form_and_half_to_even():
+    s = Scheme(2, mode="asymmetric", rounding="round")
+    w = torch.tensor([0.0, 0.5, 1.5, 2.5, 3.0, 1.0])  # range [0, 3] → Δ = 1
+    q = s.quantize({"w": w})
+    assert q.delta.item() == 1.0
+    assert q.codes.tolist() == [0, 0, 2, 2, 3, 1]  # 0.5 → 0 and 2.5 → 2: half to even
+    assert q.dequantize()["w"].tolist() == [0.0, 0.0, 2.0, 2.0, 3.0, 1.0]
+
+
+def test_symmetric_signed_is_twos_complement_and_unsigned_is_offset():
+    w = torch.tensor([-3.0, -2.7, -1.0, 0.0, 2.7, 3.0])
+    signed = Scheme(3, per_tensor=False, mode="symmetric_signed", rounding="trunc", q_max=3.0)
+    q = signed.quantize({"w": w})  # Δ = 3/(2^2-1) = 1; trunc(-2.7) = -2 (toward zero)
+    assert q.codes.tolist() == [0b101, 0b110, 0b111, 0, 2, 3]
+    assert q.dequantize()["w"].tolist() == [-3.0, -2.0, -1.0, 0.0, 2.0, 3.0]
+    unsigned = Scheme(3, per_tensor=False, mode="symmetric_unsigned", rounding="trunc", q_max=3.0)
+    assert unsigned.quantize({"w": w}).codes.tolist() == [1, 2, 3, 4, 6, 7]
+    rounded = Scheme(3, per_tensor=False, mode="symmetric_signed", rounding="round", q_max=3.0)
+    assert rounded.quantize({"w": w}).codes.tolist() == [0b101, 0b101, 0b111, 0, 3, 3]
+
+
+def test_cast_after_clamp_and_dequantization_clamps():
+    # far outside the global range: must saturate, not wrap around in the uint8 cast
+    w = torch.tensor([5.0, -5.0, 300.0, -300.0])
+    for mode in quant.MODES:
+        q = Scheme(8, per_tensor=False, mode=mode, q_max=1.0).quantize({"w": w})
+        assert q.dequantize()["w"].tolist() == [1.0, -1.0, 1.0, -1.0]
+    # the most negative two's complement code (-128 Δ) is outside [-q_max, q_max]: clamped
+    q = NORMAL8.quantize({"w": torch.tensor([0.0])})
+    assert q.dequantize(torch.tensor([128], dtype=torch.uint8))["w"].item() == -1.0
+    assert q.dequantize(torch.tensor([127], dtype=torch.uint8))["w"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scheme", [RQUANT8, Scheme(4), NORMAL8,
+                                    Scheme(6, per_tensor=False, mode="symmetric_unsigned")], ids=str)
+def test_single_bit_flip_moves_code_by_power_of_two(scheme):
+    p = _params(1)
+    q = scheme.quantize(p)
+    m = scheme.bits
+    codes = q.codes.to(torch.int64)
+    for j in range(m):
+        flipped = torch.bitwise_xor(q.codes, torch.tensor(1 << j, dtype=torch.uint8)).to(torch.int64)
+        assert torch.equal((flipped - codes).abs(), torch.full_like(codes, 1 << j))
+    # asymmetric: the dequantized value moves by exactly ±2^j Δ (within the range, no clamping)
+    if scheme.mode == "asymmetric":
+        t = q.names.index("conv.weight")
+        table = q.table[t].double()
+        for j in range(m):
+            c = torch.arange(2**m)
+            step = (table[c ^ (1 << j)] - table[c]).abs()
+            assert torch.allclose(step, torch.full_like(step, (1 << j) * q.delta[t].item()),
+                                  rtol=1e-5, atol=1e-7)
+
+
+def test_constant_tensor_is_immune_and_high_bits_ignored():
+    q = RQUANT8.quantize({"gamma": torch.zeros(5), "w": torch.tensor([-1.0, 1.0])})
+    all_ones = torch.full_like(q.codes, 255)
+    assert q.dequantize(all_ones)["gamma"].tolist() == [0.0] * 5
+    q4 = Scheme(4).quantize({"w": torch.linspace(-1, 1, 16)})
+    assert torch.equal(q4.dequantize_flat(q4.codes | 0xF0), q4.dequantize_flat())
+
+
+def test_fake_quantize_straight_through():
+    p = {k: v.clone().requires_grad_(True) for k, v in _params(2).items()}
+    fq = RQUANT8.fake_quantize(p)
+    deq = RQUANT8.quantize_dequantize(p)
+    for n in p:
+        assert torch.equal(fq[n].detach(), deq[n])
+    upstream = {n: torch.randn(v.shape, generator=torch.Generator().manual_seed(3)) for n, v in p.items()}
+    loss = sum((fq[n] * upstream[n]).sum() for n in p)
+    loss.backward()
+    for n in p:
+        assert torch.equal(p[n].grad, upstream[n])  # identity gradient
+
+
+def test_dtypes_preserved_and_partial():
+    p = {"a": torch.linspace(-1, 1, 7, dtype=torch.float64), "b": torch.linspace(0, 1, 3)}
+    q = RQUANT8.quantize(p)
+    d = q.dequantize()
+    assert d["a"].dtype == torch.float64 and d["b"].dtype == torch.float32
+    assert q.sizes == [7, 3] and q.offsets == [0, 7]
+    assert torch.equal(q.split()["a"], q.codes[:7])
+    with pytest.raises(UserError, match="non-float"):
+        RQUANT8.quantize({"i": torch.arange(3)})
+
+
+def test_export_npz_roundtrip_and_documented_formula(tmp_path):
+    for scheme in (RQUANT8, NORMAL8, Scheme(5, per_tensor=False, mode="symmetric_unsigned")):
+        q = scheme.quantize(_params(4))
+        path = q.export_npz(tmp_path / "codes.npz")
+        back = Quantized.load_npz(path)
+        assert back.scheme == scheme and back.names == q.names and back.shapes == q.shapes
+        assert torch.equal(back.codes, q.codes)
+        for n, v in q.dequantize().items():
+            assert torch.equal(back.dequantize()[n], v)
+        # what an accelerator does with the file: integer codes plus per-tensor ranges, no torch
+        with np.load(path, allow_pickle=False) as z:
+            for t, name in enumerate(q.names):
+                c = z[f"code:{name}"].astype(np.int64)
+                assert z[f"code:{name}"].dtype == np.uint8
+                if scheme.mode == "symmetric_signed":
+                    c = c ^ (1 << (scheme.bits - 1))
+                w = np.clip(z["base"][t] + c * z["delta"][t], z["lo"][t], z["hi"][t])
+                np.testing.assert_allclose(w, q.dequantize()[name].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_load_npz_rejects_other_files(tmp_path):
+    np.savez(tmp_path / "x.npz", meta=np.array('{"format": "other"}'))
+    with pytest.raises(UserError, match="not a robustlab quantized export"):
+        Quantized.load_npz(tmp_path / "x.npz")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read"):
+        Quantized.load_npz(tmp_path / "bad.npz")
+
+
+def test_scheme_validation_parse_and_dict():
+    for bad in (dict(bits=1), dict(bits=9), dict(bits=8.0), dict(mode="log"),
+                dict(rounding="floor"), dict(per_tensor=False, q_max=0.0),
+                dict(per_tensor=False, q_max=-1.0)):
+        with pytest.raises(UserError):
+            Scheme(**bad)
+    assert quant.parse("rquant8") == RQUANT8
+    assert quant.parse("rquant4") == quant.RQUANT4 == Scheme(4)
+    assert quant.parse("normal8") == NORMAL8
+    assert quant.parse("normal,bits=6,rounding=round") == Scheme(6, False, "symmetric_signed", "round")
+    assert quant.parse("bits=3,per_tensor=false,mode=symmetric_unsigned,q_max=0.5") == Scheme(
+        3, False, "symmetric_unsigned", "round", 0.5)
+    for bad in ("rquant9", "rquant1", "fancy8", "", "rquant,colour=red", "bits=x", "per_tensor=maybe"):
+        with pytest.raises(UserError):
+            quant.parse(bad)
+    for s in ALL[:10]:
+        assert Scheme.from_dict(s.to_dict()) == s
+    with pytest.raises(UserError, match="unknown quantization field"):
+        Scheme.from_dict({"bits": 8, "colour": 1})
+
+
+def test_quantize_model_covers_every_parameter():
+    from robustlab import models
+
+    model = models.create("convnet", in_shape=(1, 8, 8), num_classes=4, norm="bn", width=4)
+    q = quant.quantize_model(model)
+    names = [n for n, _ in model.named_parameters()]
+    assert q.names == names  # weights, biases and norm affine parameters, in module order
+    assert any(n.endswith(".weight") and "norm" not in n for n in names)

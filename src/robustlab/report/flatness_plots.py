@@ -149,27 +149,30 @@ def plot_correlation(results: Iterable[Result], path: str | Path, *,
 def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
                     labels: Sequence[str] | None = None) -> Path:
     """RErr (%) against the bit budget (log x) for every method of one or several `bitattack`
-    results on the same axes; random flips show their mean with the max as a dashed line."""
+    results on the same axes (one color per result, one line style per method: attack solid,
+    BFA dash-dotted, random dotted; for a single result the random flips' max is dashed)."""
     rs = [results] if isinstance(results, (dict, str, Path)) else list(results)
     rs = [_load(r) for r in rs]
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    styles = {"attack": "-", "bfa": "-.", "random": ":"}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(rs):
         if "results" not in r or "budgets" not in r:
             raise UserError(f"{r.get('source', 'result')} is not a bitattack result")
         tag = labels[i] if labels else (Path(str(r["run"])).name if len(rs) > 1 and "run" in r
                                         else "")
         b = [max(v, 0.5) for v in r["budgets"]]  # budget 0 sits at 0.5 on the log axis
-        for m, vals in r["results"].items():
-            name = f"{tag} {m}".strip()
-            line, = ax.plot(b, [100 * v for v in vals["rerr"]], marker="o", ms=3, label=name)
-            if "rerr_max" in vals:
-                ax.plot(b, [100 * v for v in vals["rerr_max"]], ls="--", lw=0.8,
-                        color=line.get_color())
+        for j, (m, vals) in enumerate(r["results"].items()):
+            color = colors[(i if len(rs) > 1 else j) % len(colors)]
+            ax.plot(b, [100 * v for v in vals["rerr"]], marker="o", ms=3, color=color,
+                    ls=styles.get(m, "-"), label=f"{tag} {m}".strip())
+            if "rerr_max" in vals and len(rs) == 1:
+                ax.plot(b, [100 * v for v in vals["rerr_max"]], ls="--", lw=0.8, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("flipped bits (budget)")
     ax.set_ylabel("RErr (%)")
     ax.set_ylim(0, 100)
     ax.set_title("adversarial bit errors")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)

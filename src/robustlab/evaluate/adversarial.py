@@ -20,10 +20,12 @@ the first sufficient iterate (turn it off for confidence histograms of fully opt
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +167,40 @@ def _examples(x: torch.Tensor, res: AttackResult, k: int) -> dict[str, torch.Ten
             "pred": res.pred[:k].cpu(), "conf": res.conf[:k].cpu()}
 
 
+def _rounded(t: torch.Tensor, digits: int = 6) -> list[float]:
+    return [round(v, digits) for v in t.double().tolist()]
+
+
+def save_examples(path: str | Path, examples: dict[str, dict[str, torch.Tensor]],
+                  classes: Sequence[str]) -> str:
+    """Write example images per threat (safetensors); returns the file name."""
+    from safetensors.torch import save_file
+
+    from robustlab.io import atomic_write
+
+    tensors = {f"{key}/{part}": t.detach().cpu().clone().contiguous()
+               for key, parts in examples.items() for part, t in parts.items()}
+    meta = {"threats": json.dumps(list(examples)), "classes": json.dumps(list(classes))}
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path.name
+
+
+def load_examples(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Inverse of `save_examples`: ({threat: {part: tensor}}, class names)."""
+    from safetensors import safe_open
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for name in f.keys():
+            key, _, part = name.rpartition("/")
+            out.setdefault(key, {})[part] = f.get_tensor(name)
+    order = json.loads(meta.get("threats", "[]"))
+    out = {k: out[k] for k in order if k in out} | {k: v for k, v in out.items() if k not in order}
+    return out, json.loads(meta.get("classes", "[]"))
+
+
 def _model_device(model: Model) -> torch.device:
     if isinstance(model, torch.nn.Module):
         p = next(iter(model.parameters()), None)
@@ -181,12 +217,15 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
                 backtrack: bool = True, early_stop: bool = True, severities: Sequence[int] = (3,),
                 corruptions: Sequence[str] | None = None, batch_size: int = 500, seed: int = 0,
                 device: torch.device | str | None = None, bf16: bool = False,
-                channels_last: bool = False, n_examples: int = 8, dataset: str | None = None,
+                channels_last: bool = False, n_examples: int = 8,
+                examples_path: str | Path | None = None, dataset: str | None = None,
                 progress: bool | None = None) -> dict[str, Any]:
     """Run an evaluation suite on the first `n` test examples; returns a JSON-able dict.
 
-    The entry `"examples"` holds a few clean/adversarial images per threat as tensors (drop or
-    save it separately before writing JSON). `steps` defaults to 40 (100 for patches).
+    `steps` defaults to 40 (100 for patches). With `examples_path`, the first `n_examples`
+    clean and adversarial images of every threat model are saved there (safetensors; keys
+    `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
+    relative to the result's folder when the file is saved beside it).
     """
     items = parse_suite(suite)
     eps_over = parse_eps(eps)
@@ -252,9 +291,10 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
             "data": {"name": dataset or test.name, "n_test": n_total, "attacked": [0, n_att],
                      "holdout": [n_total - n_hold, n_total], "shape": list(shape)},
             "clean": {"err": M.err(clean_wrong), "err_holdout": M.err(~hold_ok),
-                      "tau": taus, "conf": clean_conf.tolist(),
+                      "tau": taus, "conf": _rounded(clean_conf),
                       "wrong": clean_wrong.tolist(), "time_s": 0.0},
-            "threats": {}, "examples": {}}
+            "threats": {}, "classes": list(test.classes)}
+        examples: dict[str, dict[str, torch.Tensor]] = {}
         out["clean"]["time_s"] = round(time.perf_counter() - t0, 3)
         batches = range(0, n_att, batch_size)
         bar = tqdm(total=len(items) * len(batches), desc="attacks", unit="batch", leave=False,
@@ -271,10 +311,12 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
                 r, ex = _run_attack(model, item, eps_over, x_att, y_att, clean_wrong, clean_conf,
                                     taus, s, g, dev, batch_size, shape, dataset or test.name, bar,
                                     n_examples)
-                out["examples"][item.key] = ex
+                examples[item.key] = ex
             r["time_s"] = round(time.perf_counter() - t1, 3)
             out["threats"][item.key] = r
         bar.close()
+        if examples_path is not None and examples:
+            out["examples_file"] = save_examples(examples_path, examples, list(test.classes))
         return out
     finally:
         if was_training:
@@ -315,7 +357,7 @@ def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att
     adv_conf = confidence(logits)
     info["attacks"] = names
     info.update(M.adversarial_metrics(clean_wrong, clean_conf, adv_wrong, adv_conf, taus))
-    info["adv_conf"] = adv_conf.tolist()
+    info["adv_conf"] = _rounded(adv_conf)
     info["adv_wrong"] = adv_wrong.tolist()
     assert first is not None
     first["y"] = y_att[:first["clean"].shape[0]]
@@ -338,7 +380,7 @@ def _run_distal(model: Model, item: SuiteItem, eps_over: dict[str, float], n: in
     return {"threat": "distal", "eps": eps, "n": n,
             "mean_conf": float(conf.double().mean()),
             "at": {k: {"tau": t, "fpr": M.distal_fpr(t, conf)} for k, t in taus.items()},
-            "conf": conf.tolist()}
+            "conf": _rounded(conf)}
 
 
 def _run_corrupt(logits_of: Callable[[torch.Tensor], torch.Tensor], item: SuiteItem,

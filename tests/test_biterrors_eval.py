@@ -25,7 +25,8 @@ from robustlab.train import fit
 def trained():
     train, test = data.synthetic(256, 96, shape=(1, 6, 6), num_classes=4, seed=1)
     model = models.create("mlp", dataset=train, hidden=(12,), seed=0)
-    fit(model, train, epochs=2, lr=0.1, batch_size=64, device="cpu", progress=False)
+    fit(model, train, epochs=4, lr=0.01, batch_size=32, optimizer="adam", device="cpu",
+        progress=False)  # about 15% test error: clean mistakes matter for RErr
     return model.eval(), test
 
 
@@ -125,7 +126,7 @@ def test_uniform_chip_equals_random_patterns(trained):
     chip = be.chip_map_from_dict({"rows": 5, "cols": 11, "flip_prob": p})
     c = chip_errors(model, test, chip, offsets=[0, 7], patterns=3, progress=False)
     r = bit_errors(model, test, rates=[p], patterns=3, progress=False)
-    rerr = torch.tensor(c["rerr"]["values"])  # K × offsets
+    rerr = torch.tensor(c["rerr"]["values"], dtype=torch.float64)  # K × offsets
     for o in range(2):  # the layout offset does not matter on a uniform chip
         assert rerr[:, o].tolist() == [v[0] for v in r["rerr"]["values"]]
     assert c["clean_err"] == r["clean_err"]

@@ -53,6 +53,8 @@ def _check(patterns: int, batch_size: int, rates: Sequence[float]) -> list[float
 def stats(values: torch.Tensor) -> dict[str, list[float]]:
     """Per-column mean, std (ddof=1, 0 for one row), min, max of a K×R tensor, as lists."""
     v = values.double().cpu()
+    if v.shape[0] == 0:
+        raise ValueError("no rows")
     std = v.std(0, correction=1) if v.shape[0] > 1 else torch.zeros(v.shape[1], dtype=torch.float64)
     return {"mean": v.mean(0).tolist(), "std": std.tolist(), "min": v.min(0).values.tolist(),
             "max": v.max(0).values.tolist()}
@@ -121,8 +123,8 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
                  else scheme.quantize({k: v.detach() for k, v in model_params(model).items()}))
         clean_wrong, t_clean = ev.timed_wrong(q.dequantize())
         K, R = int(patterns), len(rates)
-        err = torch.empty(K, R, device=dev)
-        rerr = torch.empty(K, R, device=dev)
+        err = torch.empty(K, R, dtype=torch.int64, device=dev)  # numbers of wrong examples
+        rerr = torch.empty(K, R, dtype=torch.int64, device=dev)
         t_masks = 0.0
         bar = tqdm(total=K * R, desc="bit errors", unit="eval", leave=False,
                    disable=None if progress is None else not progress)
@@ -134,8 +136,8 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
             t_masks += time.perf_counter() - t0
             for r in range(R):
                 wrong = ev.wrong(q.dequantize(torch.bitwise_xor(q.codes, m[r])))
-                err[k, r] = wrong.float().mean()
-                rerr[k, r] = (wrong | clean_wrong).float().mean()
+                err[k, r] = wrong.sum()
+                rerr[k, r] = (wrong | clean_wrong).sum()
                 bar.update()
         bar.close()
         ev._sync()
@@ -146,8 +148,7 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
         "scheme": q.scheme.to_dict(), "rates": rates, "patterns": K, "seeds": [seed0, seed0 + K - 1],
         "n_test": ev.n, "float_err": float(float_wrong.double().mean()),
         "clean_err": float(clean_wrong.double().mean()),
-        "err": {**stats(err), "values": err.cpu().tolist()},
-        "rerr": {**stats(rerr), "values": rerr.cpu().tolist()},
+        "err": _summary(err, ev.n), "rerr": _summary(rerr, ev.n),
         "timing": {"total_s": total, "clean_forward_s": t_clean, "masks_s": t_masks,
                    "weights": q.numel,
                    "overhead_ratio": total / max(K * R * t_clean, 1e-12)},
@@ -174,8 +175,8 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
             q = scheme.quantize({k: v.detach() for k, v in model_params(model).items()})
         clean_wrong = ev.wrong(q.dequantize())
         K, O = int(patterns), len(offsets)
-        err = torch.empty(K, O, device=dev)
-        rerr = torch.empty(K, O, device=dev)
+        err = torch.empty(K, O, dtype=torch.int64, device=dev)
+        rerr = torch.empty(K, O, dtype=torch.int64, device=dev)
         flipped = torch.empty(K, O, device=dev)
         bar = tqdm(total=K * O, desc="chip", unit="eval", leave=False,
                    disable=None if progress is None else not progress)
@@ -185,8 +186,8 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
                 diff = torch.bitwise_xor(codes, q.codes)
                 flipped[k, o] = _popcount(diff).sum().float() / (q.numel * q.scheme.bits)
                 wrong = ev.wrong(q.dequantize(codes))
-                err[k, o] = wrong.float().mean()
-                rerr[k, o] = (wrong | clean_wrong).float().mean()
+                err[k, o] = wrong.sum()
+                rerr[k, o] = (wrong | clean_wrong).sum()
                 bar.update()
         bar.close()
     finally:
@@ -195,10 +196,16 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
             "patterns": K, "seeds": [seed0, seed0 + K - 1], "n_test": ev.n,
             "clean_err": float(clean_wrong.double().mean()),
             "bit_error_rate": stats(flipped),
-            "err": {**stats(err), "values": err.cpu().tolist()},
-            "rerr": {**stats(rerr), "values": rerr.cpu().tolist()},
-            "overall": {"err_mean": float(err.double().mean()), "rerr_mean": float(rerr.double().mean()),
-                        "rerr_max": float(rerr.max())}}
+            "err": _summary(err, ev.n), "rerr": _summary(rerr, ev.n),
+            "overall": {"err_mean": float(err.double().mean()) / ev.n,
+                        "rerr_mean": float(rerr.double().mean()) / ev.n,
+                        "rerr_max": float(rerr.max()) / ev.n}}
+
+
+def _summary(counts: torch.Tensor, n: int) -> dict[str, Any]:
+    """Statistics of K×R error fractions given as counts of wrong examples out of n."""
+    frac = counts.cpu().double() / n
+    return {**stats(frac), "values": frac.tolist()}
 
 
 def _popcount(codes: torch.Tensor) -> torch.Tensor:

@@ -191,7 +191,8 @@ def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str 
     if dims == 2:
         dirs.append(filter_normalized(base, names, gen) if direction == "adversarial"
                     else tensor_normalized(base, names, gen))
-    axis = torch.linspace(-extent, extent, points, dtype=torch.float64)
+    half = (points - 1) / 2  # symmetric grid: the middle point (odd `points`) is exactly 0
+    axis = (torch.arange(points, dtype=torch.float64) - half) / half * extent
     if dims == 1:
         coords = axis[:, None]
     else:

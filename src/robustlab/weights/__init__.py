@@ -11,9 +11,11 @@ from robustlab.weights.ball import (
     select,
     tensor_normalized,
 )
+from robustlab.weights.bits import BitAttackResult, bfa, bit_attack, random_flips
 from robustlab.weights.objective import FunctionObjective, ModelObjective, Objective, eval_mode
 
 __all__ = [
+    "BitAttackResult", "bfa", "bit_attack", "random_flips",
     "FunctionObjective", "ModelObjective", "Objective", "RelativeBall", "average_case",
     "check_xi", "eval_mode", "filter_normalized", "loss_along", "select", "tensor_normalized",
     "worst_case",

@@ -65,8 +65,13 @@ def worst_case(objective: Objective, ball: RelativeBall, *, steps: int = 20,
             else:
                 val, grads = objective.value(ball.apply(nu), step_seed), None
             trace.append(val)
-            if best_val is None or bool(val > best_val):
+            if best_val is None:
                 best_val, best_nu = val, nu
+            else:  # keep the best iterate without a host synchronisation
+                better = val > best_val
+                best_val = torch.where(better, val, best_val)
+                best_nu = {n: torch.where(better.to(v.device), v, best_nu[n])
+                           for n, v in nu.items()}
             if grads is not None:
                 nu = ball.ascent(nu, grads, eta)
             bar.update(1)

@@ -223,9 +223,9 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
     c0 = _offset_binary(q, q.codes)
     delta = _per_weight(q, q.delta.float())
     half = float(2 ** (q.scheme.bits - 1))
-    best = BitAttackResult(q.codes.clone(), float(obj.value(q.codes)), 0)
+    best_codes, best_loss = q.codes.clone(), obj.value(q.codes)
     if budget == 0:
-        return best
+        return BitAttackResult(best_codes, float(best_loss), 0)
     bar = tqdm(total=restarts * (steps + 1), desc=f"bit attack ({budget} bits)", leave=False,
                disable=True if progress is False else None)
     for r in range(restarts):
@@ -240,8 +240,9 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
                 loss, g = obj.value_and_grad(codes)
             else:
                 loss, g = obj.value(codes), None
-            if float(loss) > best.loss:
-                best = BitAttackResult(codes, float(loss), int(popcount(codes ^ q.codes).sum()))
+            better = loss > best_loss  # best iterate, kept on the device (no host sync)
+            best_codes = torch.where(better, codes, best_codes)
+            best_loss = torch.where(better, loss, best_loss)
             bar.update(1)
             if g is None:
                 break
@@ -249,7 +250,8 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
             u = (u + step_size * half * gc / gc.abs().max().clamp_min(1e-30)).clamp(0, 2 * half - 1)
             c = project_codes(q, u, c0, allowed, budget)
     bar.close()
-    return best
+    flips = int(popcount(torch.bitwise_xor(best_codes, q.codes)).sum())
+    return BitAttackResult(best_codes, float(best_loss), flips)
 
 
 def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
@@ -265,10 +267,9 @@ def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
     codes = q.codes.clone()
     touched = torch.zeros_like(allowed)
     out: dict[int, BitAttackResult] = {}
-    loss = float(obj.value(codes))
-    flips = 0
+    loss = obj.value(codes)
     if 0 in budgets:
-        out[0] = BitAttackResult(codes.clone(), loss, 0)
+        out[0] = BitAttackResult(codes.clone(), float(loss), 0)
     neg = torch.tensor(float("-inf"), device=q.device)
     for it in tqdm(range(budgets[-1]), desc="BFA", leave=False,
                    disable=True if progress is False else None):
@@ -282,26 +283,23 @@ def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
             best_gain = torch.where(better, gain, best_gain)
             best_bit = torch.where(better, torch.full_like(best_bit, 1 << j), best_bit)
         best_gain = torch.where(allowed & ~touched, best_gain, neg)
-        cands = []
-        for off, size in segments:
-            seg = best_gain[off:off + size]
-            i = int(seg.argmax())
-            if seg[i] > float("-inf"):
-                cands.append(off + i)
-        if not cands:
-            break
+        # in-layer search: the best bit of every tensor (device tensors, no host sync)
+        segs = [best_gain[off:off + size] for off, size in segments]
+        cand = torch.stack([off + s.argmax() for (off, _), s in zip(segments, segs)])
+        valid = torch.stack([s.max() for s in segs]) > neg
+        # cross-layer search: the candidate flip with the highest loss
         trial = []
-        for i in cands:
-            c = codes.clone()
-            c[i] ^= best_bit[i]
-            trial.append(obj.value(c))
-        k = int(torch.stack(trial).argmax())
-        i = cands[k]
-        codes[i] ^= best_bit[i]
-        touched[i] = True
-        loss, flips = float(trial[k]), flips + 1
+        for i in cand.split(1):  # 1-element index tensors: indexing without a host sync
+            codes[i] ^= best_bit[i]
+            trial.append(obj.value(codes))
+            codes[i] ^= best_bit[i]
+        trial_t = torch.where(valid, torch.stack(trial), neg)
+        k = trial_t.argmax().view(1)
+        i, ok = cand.index_select(0, k), valid.index_select(0, k)
+        codes[i] = torch.where(ok, codes[i] ^ best_bit[i], codes[i])
+        touched[i] = touched[i] | ok
+        loss = torch.where(ok, trial_t.index_select(0, k), loss.view(1)).view(())
         if it + 1 in budgets:
-            out[it + 1] = BitAttackResult(codes.clone(), loss, flips)
-    for b in budgets:  # budgets beyond the available flips keep the last codes
-        out.setdefault(b, BitAttackResult(codes.clone(), loss, flips))
+            flips = int(popcount(torch.bitwise_xor(codes, q.codes)).sum())
+            out[it + 1] = BitAttackResult(codes.clone(), float(loss), flips)
     return out

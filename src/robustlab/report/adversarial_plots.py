@@ -246,7 +246,9 @@ def plot_epsilon_examples(examples_file: str | Path, path: str | Path) -> Path:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     radii = json.loads(meta.get("radii", "{}"))
-    rows = [k for k in tensors if k != "clean"]
+    rows = [f"{n}/{kind}" for n in radii for kind in ("random", "adversarial")
+            if f"{n}/{kind}" in tensors]
+    rows += [k for k in tensors if k != "clean" and k not in rows]
     if not rows:
         raise UserError(f"{examples_file} holds no perturbed images")
     cols = 1 + max(t.shape[0] for k, t in tensors.items() if k != "clean")

@@ -179,12 +179,40 @@ def _collectives(out: Path) -> None:
     (out / f"collectives{r}.json").write_text(json.dumps(res))
 
 
+CLI_RUN = "cli-run"
+EVALS = {"biterrors": ["--rates", "0.01,0.05", "--patterns", "5"]}
+
+
+def _evaluate(run: Path, name: str) -> dict:
+    """Run an evaluation command on `run`; returns its result without the fields that time it."""
+    from robustlab import cli
+
+    assert cli.main([name, str(run), "--quiet", "--device", "cpu", *EVALS[name]]) == 0
+    res = json.loads((run / "results" / f"{name}.json").read_text())
+    res.pop("timing", None)
+    return res
+
+
+def _cli(out: Path) -> None:
+    """`robustlab train` and the sharded evaluation commands, as under torchrun."""
+    from robustlab import cli
+
+    run = out / CLI_RUN
+    assert cli.main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size",
+                     "50", "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+    for name in EVALS:
+        res = _evaluate(run, name)
+        if distributed.is_main():
+            (out / f"{name}-2ranks.json").write_text(json.dumps(res))
+
+
 def _w_session(out: str) -> None:
     """Everything the 2-rank tests need, in one process group (process start-up is the slow part)."""
     out_ = Path(out)
     distributed.init("cpu")
     _collectives(out_)
     _fit(out_, "normal")
+    _cli(out_)
     _fit(out_, "a", run=out_ / "a", method="randbet")
     _fit(out_, "b", run=out_ / "b", method="randbet", kill_at=1)  # never returns
 
@@ -201,8 +229,18 @@ def session(tmp_path_factory) -> Path:
     res = _spawn("_w_session", 2, out, check=False, out=str(out))
     for r, p in enumerate(res):
         assert p.returncode == KILL_EXIT, f"rank {r} failed:\n{p.stderr[-3000:]}"
+        (out / f"session{r}.out").write_text(p.stdout)
     _spawn("_w_resume", 2, out, out=str(out))
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Single-process references with the workers' thread count (same reduction order)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_gather_and_gradient_reduction_are_exact(session):
@@ -256,3 +294,19 @@ def test_killed_and_resumed_two_process_run_ends_with_the_same_weights(session):
     # ranks draw different bit error patterns, reproducibly: same weights on both ranks anyway
     wa = [torch.load(session / f"a-weights{r}.pt") for r in (0, 1)]
     assert all(torch.equal(wa[0][k], wa[1][k]) for k in wa[0])
+
+
+def test_train_command_writes_one_run_from_rank_0(session):
+    outs = [(session / f"session{r}.out").read_text() for r in (0, 1)]
+    assert "run written to" in outs[0] and "run written to" not in outs[1]
+    assert "epoch 2/2" in outs[0] and "epoch" not in outs[1]
+    _, meta = checkpoint.load(session / CLI_RUN)
+    assert meta["world_size"] == 2 and meta["data"]["name"] == "synthetic"
+    assert len((session / CLI_RUN / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", list(EVALS))
+def test_sharded_evaluation_equals_single_process(session, one_thread, name):
+    two = json.loads((session / f"{name}-2ranks.json").read_text())
+    one = _evaluate(session / CLI_RUN, name)
+    assert two == one

@@ -13,6 +13,7 @@ single-process run.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Iterable, Sequence
@@ -61,6 +62,7 @@ def init(device: str | torch.device = "auto", *, timeout_s: float = 1800) -> tor
                             "distributed runs with torchrun (see docs/distributed.md)")
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://",
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        atexit.register(destroy)
     return dev
 
 

@@ -1,4 +1,7 @@
-"""`robustlab biterrors RUN [RUN ...]`: Err and RErr under random bit errors (and profiled chips)."""
+"""`robustlab biterrors RUN [RUN ...]`: Err and RErr under random bit errors (and profiled chips).
+
+Under `torchrun` the patterns are split across ranks; rank 0 writes the results.
+"""
 
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ def open_test_run(path: str, args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import biterrors as be
+    from robustlab import distributed
     from robustlab.checkpoint import read_meta
     from robustlab.errors import UserError
     from robustlab.evaluate.biterrors import bit_errors, chip_errors
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.report.biterrors_plot import plot_rerr_vs_rate
     from robustlab.runs import quant_from_meta
 
+    args.device = distributed.init(args.device)  # joins the process group under torchrun
+    main = distributed.is_main()
     if args.export and len(args.runs) != 1:
         raise UserError("--export writes one model's codes; give exactly one RUN")
     chip = be.load_chip_map(args.chip) if args.chip else None  # validate before any work
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.runs:
         r = open_test_run(path, args)
         scheme = schemes[path]
-        if args.export:
+        if args.export and main:
             from robustlab.quant import quantize_model
 
             out = quantize_model(r.model, scheme).export_npz(args.export)
@@ -120,22 +126,25 @@ def run(args: argparse.Namespace) -> int:
                          progress=progress)
         res = {"run": str(r.path), "label": Path(path).name, "snapshot": "best" if args.best else "last",
                "data": r.meta.get("data"), **res}
-        out = write_result(r.path, "biterrors", res)
-        plot_rerr_vs_rate(res, r.path / "results" / "biterrors.png")
         results.append(res)
-        print_table(res)
-        print(f"written to {out}")
+        if main:
+            out = write_result(r.path, "biterrors", res)
+            plot_rerr_vs_rate(res, r.path / "results" / "biterrors.png")
+            print_table(res)
+            print(f"written to {out}")
         if chip is not None:
             cres = chip_errors(r.model, r.test, chip, scheme=scheme, offsets=args.offsets,
                                patterns=args.patterns, seed0=args.seed0, batch_size=args.batch_size,
                                device=r.device, progress=progress)
             cres = {"run": str(r.path), "chip_file": str(args.chip), **cres}
+            if not main:
+                continue
             out = write_result(r.path, "biterrors_chip", cres)
             o = cres["overall"]
             print(f"chip {chip.name}: clean Err {100 * cres['clean_err']:.2f}%, mean RErr "
                   f"{100 * o['rerr_mean']:.2f}% (max {100 * o['rerr_max']:.2f}%) over "
                   f"{len(cres['offsets'])} offset(s) × {cres['patterns']} samples; written to {out}")
-    if args.plot:
+    if args.plot and main:
         print(f"figure written to {plot_rerr_vs_rate(results, args.plot)}")
     return 0
 

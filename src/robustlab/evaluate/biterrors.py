@@ -9,6 +9,9 @@ parameters are never modified). Per pattern and rate:
 - RErr = fraction wrong clean (quantized, no errors) OR wrong perturbed, so RErr ≥ clean Err.
 
 Statistics over the K patterns: mean, std (sample, ddof=1; 0 when K = 1), min and max.
+
+Under `torchrun` the patterns are split across ranks (`robustlab.distributed`) and the per-pattern
+error counts are summed back exactly, so every rank returns the single-process result.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from robustlab import biterrors as be
+from robustlab import distributed
 from robustlab.data import Dataset
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
@@ -123,23 +127,21 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
                  else scheme.quantize({k: v.detach() for k, v in model_params(model).items()}))
         clean_wrong, t_clean = ev.timed_wrong(q.dequantize())
         K, R = int(patterns), len(rates)
-        err = torch.empty(K, R, dtype=torch.int64, device=dev)  # numbers of wrong examples
-        rerr = torch.empty(K, R, dtype=torch.int64, device=dev)
-        t_masks = 0.0
-        bar = tqdm(total=K * R, desc="bit errors", unit="eval", leave=False,
-                   disable=None if progress is None else not progress)
-        for k in range(K):
-            ev._sync()
-            t0 = time.perf_counter()
-            m = be.masks(q, seed0 + k, rates)
-            ev._sync()
-            t_masks += time.perf_counter() - t0
+        err = torch.zeros(K, R, dtype=torch.int64, device=dev)  # numbers of wrong examples
+        rerr = torch.zeros(K, R, dtype=torch.int64, device=dev)
+        mine = distributed.shard(range(K))  # this rank's patterns (all in a single process)
+        bar = tqdm(total=len(mine) * R, desc="bit errors", unit="eval", leave=False,
+                   disable=not distributed.is_main() or (None if progress is None else not progress))
+        for k in mine:
+            m = be.masks(q, seed0 + k, rates)  # all rates of pattern k at once (nested)
             for r in range(R):
                 wrong = ev.wrong(q.dequantize(torch.bitwise_xor(q.codes, m[r])))
                 err[k, r] = wrong.sum()
                 rerr[k, r] = (wrong | clean_wrong).sum()
                 bar.update()
         bar.close()
+        distributed.all_reduce_sum(err)  # rows of other ranks' patterns are 0 here
+        distributed.all_reduce_sum(rerr)
         ev._sync()
         total = time.perf_counter() - t_start
     finally:
@@ -149,7 +151,7 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
         "n_test": ev.n, "float_err": float(float_wrong.double().mean()),
         "clean_err": float(clean_wrong.double().mean()),
         "err": _summary(err, ev.n), "rerr": _summary(rerr, ev.n),
-        "timing": {"total_s": total, "clean_forward_s": t_clean, "masks_s": t_masks,
+        "timing": {"total_s": total, "clean_forward_s": t_clean,
                    "weights": q.numel,
                    "overhead_ratio": total / max(K * R * t_clean, 1e-12)},
     }
@@ -175,12 +177,13 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
             q = scheme.quantize({k: v.detach() for k, v in model_params(model).items()})
         clean_wrong = ev.wrong(q.dequantize())
         K, O = int(patterns), len(offsets)
-        err = torch.empty(K, O, dtype=torch.int64, device=dev)
-        rerr = torch.empty(K, O, dtype=torch.int64, device=dev)
-        flipped = torch.empty(K, O, device=dev)
-        bar = tqdm(total=K * O, desc="chip", unit="eval", leave=False,
-                   disable=None if progress is None else not progress)
-        for k in range(K):
+        err = torch.zeros(K, O, dtype=torch.int64, device=dev)
+        rerr = torch.zeros(K, O, dtype=torch.int64, device=dev)
+        flipped = torch.zeros(K, O, device=dev)
+        mine = distributed.shard(range(K))  # this rank's samples (all in a single process)
+        bar = tqdm(total=len(mine) * O, desc="chip", unit="eval", leave=False,
+                   disable=not distributed.is_main() or (None if progress is None else not progress))
+        for k in mine:
             for o, off in enumerate(offsets):
                 codes = chip.apply(q, seed0 + k, off)
                 diff = torch.bitwise_xor(codes, q.codes)
@@ -190,6 +193,8 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
                 rerr[k, o] = (wrong | clean_wrong).sum()
                 bar.update()
         bar.close()
+        for t in (err, rerr, flipped):
+            distributed.all_reduce_sum(t)  # rows of other ranks' samples are 0 here
     finally:
         model.train(was_training)
     return {"chip": chip.summary(), "scheme": q.scheme.to_dict(), "offsets": offsets,

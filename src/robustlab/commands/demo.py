@@ -1,0 +1,56 @@
+"""`robustlab demo`: train a small set of models, evaluate every capability, write a report."""
+
+from __future__ import annotations
+
+import argparse
+
+from robustlab.cli import add_device
+
+
+def add_preset_options(p: argparse.ArgumentParser, default_out: str | None) -> None:
+    """Options shared by `demo` and `reproduce`."""
+    p.add_argument("--scale", default=None, choices=["smoke", "small", "full"],
+                   help="smoke: a minute or two (tests); small: minutes on a CPU; full: the "
+                   "papers' budgets, for a GPU (default: the preset's default)")
+    p.add_argument("--out", default=default_out,
+                   help="output folder" + (f" (default: {default_out})" if default_out else ""))
+    p.add_argument("--fresh", action="store_true",
+                   help="start over instead of reusing finished runs and results")
+    p.add_argument("--data", default=None,
+                   help="dataset instead of the preset's (default: Fashion-MNIST when installed, "
+                   "else scikit-learn digits)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="preset file to use instead of the built-in one")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_device(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train small models, evaluate everything, write an HTML report",
+                       description="The main job: on the default data (Fashion-MNIST from the "
+                       "Debian package, scikit-learn digits if absent) train Normal, AT, CCAT, "
+                       "RQuant+Clipping+RandBET, AWP and patch AT models at a small budget, "
+                       "evaluate each on clean data, the Lp attack suite with confidence "
+                       "thresholding, patches, random and adversarial bit errors and flatness, and "
+                       "write OUT/report.html. Re-running reuses finished runs; --fresh starts over.")
+    add_preset_options(p, "runs/demo")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func=run)
+
+
+def preset_overrides(args: argparse.Namespace) -> dict:
+    return {"data": {"name": args.data}} if args.data else {}
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustlab import experiments
+
+    preset = experiments.load_preset(args.config or "demo", args.scale, preset_overrides(args))
+    res = experiments.run_preset(preset, args.out, fresh=args.fresh, device=args.device,
+                                 data_dir=args.data_dir, progress=False if args.quiet else None,
+                                 report=not args.no_report)
+    print(experiments.format_table(res["table"]))
+    if "report" in res:
+        print(f"report written to {res['report']}")
+    return 0

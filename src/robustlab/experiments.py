@@ -1,0 +1,1006 @@
+"""Experiments: YAML presets → a plan of steps (train runs, evaluations) → result files → tables.
+
+`robustlab demo` and `robustlab reproduce` are thin layers over this module:
+
+- `load_preset(name, scale)` reads `configs/<name>.yaml`, merges the chosen scale's overrides and
+  checks the result (one `UserError` line on a bad key or value);
+- `build_plan(preset, out)` turns it into `Step`s: one training run per entry of `runs`, then one
+  step per evaluation of each run (clean, adversarial suites, bit errors, bit attacks, flatness,
+  landscapes). Runs whose method, and evaluations whose module, is not in this build are skipped
+  with a note;
+- `Plan.execute()` runs the steps that are not done yet, showing the step, elapsed time and ETA.
+  A step is done when its output exists *with the same settings*, so re-running resumes and a
+  changed preset redoes only what it changes (interrupted training continues from its last epoch);
+- `table(preset, out)` reads the result files back into rows × columns of named metrics
+  (`robustlab.report.summary`), and `check_findings` evaluates the preset's findings (spec §9)
+  on that table.
+
+Preset format (all sections optional except `runs`)::
+
+    name: bit-errors
+    title: ...
+    data: {name: default, subset: 10000, val_fraction: 0.0, options: {}}
+    model: {name: convnet, width: 16}                  # robustlab.models.create kwargs
+    train: {epochs: 5, lr: 0.05, batch_size: 128}      # TrainConfig fields (clip, quant, ...)
+    evaluate: {clean: {n: 1000}, biterrors: {rates: [0.01], patterns: 5}}
+    runs:
+      normal: {label: Normal}
+      randbet: {label: RandBET, method: randbet, options: {bit_error_rate: 0.01},
+                train: {clip: 0.1, quant: rquant8}}
+    table: {columns: ["Err", "RErr p=1%"]}
+    findings: [{text: "...", checks: ["randbet[RErr p=1%] < normal[RErr p=1%]"]}]
+    scales: {smoke: {...overrides...}, small: {}, full: {...}}
+
+Per run: `method`, `options` (method fields), `train` and `model` (overrides), `evaluate`
+(overrides; `null` drops an evaluation), `track` (robust overfitting tracking settings). An
+evaluation's `evaluator` defaults to its name (so `patch-fixed: {evaluator: adversarial, ...}`
+works); its other keys are the library function's keyword arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import math
+import operator
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from robustlab.errors import UserError
+from robustlab.io import atomic_write_json, atomic_write_text, read_json
+
+SCALES = ("smoke", "small", "full")
+_TOP_KEYS = {"name", "title", "description", "paper", "data", "model", "train", "evaluate", "runs",
+             "table", "findings", "scales", "default_scale", "budget"}
+_RUN_KEYS = {"label", "method", "options", "train", "model", "evaluate", "track", "requires",
+             "description"}
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------------
+
+def config_dirs() -> list[Path]:
+    """Where presets are looked for: `$ROBUSTLAB_CONFIGS`, `./configs`, the source tree's `configs/`."""
+    dirs = []
+    if os.environ.get("ROBUSTLAB_CONFIGS"):
+        dirs.append(Path(os.environ["ROBUSTLAB_CONFIGS"]))
+    dirs.append(Path.cwd() / "configs")
+    dirs.append(Path(__file__).resolve().parents[2] / "configs")
+    seen, out = set(), []
+    for d in dirs:
+        if d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def preset_names() -> list[str]:
+    names = set()
+    for d in config_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_preset(name: str) -> Path:
+    """A preset's YAML file: a path, or `<name>.yaml` in one of `config_dirs()`."""
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise UserError(f"preset file {p} does not exist")
+        return p
+    for d in config_dirs():
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    known = preset_names()
+    raise UserError(f"unknown preset {name!r}; choose one of {', '.join(known) or '(none found)'} "
+                    f"(searched {', '.join(str(d) for d in config_dirs())})")
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Deep merge of YAML values: dicts merge key by key, `None` deletes a key, the rest replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = merge(out.get(k), v)
+        return out
+    return copy.deepcopy(over)
+
+
+def load_preset(name: str | Path | dict[str, Any], scale: str | None = None,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a preset (name, YAML path or dict), apply `scales[scale]` and `overrides`, validate."""
+    import yaml
+
+    if isinstance(name, dict):
+        raw, source = copy.deepcopy(name), "<dict>"
+    else:
+        path = find_preset(str(name))
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(f"{path} is not valid YAML ({first})") from None
+        source = str(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a preset must be a YAML mapping")
+    bad = sorted(set(raw) - _TOP_KEYS)
+    if bad:
+        raise UserError(f"{source}: unknown preset key {bad[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    scales = raw.pop("scales", None) or {}
+    scale = scale or raw.get("default_scale") or ("small" if "small" in scales else None)
+    if scale is not None:
+        if scale not in scales:
+            raise UserError(f"{source}: unknown scale {scale!r}; choose one of "
+                            f"{', '.join(scales) or '(none defined)'}")
+        raw = merge(raw, scales[scale] or {})
+    if overrides:
+        raw = merge(raw, overrides)
+    raw["scale"] = scale
+    raw["source"] = source
+    raw.setdefault("name", Path(source).stem if source != "<dict>" else "experiment")
+    _validate(raw, source)
+    return raw
+
+
+def _validate(p: dict[str, Any], source: str) -> None:
+    runs = p.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise UserError(f"{source}: 'runs' must map run names to settings (at least one run)")
+    for name, r in runs.items():
+        if not isinstance(r, dict):
+            raise UserError(f"{source}: run {name!r} must be a mapping")
+        bad = sorted(set(r) - _RUN_KEYS)
+        if bad:
+            raise UserError(f"{source}: run {name!r} has unknown key {bad[0]!r}; allowed: "
+                            f"{', '.join(sorted(_RUN_KEYS))}")
+    for name, e in (p.get("evaluate") or {}).items():
+        if not isinstance(e, dict):
+            raise UserError(f"{source}: evaluation {name!r} must be a mapping of settings")
+        kind = e.get("evaluator", name)
+        if kind not in EVALUATORS:
+            raise UserError(f"{source}: evaluation {name!r} has unknown evaluator {kind!r}; choose "
+                            f"one of {', '.join(EVALUATORS)}")
+    train_fields = {f.name for f in dataclasses.fields(_train_config_cls())} | {"quant"}
+    for where, t in [("train", p.get("train") or {})] + [
+            (f"run {n!r} train", r.get("train") or {}) for n, r in runs.items()]:
+        bad = sorted(set(t) - train_fields)
+        if bad:
+            raise UserError(f"{source}: {where} has unknown setting {bad[0]!r}; allowed: "
+                            f"{', '.join(sorted(train_fields))}")
+
+
+def _train_config_cls():
+    from robustlab.train.trainer import TrainConfig
+
+    return TrainConfig
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of JSON-able settings."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: steps with progress, ETA and resume
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Step:
+    """One unit of work: `run()` produces outputs; `done()` says they exist and are current."""
+
+    key: str
+    title: str
+    run: Callable[[], Any]
+    done: Callable[[], bool]
+    cost: float = 1.0          # estimated work (forward-backward passes of one example)
+    command: str = ""          # how to redo it by hand
+    skip: str | None = None    # reason it cannot run in this build
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Plan:
+    """Steps executed in order; `plan.json` in `out` records what ran, how long and how."""
+
+    def __init__(self, out: str | Path, steps: list[Step], *, seconds_per_unit: float | None = None,
+                 info: dict[str, Any] | None = None):
+        self.out, self.steps = Path(out), steps
+        self.seconds_per_unit = seconds_per_unit
+        self.info = dict(info or {})
+
+    def pending(self) -> list[Step]:
+        return [s for s in self.steps if s.skip is None and not s.done()]
+
+    def estimate(self, steps: list[Step] | None = None) -> float:
+        """Estimated seconds for `steps` (default: the pending ones)."""
+        steps = self.pending() if steps is None else steps
+        return sum(s.cost for s in steps) * (self.seconds_per_unit or 0.0)
+
+    def _record(self) -> dict[str, Any]:
+        path = self.out / "plan.json"
+        try:
+            return read_json(path) if path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def execute(self, *, stream: TextIO | None = None, progress: bool = True) -> dict[str, Any]:
+        """Run every pending step; returns the plan record (also written to `out/plan.json`)."""
+        stream = stream or sys.stderr
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = self._record()
+        steps_rec: dict[str, Any] = record.get("steps", {})
+        record.update(self.info)
+        record.update(command=" ".join(["robustlab", *sys.argv[1:]]) if _is_cli() else
+                      self.info.get("command", ""), steps=steps_rec)
+        pending = self.pending()
+        todo_keys = {s.key for s in pending}
+        for s in self.steps:
+            entry = steps_rec.setdefault(s.key, {})
+            entry.update(title=s.title, command=s.command)
+            if s.skip is not None:
+                entry.update(status="skipped", reason=s.skip)
+            elif s.key not in todo_keys:
+                entry["status"] = "done"
+        total_units = sum(s.cost for s in pending)
+        done_units, t_start = 0.0, time.perf_counter()
+
+        def say(msg: str) -> None:
+            if progress:
+                stream.write(msg + "\n")
+                stream.flush()
+
+        skipped = [s for s in self.steps if s.skip is not None]
+        reused = len(self.steps) - len(pending) - len(skipped)
+        say(f"plan: {len(self.steps)} steps, {len(pending)} to run"
+            + (f", {reused} reused" if reused else "")
+            + (f", {len(skipped)} not available" if skipped else "")
+            + (f", estimated {_clock(self.estimate(pending))}" if self.seconds_per_unit else ""))
+        for s in skipped:
+            say(f"  skipped: {s.title} ({s.skip})")
+        atomic_write_json(self.out / "plan.json", record)
+        for i, step in enumerate(pending):
+            elapsed = time.perf_counter() - t_start
+            remaining = total_units - done_units
+            if done_units > 0 and elapsed > 0:
+                rate = elapsed / done_units
+                if self.seconds_per_unit:  # blend the prior with what was measured so far
+                    w = min(1.0, done_units / max(total_units, 1e-9) * 3)
+                    rate = w * rate + (1 - w) * self.seconds_per_unit
+                eta = remaining * rate
+            else:
+                eta = remaining * (self.seconds_per_unit or 0.0)
+            eta_txt = f", ETA {_clock(eta)}" if eta > 0 else ""
+            say(f"[{i + 1}/{len(pending)}] {step.title}  (elapsed {_clock(elapsed)}{eta_txt})")
+            t0 = time.perf_counter()
+            step.run()
+            dt = time.perf_counter() - t0
+            done_units += step.cost
+            steps_rec[step.key].update(status="done", seconds=round(dt, 2),
+                                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_json(self.out / "plan.json", record)
+        total = time.perf_counter() - t_start
+        record["last_execution_seconds"] = round(total, 2)
+        atomic_write_json(self.out / "plan.json", record)
+        say(f"plan finished in {_clock(total)}")
+        return record
+
+
+def _is_cli() -> bool:
+    return Path(sys.argv[0]).name in ("robustlab", "__main__.py") or "robustlab" in sys.argv[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# data, runs and training steps
+# ---------------------------------------------------------------------------------------------
+
+class Workspace:
+    """Shared state of one plan execution: the resolved data spec and an in-memory data cache."""
+
+    def __init__(self, preset: dict[str, Any], out: str | Path, *, device: str = "auto",
+                 data_dir: str | None = None, progress: bool | None = None):
+        self.preset, self.out = preset, Path(out)
+        self.device, self.data_dir, self.progress = device, data_dir, progress
+        self._data: dict[str, Any] | None = None
+        self.data_spec = self._resolve_data()
+
+    def _resolve_data(self) -> dict[str, Any]:
+        from robustlab import data, runs
+
+        d = dict(self.preset.get("data") or {})
+        name = str(d.pop("name", "default"))
+        options = dict(d.pop("options", None) or {})
+        subset = d.pop("subset", None)
+        val_fraction = float(d.pop("val_fraction", 0.0) or 0.0)
+        d.pop("test_subset", None)
+        if d:
+            raise UserError(f"unknown data setting {sorted(d)[0]!r}; allowed: name, subset, "
+                            f"val_fraction, options")
+        if name == "default":  # fashion-mnist when installed, else digits at 28×28
+            train, test = data.load_default(data_dir=self.data_dir)
+            if "fallback" in train.source or train.name == "digits":
+                name, options = "digits", {"size": int(train.shape[-1]), **options}
+            else:
+                name = train.name
+            self._loaded = (name, train, test)
+        return runs.data_spec(name, data_dir=self.data_dir, subset=subset, val_fraction=val_fraction,
+                              **options)
+
+    def data(self) -> tuple[Any, Any, Any]:
+        """(train, val or None, test) of the preset, loaded once."""
+        if self._data is None:
+            from robustlab import data, runs
+
+            spec = self.data_spec
+            loaded = getattr(self, "_loaded", None)
+            if loaded is not None and loaded[0] == spec["name"] and not spec["options"]:
+                train, test = loaded[1], loaded[2]
+                if spec.get("subset"):
+                    train = train.subset(slice(0, int(spec["subset"])))
+                val = None
+                if spec.get("val_fraction"):
+                    from robustlab.runs import VAL_SPLIT_SEED
+
+                    train, val = data.split(train, float(spec["val_fraction"]), seed=VAL_SPLIT_SEED)
+                self._data = {"train": train, "val": val, "test": test}
+            else:
+                train, val, test = runs.load_data(spec)
+                self._data = {"train": train, "val": val, "test": test}
+        return self._data["train"], self._data["val"], self._data["test"]
+
+    def test_subset(self) -> Any:
+        _, _, test = self.data()
+        n = (self.preset.get("data") or {}).get("test_subset")
+        return test if not n else test.subset(slice(0, int(n)))
+
+    # -- runs ----------------------------------------------------------------------------
+    def run_settings(self, name: str) -> dict[str, Any]:
+        """Everything that determines a run's weights: data, model, method, training config."""
+        r = self.preset["runs"][name]
+        model = merge(self.preset.get("model") or {"name": "convnet"}, r.get("model") or {})
+        train = merge(self.preset.get("train") or {}, r.get("train") or {})
+        return {"data": self.data_spec, "model": model, "method": r.get("method", "normal"),
+                "options": r.get("options") or {}, "train": train, "track": r.get("track")}
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def run_label(self, name: str) -> str:
+        return str(self.preset["runs"][name].get("label") or name)
+
+
+def train_command(settings: dict[str, Any], out: Path) -> str:
+    """The `robustlab train` command line that trains the same run."""
+    d, m, t = settings["data"], dict(settings["model"]), dict(settings["train"])
+    parts = ["robustlab", "train", "--data", d["name"]]
+    if d.get("subset"):
+        parts += ["--subset", str(d["subset"])]
+    if d.get("val_fraction"):
+        parts += ["--val-fraction", str(d["val_fraction"])]
+    parts += ["--model", str(m.pop("name", "convnet"))]
+    for k, v in m.items():
+        parts += [f"--{k.replace('_', '-')}", str(v)]
+    parts += ["--method", settings["method"]]
+    for k, v in settings["options"].items():
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, bool):
+            parts += [flag if v else f"--no-{k.replace('_', '-')}"]
+        else:
+            parts += [flag, str(v)]
+    for k, v in t.items():
+        if isinstance(v, bool):
+            if v:
+                parts.append(f"--{k.replace('_', '-')}")
+        elif v is not None:
+            parts += [f"--{k.replace('_', '-')}", str(v)]
+    parts += ["--out", str(out)]
+    return " ".join(parts)
+
+
+def _method_factor(method: Any) -> float:
+    """Rough cost of one training step relative to plain training (for the ETA)."""
+    steps = float(getattr(method, "attack_steps", 0) or 0)
+    fraction = float(getattr(method, "fraction", 1.0) or 1.0)
+    if "optimized" in str(getattr(method, "location", "")):
+        steps *= 2.0  # location moves: four extra forward passes per step
+    f = 1.0 + fraction * steps
+    if method.name in ("randbet", "pattbet", "advbet", "awp"):
+        f += 1.0
+    return f
+
+
+def _training_done(out: Path, key: str, epochs: int) -> bool:
+    from robustlab import checkpoint
+
+    stamp = out / "plan_stamp.json"
+    if not (out / checkpoint.META).is_file() or not stamp.is_file():
+        return False
+    try:
+        s = read_json(stamp)
+    except (OSError, ValueError):
+        return False
+    return s.get("key") == key and s.get("epochs_done") == epochs
+
+
+def train_step(ws: Workspace, name: str) -> Step:
+    """The step that trains run `name` (resuming an interrupted run with the same settings)."""
+    from robustlab.train import methods as registry
+
+    settings = ws.run_settings(name)
+    out = ws.run_dir(name)
+    key = fingerprint(settings)
+    methods = registry.discover()
+    label = ws.run_label(name)
+    if settings["method"] not in methods:
+        return Step(f"train/{name}", f"train {label}", lambda: None, lambda: False,
+                    skip=f"method {settings['method']!r} is not in this build")
+    method = registry.create(settings["method"], **settings["options"])
+    train_cfg = dict(settings["train"])
+    train_cfg.pop("quant", None)
+    epochs = int(train_cfg.get("epochs", _train_config_cls().epochs))
+    n_train = settings["data"].get("subset") or 60000
+    if settings["data"].get("val_fraction"):
+        n_train = int(n_train * (1 - settings["data"]["val_fraction"]))
+    cost = epochs * n_train * _method_factor(method)
+    if settings.get("track"):
+        cost += epochs * int(settings["track"].get("n", 500)) * (1 + settings["track"].get("steps", 10))
+
+    def run() -> None:
+        _train(ws, name, settings, key)
+
+    return Step(f"train/{name}", f"train {label} ({settings['method']}, {epochs} epochs)", run,
+                lambda: _training_done(out, key, epochs), cost=cost,
+                command=train_command(settings, out))
+
+
+def _train(ws: Workspace, name: str, settings: dict[str, Any], key: str) -> None:
+    import yaml
+
+    from robustlab import checkpoint, models
+    from robustlab.train import fit
+    from robustlab.train import methods as registry
+    from robustlab.train.trainer import TrainConfig
+
+    out = ws.run_dir(name)
+    train, val, test = ws.data()
+    stamp = out / "plan_stamp.json"
+    resume = False
+    if checkpoint.has_state(out):
+        try:
+            resume = read_json(stamp).get("key") == key
+        except (OSError, ValueError):
+            resume = False
+    if not resume and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(settings["train"])
+    quant = None
+    if cfg.get("quant"):
+        from robustlab import quant as quant_mod
+
+        quant = quant_mod.parse(str(cfg["quant"]))
+    cfg.pop("quant", None)
+    if "milestones" in cfg:
+        cfg["milestones"] = tuple(cfg["milestones"])
+    config = TrainConfig(**cfg)
+    m = dict(settings["model"])
+    arch = m.pop("name", "convnet")
+    model = models.create(arch, dataset=train, seed=config.seed, **m)
+    method = registry.create(settings["method"], **settings["options"])
+    hooks, select_best = [], None
+    track = settings.get("track")
+    if track:
+        from robustlab.evaluate.robust_tracking import epoch_hook
+
+        t = dict(track)
+        split = t.pop("split", "val")
+        ds = val if split == "val" and val is not None else test
+        n = t.pop("n", 500)
+        hooks.append(epoch_hook(ds, t or None, n=n, prefix="val_" if ds is val else "test_"))
+        if ds is val:
+            select_best = "val_robust_err"
+    command = train_command(settings, out)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(
+        {"command": command, "plan": ws.preset.get("name"), "run": name, **settings},
+        sort_keys=False))
+    atomic_write_json(stamp, {"key": key, "epochs_done": None})
+    history = fit(model, train, method=method, config=config, val=val, quant=quant, out=out,
+                  resume=resume, device=ws.device, meta={"data": settings["data"], "label":
+                                                           ws.run_label(name)},
+                  epoch_hooks=hooks or None, select_best=select_best, progress=ws.progress)
+    atomic_write_json(stamp, {"key": key, "epochs_done": len(history)})
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluations
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Evaluator:
+    """How one kind of evaluation runs on an opened run; `module` must be importable."""
+
+    kind: str
+    module: str
+    fn: Callable[[Any, Workspace, dict[str, Any], str], dict[str, Any]]
+    cost: Callable[[dict[str, Any], int], float]  # (settings, n test) → units
+    describe: Callable[[dict[str, Any]], str]
+
+    def available(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+
+def _n(settings: dict[str, Any], test: Any) -> int:
+    return min(int(settings.get("n") or len(test)), len(test))
+
+
+def _progress(ws: Workspace) -> bool | None:
+    return False if ws.progress is False else None
+
+
+def _eval_clean(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    from robustlab.evaluate.clean import clean
+
+    test = ws.test_subset()
+    test = test.subset(slice(0, _n(s, test)))
+    return clean(r.predictor(), test, device=r.device)
+
+
+def _eval_flatness(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    from robustlab.evaluate.flatness import flatness
+
+    s = dict(s)
+    train = r.train if s.pop("gap", True) else None
+    return flatness(r.model, ws.test_subset(), params=r.params(), device=r.device, train=train,
+                    progress=_progress(ws), **s)
+
+
+def _eval_landscape(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    from robustlab.evaluate.flatness import landscape
+
+    return landscape(r.model, ws.test_subset(), params=r.params(), device=r.device,
+                     progress=_progress(ws), **s)
+
+
+def _eval_adversarial(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    """The attack suite; example images go to `results/<name>_examples.safetensors`."""
+    from robustlab.evaluate.adversarial import adversarial
+
+    return adversarial(r.predictor(), ws.test_subset(), device=r.device, progress=_progress(ws),
+                       dataset=ws.data_spec["name"],
+                       examples_path=r.path / "results" / f"{name}_examples.safetensors", **s)
+
+
+def _scheme(r: Any, s: dict[str, Any]) -> Any:
+    from robustlab import quant
+
+    text = s.pop("scheme", None)
+    return quant.parse(str(text)) if text else (r.quant or quant.RQUANT8)
+
+
+def _eval_biterrors(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    from robustlab.evaluate.biterrors import bit_errors
+
+    scheme = _scheme(r, s)
+    test = ws.test_subset()
+    test = test.subset(slice(0, _n(s, test)))
+    s.pop("n", None)
+    return bit_errors(r.model, test, scheme=scheme, device=r.device, progress=_progress(ws), **s)
+
+
+def _eval_bitattack(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    from robustlab.evaluate.bitattack import bit_attack
+
+    scheme = _scheme(r, s)
+    test = ws.test_subset()
+    test = test.subset(slice(0, _n(s, test)))
+    s.pop("n", None)
+    return bit_attack(r.model, test, scheme=scheme, attack_data=r.train, device=r.device,
+                      progress=_progress(ws), **s)
+
+
+def _adv_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n", 1000)), n)
+    steps = int(s.get("steps") or 40)
+    patch_steps = int(s.get("patch_steps") or (100 if s.get("steps") is None else steps))
+    per = int(s.get("restarts", 1)) * len(s.get("objectives", ("ce", "conf")))
+    suite = s.get("suite", "linf,l2,l1,l0,frames,patch,distal,corrupt")
+    items = [i.split(":")[0] for i in (suite.split(",") if isinstance(suite, str) else suite)]
+    cost = 0.0
+    for item in items:
+        if item == "patch":
+            cost += n * patch_steps * per * 2.5
+        elif item == "distal":
+            cost += n * steps * int(s.get("restarts", 1))
+        elif item == "corrupt":
+            cost += 0.3 * n * 11 * len(s.get("severities", (3,)))
+        else:
+            cost += n * steps * per
+    return cost
+
+
+def _bit_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n") or n), n)
+    rates = s.get("rates") or [0] * 10
+    return 0.3 * n * int(s.get("patterns", 50)) * len(rates)
+
+
+def _bitattack_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n") or n), n)
+    budgets = s.get("budgets") or [10, 20, 40, 80, 160, 320]
+    method = s.get("method", "attack")
+    methods = method.split(",") if isinstance(method, str) else list(method)
+    n_att = int(s.get("n_attack", 512))
+    cost = 0.0
+    if "attack" in methods:
+        cost += len(budgets) * (int(s.get("steps", 20)) * int(s.get("restarts", 1)) * n_att + 0.3 * n)
+    if "random" in methods:
+        cost += len(budgets) * int(s.get("random_patterns", 5)) * 0.3 * n
+    if "bfa" in methods:
+        cost += max(budgets) * n_att * 3 + len(budgets) * 0.3 * n
+    return cost
+
+
+def _flat_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n", 1000)), n)
+    steps = int(s.get("attack_settings", {}).get("steps", 20)) + 1
+    per = int(s.get("samples", 10)) if s.get("kind", "average") == "average" else \
+        int(s.get("steps", 20)) * int(s.get("restarts", 1))
+    xis = len(s.get("xi", [0.5])) if isinstance(s.get("xi"), list) else 1
+    return 2 * n * steps * (per * xis + 1) * (1 if not s.get("clean") else 0.2)
+
+
+def _land_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n", 1000)), n)
+    pts = int(s.get("points", 21)) ** int(s.get("dims", 1))
+    steps = int(s.get("attack_settings", {}).get("steps", 20)) + 1
+    return n * pts * (steps + 0.3)
+
+
+EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register_evaluator(ev: Evaluator) -> Evaluator:
+    EVALUATORS[ev.kind] = ev
+    return ev
+
+
+register_evaluator(Evaluator(
+    "clean", "robustlab.evaluate.clean", _eval_clean,
+    lambda s, n: 0.3 * min(int(s.get("n") or n), n),
+    lambda s: f"rl.evaluate.clean(model, test[:{s.get('n', 'all')}])"))
+register_evaluator(Evaluator(
+    "adversarial", "robustlab.evaluate.adversarial", _eval_adversarial, _adv_cost,
+    lambda s: f"rl.evaluate.adversarial(model, test, {_kw(s)})"))
+register_evaluator(Evaluator(
+    "biterrors", "robustlab.evaluate.biterrors", _eval_biterrors, _bit_cost,
+    lambda s: f"rl.evaluate.bit_errors(model, test, {_kw(s)})"))
+register_evaluator(Evaluator(
+    "bitattack", "robustlab.evaluate.bitattack", _eval_bitattack, _bitattack_cost,
+    lambda s: f"rl.evaluate.bit_attack(model, test, {_kw(s)})"))
+register_evaluator(Evaluator(
+    "flatness", "robustlab.evaluate.flatness", _eval_flatness, _flat_cost,
+    lambda s: f"rl.evaluate.flatness(model, test, {_kw(s)})"))
+register_evaluator(Evaluator(
+    "landscape", "robustlab.evaluate.flatness", _eval_landscape, _land_cost,
+    lambda s: f"rl.evaluate.flatness.landscape(model, test, {_kw(s)})"))
+
+
+def _kw(s: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in s.items())
+
+
+def _eval_done(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return read_json(path).get("plan_key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def eval_settings(ws: Workspace, run: str) -> dict[str, dict[str, Any]]:
+    """{result name: settings (with `evaluator`)} of the evaluations of `run`."""
+    evals = merge(ws.preset.get("evaluate") or {}, ws.preset["runs"][run].get("evaluate") or {})
+    out = {}
+    for name, s in evals.items():
+        s = dict(s or {})
+        s.setdefault("evaluator", name)
+        if s["evaluator"] not in EVALUATORS:
+            raise UserError(f"evaluation {name!r} has unknown evaluator {s['evaluator']!r}; "
+                            f"choose one of {', '.join(EVALUATORS)}")
+        out[name] = s
+    return out
+
+
+def eval_step(ws: Workspace, run: str, name: str, settings: dict[str, Any], train_key: str,
+              skip: str | None = None) -> Step:
+    s = dict(settings)
+    kind = s.pop("evaluator")
+    ev = EVALUATORS[kind]
+    path = ws.run_dir(run) / "results" / f"{name}.json"
+    key = fingerprint({"kind": kind, "settings": s, "train": train_key,
+                       "test_subset": (ws.preset.get("data") or {}).get("test_subset")})
+    label = ws.run_label(run)
+    if skip is None and not ev.available():
+        skip = f"{ev.module} is not in this build"
+    n_test = int((ws.preset.get("data") or {}).get("test_subset") or 10000)
+
+    def go() -> None:
+        run_evaluation(ws, run, name, kind, s, key)
+
+    return Step(f"eval/{run}/{name}", f"{name} of {label}", go, lambda: _eval_done(path, key),
+                cost=ev.cost(s, n_test), command=f"{ev.describe(s)}  # model: {ws.run_dir(run)}",
+                skip=skip)
+
+
+def run_evaluation(ws: Workspace, run: str, name: str, kind: str, settings: dict[str, Any],
+                   key: str) -> dict[str, Any]:
+    from robustlab.io import write_result
+    from robustlab.runs import open_run
+
+    r = open_run(ws.run_dir(run), device=ws.device, with_data=False)
+    r.train, r.val, r.test = ws.data()
+    t0 = time.perf_counter()
+    res = EVALUATORS[kind].fn(r, ws, dict(settings), name)
+    res = {k: v for k, v in res.items() if not isinstance(v, torch.Tensor) or v.numel() < 100_000}
+    out = {"run": str(r.path), "label": ws.run_label(run), "evaluator": kind, "settings": settings,
+           "plan_key": key, "data": r.meta.get("data"), **res,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    write_result(r.path, name, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# building a plan
+# ---------------------------------------------------------------------------------------------
+
+def calibrate(ws: Workspace) -> float:
+    """Seconds per unit of work (one forward-backward of one example) for the preset's model."""
+    from robustlab import models
+
+    train, _, _ = ws.data()
+    m = dict(ws.preset.get("model") or {"name": "convnet"})
+    arch = m.pop("name", "convnet")
+    model = models.create(arch, dataset=train, **m)
+    from robustlab.device import resolve_device
+
+    dev = resolve_device(ws.device)
+    model.to(dev).train()
+    x, y = train.x[:128].to(dev), train.y[:128].to(dev)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 1.3 * best / len(y)  # optimizer step, data shuffling, Python overhead
+
+
+def build_plan(preset: dict[str, Any], out: str | Path, *, device: str = "auto",
+               data_dir: str | None = None, progress: bool | None = None,
+               calibrate_eta: bool = True) -> tuple[Plan, Workspace]:
+    """Steps for every run of the preset and every evaluation of each run."""
+    ws = Workspace(preset, out, device=device, data_dir=data_dir, progress=progress)
+    steps: list[Step] = []
+    for run in preset["runs"]:
+        t = train_step(ws, run)
+        steps.append(t)
+        train_key = fingerprint(ws.run_settings(run))
+        for name, s in eval_settings(ws, run).items():
+            steps.append(eval_step(ws, run, name, s, train_key,
+                                   skip="its model is not trained in this build" if t.skip else None))
+    spu = calibrate(ws) if calibrate_eta else None
+    info = {"preset": preset.get("name"), "scale": preset.get("scale"), "source": preset.get("source"),
+            "title": preset.get("title"), "data": ws.data_spec,
+            "runs": {r: {"label": ws.run_label(r), "dir": r} for r in preset["runs"]},
+            "preset_config": {k: v for k, v in preset.items() if k not in ("source",)}}
+    return Plan(out, steps, seconds_per_unit=spu, info=info), ws
+
+
+def clean_outputs(preset: dict[str, Any], out: str | Path) -> None:
+    """Delete what a plan for `preset` wrote in `out` (its run folders, plan.json, report.html)."""
+    out = Path(out)
+    for run in preset["runs"]:
+        d = out / run
+        if d.is_dir():
+            shutil.rmtree(d)
+    for f in ("plan.json", "report.html", "table.json"):
+        if (out / f).is_file():
+            (out / f).unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# tables and findings
+# ---------------------------------------------------------------------------------------------
+
+def table(preset: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """{"rows": [run names], "labels", "columns", "values": {run: {metric: value}}} from results."""
+    from robustlab.report.summary import run_metrics
+
+    out = Path(out)
+    values = {run: run_metrics(out / run) for run in preset["runs"]}
+    cols = list((preset.get("table") or {}).get("columns") or [])
+    if not cols:
+        seen: dict[str, None] = {}
+        for v in values.values():
+            for k in v:
+                seen.setdefault(k, None)
+        cols = list(seen)
+    labels = {run: str(preset["runs"][run].get("label") or run) for run in preset["runs"]}
+    return {"rows": list(preset["runs"]), "labels": labels, "columns": cols, "values": values}
+
+
+_OPS: dict[type, Callable[..., Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.USub: operator.neg}
+
+
+def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | None:
+    """Evaluate `row[metric] < row[metric] + 0.01`-style checks; None when a metric is missing.
+
+    Allowed: references `run[metric name]`, numbers, + − × ÷, comparisons (chains too), `and`,
+    `or`, `min(...)`, `max(...)`, `abs(...)`.
+    """
+    import re
+
+    refs: dict[str, float] = {}
+
+    def sub(m: re.Match) -> str:
+        row, metric = m.group(1), m.group(2).strip()
+        if row not in values:
+            raise UserError(f"finding check {check!r}: unknown run {row!r}")
+        v = values[row].get(metric)
+        name = f"_v{len(refs)}"
+        refs[name] = float("nan") if v is None else float(v)
+        return name
+
+    expr = re.sub(r"([A-Za-z_][\w-]*)\[([^\]]+)\]", sub, check)
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise UserError(f"finding check {check!r} is not a valid expression") from None
+    funcs = {"min": min, "max": max, "abs": abs}
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in refs:
+            return refs[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.Compare):
+            left, ok = ev(node.left), True
+            for op, comp in zip(node.ops, node.comparators):
+                if type(op) not in _OPS:
+                    break
+                right = ev(comp)
+                ok = ok and _OPS[type(op)](left, right)
+                left = right
+            else:
+                return ok
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs:
+            return funcs[node.func.id](*[ev(a) for a in node.args])
+        raise UserError(f"finding check {check!r}: unsupported expression {ast.dump(node)[:40]}")
+
+    if any(math.isnan(v) for v in refs.values()):
+        return None
+    return bool(ev(tree))
+
+
+def check_findings(preset: dict[str, Any], tab: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per finding: its text, the checks and whether they hold (True/False, None = not measured)."""
+    out = []
+    for f in preset.get("findings") or []:
+        checks = f.get("checks") or []
+        results = [evaluate_check(c, tab["values"]) for c in checks]
+        ok = None if any(r is None for r in results) or not results else all(results)
+        out.append({"text": f.get("text", ""), "paper": f.get("paper", ""), "checks": checks,
+                    "results": results, "ok": ok})
+    return out
+
+
+def format_value(v: Any, metric: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        lowered = metric.lower()
+        if "err" in lowered or "fpr" in lowered or "auc" in lowered:
+            return f"{100 * v:.1f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def format_table(tab: dict[str, Any]) -> str:
+    """A plain-text table: rows = runs, columns = metrics (errors in %); columns that no run
+    measured are left out."""
+    cols = [c for c in tab["columns"] if any(tab["values"][r].get(c) is not None for r in tab["rows"])]
+    header = ["model", *cols]
+    rows = [[tab["labels"][r], *[format_value(tab["values"][r].get(c), c) for c in cols]]
+            for r in tab["rows"]]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w)
+                       for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                               for i, (x, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def format_findings(findings: list[dict[str, Any]]) -> str:
+    lines = []
+    for f in findings:
+        mark = {True: "✓", False: "✗", None: "–"}[f["ok"]]
+        lines.append(f"{mark} {f['text']}")
+        for c, r in zip(f["checks"], f["results"]):
+            lines.append(f"    {'holds' if r else 'fails' if r is False else 'not measured'}: {c}")
+    return "\n".join(lines)
+
+
+def write_table(preset: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Compute the table and findings and write `out/table.json`; returns both."""
+    tab = table(preset, out)
+    findings = check_findings(preset, tab)
+    atomic_write_json(Path(out) / "table.json", {"preset": preset.get("name"),
+                                                 "scale": preset.get("scale"), **tab,
+                                                 "findings": findings})
+    return {"table": tab, "findings": findings}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job: plan, execute, table, report
+# ---------------------------------------------------------------------------------------------
+
+def run_preset(preset: dict[str, Any], out: str | Path, *, fresh: bool = False, device: str = "auto",
+               data_dir: str | None = None, progress: bool | None = None, report: bool = True,
+               stream: TextIO | None = None) -> dict[str, Any]:
+    """Execute a loaded preset in `out` (resuming what is done unless `fresh`), then write
+    `table.json` and, with `report`, `report.html`. Returns {plan, table, findings, report}."""
+    out = Path(out)
+    if fresh:
+        clean_outputs(preset, out)
+    plan, _ = build_plan(preset, out, device=device, data_dir=data_dir, progress=progress)
+    record = plan.execute(stream=stream, progress=progress is not False)
+    res = write_table(preset, out)
+    res["plan"] = record
+    if report:
+        from robustlab.report.html import write_report
+
+        path, info = write_report(out, title=preset.get("title"))
+        res["report"], res["report_info"] = path, info
+    return res

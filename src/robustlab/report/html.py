@@ -1,0 +1,475 @@
+"""One self-contained HTML report of every run under a folder.
+
+`write_report(root)` reads `root/**/model.json`, `metrics.jsonl` and `results/*.json` (plus the
+`plan.json` and `table.json` that `robustlab demo` / `robustlab reproduce` leave in `root`) and
+writes `root/report.html`: a summary table of every model × metric, the figures of each capability
+(drawn by the capability modules' own plot functions, embedded as base64 PNG), training curves,
+the preset's findings, and the commands, settings and versions that produced the results.
+The page loads nothing from the network (a Content-Security-Policy forbids it) and works offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import UserError
+from robustlab.io import atomic_write_text, read_json, versions
+from robustlab.report import summary
+
+log = logging.getLogger("robustlab.report")
+
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+       "base-uri 'none'; form-action 'none'")
+
+STYLE = """
+:root { --fg:#1d2330; --muted:#5b6475; --line:#d9dee7; --bg:#ffffff; --band:#f5f7fa; --accent:#2457a6; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       background: var(--bg); margin: 0; }
+header { background: #1f3b66; color: #fff; padding: 18px 28px; }
+header h1 { margin: 0 0 4px; font-size: 22px; }
+header p { margin: 0; color: #cfd9ea; }
+nav { position: sticky; top: 0; background: #fff; border-bottom: 1px solid var(--line);
+      padding: 8px 28px; z-index: 2; }
+nav a { color: var(--accent); margin-right: 14px; text-decoration: none; font-weight: 500; }
+main { padding: 8px 28px 40px; max-width: 1400px; }
+h2 { border-bottom: 2px solid var(--line); padding-bottom: 4px; margin-top: 32px; }
+h3 { margin: 20px 0 8px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: 4px 9px; text-align: right; }
+th { background: var(--band); }
+td.name, th.name { text-align: left; }
+tr.group td { background: #e8edf5; font-weight: 600; text-align: left; }
+td.best { font-weight: 700; color: #0b6b2e; }
+.figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff;
+         max-width: 100%; }
+figure img { display: block; max-width: 100%; height: auto; }
+figure.half { max-width: calc(50% - 9px); }
+figure.third { max-width: calc(33.3% - 12px); }
+figure.wide { width: 100%; overflow-x: auto; }
+figure.wide img { max-width: none; height: 400px; width: auto; }
+figcaption { color: var(--muted); font-size: 12.5px; margin-top: 6px; max-width: 720px; }
+pre { background: var(--band); border: 1px solid var(--line); padding: 8px 10px; overflow-x: auto;
+      font-size: 12.5px; white-space: pre-wrap; word-break: break-word; }
+.muted { color: var(--muted); }
+.ok { color: #0b6b2e; font-weight: 700; } .bad { color: #b3261e; font-weight: 700; }
+.na { color: var(--muted); font-weight: 700; }
+.note { background: #fff8e1; border: 1px solid #f0d78c; padding: 6px 10px; border-radius: 4px; }
+details { margin: 6px 0; } summary { cursor: pointer; color: var(--accent); }
+"""
+
+# Records image sizes and errors in the DOM so headless browsers (tests) can check the page.
+SCRIPT = """
+(function () {
+  var errors = [];
+  window.addEventListener('error', function (e) {
+    var t = e.target && e.target.tagName ? e.target.tagName + ' failed to load' : (e.message || 'error');
+    errors.push(t);
+  }, true);
+  window.addEventListener('load', function () {
+    var imgs = document.querySelectorAll('img');
+    var sizes = [];
+    for (var i = 0; i < imgs.length; i++) {
+      var w = imgs[i].naturalWidth, h = imgs[i].naturalHeight;
+      imgs[i].setAttribute('data-natural', w + 'x' + h);
+      sizes.push(w + 'x' + h);
+    }
+    var s = document.getElementById('render-status');
+    s.setAttribute('data-images', String(imgs.length));
+    s.setAttribute('data-sizes', sizes.join(' '));
+    s.setAttribute('data-errors', errors.join('; '));
+    s.setAttribute('data-ready', '1');
+  });
+})();
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+class Figures:
+    """Calls plot functions that write PNG files and keeps the bytes; failures become notes."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.count, self.failures = tmp, 0, []
+
+    def make(self, title: str, caption: str, draw: Callable[[Path], Any], *,
+             size: str = "full") -> dict[str, Any] | None:
+        self.count += 1
+        path = self.tmp / f"fig{self.count}.png"
+        try:
+            draw(path)
+            data = path.read_bytes()
+        except Exception as e:  # a broken figure must not take the whole report down
+            log.warning("figure %r failed: %s", title, e)
+            self.failures.append(f"{title}: {type(e).__name__}: {e}")
+            return None
+        finally:
+            try:
+                import matplotlib.pyplot as plt
+
+                plt.close("all")
+            except ImportError:
+                pass
+        return {"title": title, "caption": caption, "png": data, "size": size}
+
+
+def _function(module: str, name: str) -> Callable[..., Any] | None:
+    """A plot function of another module, or None when that module/function is not in this build."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24:
+        raise ValueError("not a PNG file")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _figure_html(f: dict[str, Any]) -> str:
+    b64 = base64.b64encode(f["png"]).decode("ascii")
+    w, h = png_size(f["png"])
+    cls = "wide" if w > 3.2 * h and w > 1600 else f.get("size", "full")
+    return (f'<figure class="{cls}"><img alt="{_esc(f["title"])}" width="{w}" height="{h}" '
+            f'src="data:image/png;base64,{b64}">'
+            f'<figcaption><b>{_esc(f["title"])}</b>. {_esc(f["caption"])}</figcaption></figure>')
+
+
+def _results_of(runs: list[dict[str, Any]], kind: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """{result name: [(run label, result)]} for results of `kind`."""
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for r in runs:
+        for name, res in r["results"].items():
+            if summary.kind_of(name, res) == kind:
+                out.setdefault(name, []).append((r["label"], res))
+    return out
+
+
+def training_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    from robustlab.report.training_plots import plot_training
+
+    hist = [(r["label"], r["history"]) for r in runs if r["history"]]
+    if not hist:
+        return []
+    f = figs.make("Training curves", "Per-epoch training loss and error of every run (dashed: held-out "
+                  "split when the run had one); robust held-out error when robust overfitting was "
+                  "tracked.", lambda p: plot_training(hist, p))
+    return [f] if f else []
+
+
+def biterror_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    out = []
+    plot = _function("robustlab.report.biterrors_plot", "plot_rerr_vs_rate")
+    for name, items in _results_of(runs, "biterrors").items():
+        if plot is None:
+            break
+        k = items[0][1].get("patterns")
+        f = figs.make(f"RErr vs bit error rate ({name})",
+                      f"Mean robust error over {k} random bit error patterns per rate, with the "
+                      "min–max band; the legend gives each model's quantized clean error.",
+                      lambda p, items=items: plot([r for _, r in items], p,
+                                                  labels=[lab for lab, _ in items]))
+        out.append(f)
+    energy = _function("robustlab.report.biterrors_plot", "plot_energy")
+    for name, items in _results_of(runs, "energy").items():
+        for label, r in items:
+            if energy is not None:
+                out.append(figs.make(f"Energy of {label} ({name})", "Mean RErr and relative energy "
+                                     "per memory access against supply voltage.",
+                                     lambda p, r=r: energy(r, p)))
+    return [f for f in out if f]
+
+
+def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    mod = "robustlab.report.adversarial_plots"
+    bars = _function(mod, "plot_rerr_bars")
+    hist = _function(mod, "plot_confidence_histograms")
+    grid = _function(mod, "plot_examples")
+    out, hists, grids = [], [], []
+    for name, items in _results_of(runs, "adversarial").items():
+        if bars is not None:
+            out.append(figs.make(f"RErr per threat model ({name})",
+                                 "Robust error without rejection (light) and at the confidence "
+                                 "threshold τ of 99% TPR (dark), per threat model and model.",
+                                 lambda p, items=items: bars(items, p)))
+        for label, r in items:
+            if hist is not None:
+                hists.append(figs.make(
+                    f"Confidence of {label} ({name})", "Confidence of correctly classified clean "
+                    "test examples against that of successful adversarial examples per threat "
+                    "model; dashed: τ at 99% TPR.", lambda p, r=r, label=label: hist(r, p, title=label),
+                    size="half"))
+            if grid is not None and r.get("examples_file"):
+                f = Path(r["examples_file"])
+                ex_path = f if f.is_absolute() else Path(r["_dir"]) / f
+                if ex_path.is_file():
+                    grids.append(figs.make(
+                        f"Adversarial examples for {label} ({name})", "Clean test images (top row) "
+                        "and their adversarial versions per threat model (frames and patches "
+                        "included), titled with the predicted class and confidence.",
+                        lambda p, e=ex_path, label=label: grid(e, p, title=label, max_columns=4),
+                        size="third"))
+    return [f for f in out + hists + grids if f]
+
+
+def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    from robustlab.report.extra_plots import plot_bit_attack
+
+    out = []
+    for name, items in _results_of(runs, "bitattack").items():
+        out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model after "
+                             "adversarial bit flips within the budget (at most one per weight).",
+                             lambda p, items=items: plot_bit_attack(items, p)))
+    return [f for f in out if f]
+
+
+def flatness_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    from robustlab.report.extra_plots import plot_flatness_bars
+
+    out = []
+    corr = _function("robustlab.report.flatness_plots", "plot_correlation")
+    for name, items in _results_of(runs, "flatness").items():
+        out.append(figs.make(f"Flatness per model ({name})",
+                             "Increase of the loss under relative weight perturbations "
+                             "‖ν_l‖ ≤ ξ‖w_l‖ (adversarial examples recomputed per perturbed model).",
+                             lambda p, items=items: plot_flatness_bars(items, p)))
+        with_gap = [r for _, r in items if r.get("gap") is not None]
+        if corr is not None and len(with_gap) >= 3:
+            labelled = [{**r, "label": lab} for lab, r in items]
+            out.append(figs.make(f"Flatness vs robust generalization ({name})",
+                                 "Robust test loss and test−train robust loss gap against flatness, "
+                                 "with Kendall τ.",
+                                 lambda p, labelled=labelled: corr(labelled, p)))
+    land = _function("robustlab.report.flatness_plots", "plot_landscape")
+    for name, items in _results_of(runs, "landscape").items():
+        for label, r in items:
+            if land is not None:
+                out.append(figs.make(f"Loss landscape of {label} ({name})",
+                                     "Clean and robust loss along weight directions.",
+                                     lambda p, r=r: land(r, p)))
+    return [f for f in out if f]
+
+
+SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[dict[str, Any]]]]] = [
+    ("adversarial", "Input attacks", adversarial_figures),
+    ("biterrors", "Random bit errors", biterror_figures),
+    ("bitattack", "Adversarial bit errors", bitattack_figures),
+    ("flatness", "Flatness", flatness_figures),
+    ("training", "Training", training_figures),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+_HIGHER_BETTER = ("AUC", "energy saved")
+
+
+def _fmt(metric: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if any(t in metric for t in ("Err", "FPR", "AUC", "energy saved")):
+        return f"{100 * v:.1f}"
+    return f"{v:.3g}"
+
+
+def summary_table(runs: list[dict[str, Any]]) -> str:
+    """Metrics as rows (grouped by capability), models as columns; the best value per row in bold."""
+    if not runs:
+        return '<p class="muted">No runs found.</p>'
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        for g, metrics in r["groups"].items():
+            names = groups.setdefault(g, [])
+            for m in metrics:
+                if m not in names:
+                    names.append(m)
+    head = "".join(f"<th>{_esc(r['label'])}</th>" for r in runs)
+    rows = [f'<table class="summary"><thead><tr><th class="name">metric</th>{head}</tr></thead><tbody>']
+    for g, names in groups.items():
+        rows.append(f'<tr class="group"><td colspan="{len(runs) + 1}">{_esc(g)}</td></tr>')
+        for m in names:
+            vals = [r["groups"].get(g, {}).get(m) for r in runs]
+            finite = [v for v in vals if isinstance(v, (int, float)) and not math.isnan(v)]
+            best = None
+            if len(finite) > 1 and max(finite) != min(finite):
+                best = max(finite) if any(t in m for t in _HIGHER_BETTER) else min(finite)
+            cells = "".join(f'<td{" class=best" if v is not None and v == best else ""}>'
+                            f"{_fmt(m, v)}</td>" for v in vals)
+            rows.append(f'<tr><td class="name">{_esc(m)}</td>{cells}</tr>')
+    rows.append("</tbody></table>")
+    return "\n".join(rows)
+
+
+def findings_html(table_json: dict[str, Any]) -> str:
+    findings = table_json.get("findings") or []
+    if not findings:
+        return ""
+    items = []
+    for f in findings:
+        mark, cls = {True: ("✓", "ok"), False: ("✗", "bad"), None: ("–", "na")}[f.get("ok")]
+        checks = "".join(
+            f"<li>{'holds' if r else 'fails' if r is False else 'not measured'}: "
+            f"<code>{_esc(c)}</code></li>" for c, r in zip(f.get("checks", []), f.get("results", [])))
+        items.append(f'<li><span class="{cls}">{mark}</span> {_esc(f.get("text", ""))}'
+                     f"<ul class=muted>{checks}</ul></li>")
+    scale = table_json.get("scale")
+    return (f"<p>Qualitative findings of the paper (spec §9) checked on this table"
+            f"{' at scale ' + _esc(scale) if scale else ''} (errors in %):</p><ul>{''.join(items)}</ul>")
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------------------------
+
+def provenance_html(root: Path, runs: list[dict[str, Any]], plan: dict[str, Any] | None) -> str:
+    parts = []
+    if plan:
+        parts.append(f"<h3>Command</h3><pre>{_esc(plan.get('command') or '(not recorded)')}</pre>")
+        if plan.get("source"):
+            parts.append(f"<p class=muted>preset {_esc(plan.get('preset'))} from "
+                         f"{_esc(plan.get('source'))}, scale {_esc(plan.get('scale'))}</p>")
+        steps = plan.get("steps") or {}
+        if steps:
+            lines = []
+            for key, s in steps.items():
+                secs = f"{s['seconds']:.1f}s" if isinstance(s.get("seconds"), (int, float)) else ""
+                status = s.get("status", "")
+                if status == "skipped":
+                    status = f"skipped: {s.get('reason', '')}"
+                lines.append(f"<tr><td class=name>{_esc(s.get('title', key))}</td><td>{_esc(status)}"
+                             f"</td><td>{secs}</td><td class=name><code>{_esc(s.get('command', ''))}"
+                             "</code></td></tr>")
+            parts.append("<h3>Steps</h3><table><thead><tr><th class=name>step</th><th>status</th>"
+                         "<th>time</th><th class=name>equivalent command</th></tr></thead><tbody>"
+                         + "".join(lines) + "</tbody></table>")
+        if plan.get("preset_config"):
+            import yaml
+
+            parts.append("<details><summary>preset settings (after scale overrides)</summary><pre>"
+                         + _esc(yaml.safe_dump(plan["preset_config"], sort_keys=False,
+                                               allow_unicode=True)) + "</pre></details>")
+    for r in runs:
+        if r["config"]:
+            parts.append(f"<details><summary>{_esc(r['label'])}: {_esc(r['name'])}/config.yaml"
+                         f"</summary><pre>{_esc(r['config'])}</pre></details>")
+    seen: dict[str, dict[str, str]] = {}
+    for r in runs:
+        for source in [r["meta"], *r["results"].values()]:
+            v = source.get("versions") if isinstance(source, dict) else None
+            if isinstance(v, dict):
+                seen.setdefault(json.dumps(v, sort_keys=True), v)
+    now = versions()
+    seen.setdefault(json.dumps(now, sort_keys=True), now)
+    keys = sorted({k for v in seen.values() for k in v})
+    head = "".join(f"<th>{_esc(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(v.get(k, '–'))}</td>" for k in keys) + "</tr>"
+                   for v in seen.values())
+    parts.append("<h3>Versions</h3><p class=muted>Every combination of versions recorded in the "
+                 "checkpoints and results (and the one that wrote this report).</p>"
+                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the page
+# ---------------------------------------------------------------------------------------------
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The report's HTML text and a summary {runs, figures, failures}."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"report: {root} is not a folder")
+    runs = summary.collect(root)
+    for r in runs:
+        for res in r["results"].values():
+            res.setdefault("_dir", str(Path(r["path"]) / "results"))
+    plan = _read(root / "plan.json")
+    table_json = _read(root / "table.json")
+    order = list((plan or {}).get("runs") or {})
+    runs.sort(key=lambda r: (order.index(r["name"]) if r["name"] in order else len(order), r["name"]))
+    if not runs:
+        raise UserError(f"report: no runs under {root} (a run is a folder with model.json)")
+    title = title or (plan or {}).get("title") or f"robustlab report: {root.name}"
+    data = sorted({f"{(r['meta'].get('data') or {}).get('name', '?')}" for r in runs})
+    sections_html, nav = [], [("summary", "Summary")]
+    with tempfile.TemporaryDirectory(prefix="robustlab-report-") as tmp:
+        figs = Figures(Path(tmp))
+        for key, name, build in SECTIONS:
+            made = build(runs, figs)
+            if not made:
+                continue
+            nav.append((key, name))
+            sections_html.append(f'<section id="{key}"><h2>{_esc(name)}</h2><div class="figures">'
+                                 + "".join(_figure_html(f) for f in made) + "</div></section>")
+        n_figs = sum(s.count("<figure ") for s in sections_html)
+    skipped = [s for s in ((plan or {}).get("steps") or {}).values() if s.get("status") == "skipped"]
+    notes = ""
+    if skipped:
+        notes = ('<p class="note">Not available in this build, so not part of this report: '
+                 + "; ".join(_esc(f"{s.get('title')} ({s.get('reason')})") for s in skipped) + "</p>")
+    if figs.failures:
+        notes += ('<p class="note">Figures that could not be drawn: '
+                  + "; ".join(_esc(f) for f in figs.failures) + "</p>")
+    findings = findings_html(table_json) if table_json else ""
+    if findings:
+        nav.insert(1, ("findings", "Findings"))
+    nav.append(("provenance", "Commands & versions"))
+    body = [f'<header><h1>{_esc(title)}</h1><p>{len(runs)} model(s) on {_esc(", ".join(data))} · '
+            f'generated {_esc(time.strftime("%Y-%m-%d %H:%M"))} from {_esc(root)}</p></header>',
+            "<nav>" + "".join(f'<a href="#{k}">{_esc(n)}</a>' for k, n in nav) + "</nav>", "<main>",
+            notes,
+            '<section id="summary"><h2>Summary</h2><p class="muted">Errors in %, lower is better '
+            "(the best model per row in bold). RErr: robust error (wrong clean or after the attack); "
+            "@99%: with inputs of confidence below τ rejected, τ at 99% true positive rate; "
+            "p: random bit error rate.</p>" + summary_table(runs) + "</section>"]
+    if findings:
+        body.append(f'<section id="findings"><h2>Findings</h2>{findings}</section>')
+    body += sections_html
+    body.append(f'<section id="provenance"><h2>Commands &amp; versions</h2>'
+                f"{provenance_html(root, runs, plan)}</section>")
+    body.append("</main>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>"
+            "<body>" + "\n".join(body)
+            + '<div id="render-status" hidden></div></body></html>\n')
+    return page, {"runs": len(runs), "figures": n_figs, "failures": list(figs.failures)}
+
+
+def write_report(root: str | Path, out: str | Path | None = None, *,
+                 title: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write the report of every run under `root` to `out` (default `root/report.html`)."""
+    page, info = build_report(root, title=title)
+    path = atomic_write_text(Path(out) if out else Path(root) / "report.html", page)
+    path.chmod(0o644)  # a page to share: readable like any other document
+    return path, info
+

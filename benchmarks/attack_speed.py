@@ -1,0 +1,188 @@
+"""PGD-L∞ speed: robustlab against torchattacks, Foolbox and ART (same model, same settings).
+
+Every library runs L∞ PGD with a random start, --steps iterations of step 2.5·ε/steps and one
+restart on the first --n-test Fashion-MNIST test images (digits upsampled to 28×28 when
+Fashion-MNIST is not installed), in batches of --batch-size. Reported per library: seconds per
+batch (median of --repeats timed runs after one warm-up), images per second, and the robust
+error (a fidelity check: all should be close). A library that is not installed is skipped with a
+note. Writes benchmarks/results/attack_speed.json.
+
+    python benchmarks/attack_speed.py --device cuda              # the real benchmark
+    python benchmarks/attack_speed.py --n-test 64 --epochs 0     # a tiny CPU smoke run
+
+Install the others with `.venv/bin/pip install foolbox adversarial-robustness-toolbox` and
+`.venv/bin/pip install --no-deps torchattacks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from robustlab import data, models
+from robustlab.attacks import pgd
+from robustlab.device import resolve_device
+from robustlab.io import atomic_write_json, versions
+from robustlab.train import fit
+
+Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def robustlab_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    g = torch.Generator().manual_seed(0)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return pgd(model, x, y, norm="linf", eps=eps, steps=steps, step_size=alpha, init="cube",
+                   generator=g, bf16=a.bf16, channels_last=a.channels_last).x_adv
+
+    return run
+
+
+def torchattacks_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    import torchattacks
+
+    atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    return lambda x, y: atk(x, y)
+
+
+def foolbox_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    atk = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, clipped, _ = atk(fmodel, x, y, epsilons=eps)
+        return clipped
+
+    return run
+
+
+def art_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    shape = tuple(a._shape)
+    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
+                            nb_classes=a._classes, clip_values=(0.0, 1.0),
+                            device_type="gpu" if a._device.type == "cuda" else "cpu")
+    atk = ProjectedGradientDescentPyTorch(clf, norm=np.inf, eps=eps, eps_step=alpha,
+                                          max_iter=steps, num_random_init=1,
+                                          batch_size=a.batch_size, verbose=False)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        adv = atk.generate(x.cpu().numpy(), y=y.cpu().numpy())
+        return torch.from_numpy(adv).to(x.device)
+
+    return run
+
+
+LIBRARIES: dict[str, tuple[str, Callable[..., Runner]]] = {
+    "robustlab": ("robustlab", robustlab_runner),
+    "torchattacks": ("torchattacks", torchattacks_runner),
+    "foolbox": ("foolbox", foolbox_runner),
+    "art": ("art", art_runner),
+}
+
+
+def installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="convnet")
+    ap.add_argument("--epochs", type=int, default=1, help="quick training before attacking "
+                    "(0: random weights)")
+    ap.add_argument("--subset", type=int, default=10000, help="training images for that")
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--libraries", default=",".join(LIBRARIES))
+    ap.add_argument("--bf16", action="store_true", help="robustlab with bf16 autocast")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/attack_speed.json")
+    a = ap.parse_args()
+    device = resolve_device(a.device)
+    try:
+        train, test = data.load("fashion-mnist")
+    except Exception as e:  # noqa: BLE001 — any missing-data error: fall back
+        print(f"Fashion-MNIST not available ({e}); using digits upsampled to 28×28")
+        train, test = data.digits(size=28)
+    train = train.subset(slice(0, a.subset))
+    model = models.create(a.model, dataset=train, seed=a.seed)
+    if a.epochs > 0:
+        fit(model, train, epochs=a.epochs, lr=0.05, batch_size=128, seed=a.seed, device=device,
+            progress=False)
+    model = model.to(device).eval()
+    if a.channels_last:
+        model.to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    a._shape, a._classes, a._device = test.shape, test.num_classes, device
+    x_all = test.x[:a.n_test].to(device)
+    y_all = test.y[:a.n_test].to(device)
+    alpha = 2.5 * a.eps / a.steps
+    with torch.no_grad():
+        clean_err = float((model(x_all).argmax(1) != y_all).float().mean())
+    rows = []
+    for name in a.libraries.split(","):
+        module, make = LIBRARIES[name]
+        if not installed(module):
+            print(f"{name}: not installed, skipped")
+            rows.append({"library": name, "skipped": "not installed"})
+            continue
+        try:
+            run = make(model, a.eps, alpha, a.steps, a)
+        except Exception as e:  # noqa: BLE001 — report any library set-up failure and go on
+            print(f"{name}: could not be set up ({type(e).__name__}: {e}), skipped")
+            rows.append({"library": name, "skipped": f"{type(e).__name__}: {e}"})
+            continue
+        batches = [(x_all[i:i + a.batch_size], y_all[i:i + a.batch_size])
+                   for i in range(0, a.n_test, a.batch_size)]
+        run(*batches[0])  # warm-up
+        times, wrong = [], 0
+        for r in range(a.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            advs = [run(x, y) for x, y in batches]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / len(batches))
+            if r == 0:
+                with torch.no_grad():
+                    for (x, y), adv in zip(batches, advs):
+                        assert (adv - x).abs().max() <= a.eps + 1e-5, name
+                        wrong += int(((model(adv).argmax(1) != y) | (model(x).argmax(1) != y)).sum())
+        sec = statistics.median(times)
+        rows.append({"library": name, "sec_per_batch": sec, "images_per_sec": a.batch_size / sec,
+                     "rerr": wrong / a.n_test})
+        print(f"{name:<13} {1000 * sec:9.1f} ms/batch  {a.batch_size / sec:9.1f} img/s  "
+              f"RErr {100 * wrong / a.n_test:5.1f}%")
+    base = next((r for r in rows if r["library"] == "robustlab" and "sec_per_batch" in r), None)
+    if base:
+        for r in rows:
+            if "sec_per_batch" in r:
+                r["relative_to_robustlab"] = r["sec_per_batch"] / base["sec_per_batch"]
+    out = {"benchmark": "attack_speed", "device": str(device), "model": a.model,
+           "clean_err": clean_err, "config": {k: v for k, v in vars(a).items()
+                                              if not k.startswith("_")},
+           "alpha": alpha, "rows": rows, "versions": versions()}
+    atomic_write_json(a.out, out)
+    print(f"clean Err {100 * clean_err:.1f}%; written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,7 @@ def test_shards_partition_every_range():
             parts = [distributed.shard(n, r, w) for r in range(w)]
             assert [i for p in parts for i in p] == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
+            assert n == 0 or len(parts[0]) >= 1  # rank 0, the writer, always has the first item
 
 
 def test_single_process_helpers_are_identities():
@@ -96,7 +97,7 @@ def test_derived_seeds_are_stable_and_distinct():
     assert distributed.derive_seed(1, 2, 3) != distributed.derive_seed(1, 3, 2)
 
 
-# ---- collectives on 2 ranks ------------------------------------------------------------------
+# ---- one 2-rank session runs every distributed job; the tests check what it left -------------
 
 def _linear() -> torch.nn.Linear:
     lin = torch.nn.Linear(3, 2)
@@ -105,30 +106,6 @@ def _linear() -> torch.nn.Linear:
         lin.bias.copy_(torch.tensor([-0.25, 0.75]))
     return lin
 
-
-def _w_collectives(out: str) -> None:
-    distributed.init("cpu")
-    r, w = distributed.rank(), distributed.world_size()
-    n = 7  # uneven shards: 3 and 4 items
-    local = distributed.shard(torch.arange(n * 2, dtype=torch.float64).view(n, 2) / 3)
-    tree = distributed.gather_tree({"v": local, "odd": (local[:, 0] * 3).long() % 2 == 1,
-                                    "i": [torch.arange(n)[slice(*distributed.shard_bounds(n))]]}, n)
-    # gradient of a per-example mean loss over a global batch, from the two local means
-    lin = _linear()
-    unused = torch.nn.Parameter(torch.ones(2))
-    x = torch.arange(15.0).view(5, 3) / 10
-    mine = distributed.shard(x)
-    lin(mine).pow(2).sum(1).mean().backward()
-    distributed.reduce_gradients([lin.weight, lin.bias, unused], len(mine) / len(x))
-    res = {"rank": r, "world": w, "v": tree["v"].tolist(), "odd": tree["odd"].tolist(),
-           "i": tree["i"][0].tolist(), "list": distributed.gather_list([f"r{r}"] * (r + 1)),
-           "map": distributed.sharded_map(lambda k: k * 10 + r, list(range(5))),
-           "gw": lin.weight.grad.tolist(), "gb": lin.bias.grad.tolist(), "unused": unused.grad is None}
-    Path(out, f"rank{r}.json").write_text(json.dumps(res))
-    distributed.destroy()
-
-
-# ---- one 2-rank session runs every distributed job; the tests check what it left -------------
 
 N_TRAIN = 193  # with batch 64 the last global batch holds one example: rank 1 gets none
 KILL_EXIT = 3
@@ -161,7 +138,7 @@ def _fit(out: Path, tag: str, run: Path | None = None, method: str = "normal",
 
 def _collectives(out: Path) -> None:
     r = distributed.rank()
-    n = 7  # uneven shards: 3 and 4 items
+    n = 7  # uneven shards: 4 and 3 items
     local = distributed.shard(torch.arange(n * 2, dtype=torch.float64).view(n, 2) / 3)
     tree = distributed.gather_tree({"v": local, "odd": (local[:, 0] * 3).long() % 2 == 1,
                                     "i": [torch.arange(n)[slice(*distributed.shard_bounds(n))]]}, n)
@@ -180,17 +157,30 @@ def _collectives(out: Path) -> None:
 
 
 CLI_RUN = "cli-run"
-EVALS = {"biterrors": ["--rates", "0.01,0.05", "--patterns", "5"]}
+EVALS = {"biterrors": ["--rates", "0.01,0.05", "--patterns", "5"],
+         # 50 attacked images in batches of 16: 2 batches on rank 0, 2 (the last one short) on rank 1
+         "attack": ["--suite", "linf,l2,frames,patch,distal,corrupt", "--n-test", "50",
+                    "--batch-size", "16", "--steps", "4", "--patch-steps", "3", "--restarts", "2",
+                    "--corruptions", "gaussian_noise", "--no-figures"]}
 
 
-def _evaluate(run: Path, name: str) -> dict:
-    """Run an evaluation command on `run`; returns its result without the fields that time it."""
+def _untimed(obj):
+    """A result without the fields that time it (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in ("timing", "time_s")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _evaluate(run: Path, name: str) -> dict | None:
+    """Run an evaluation command on `run`; returns its result without timings (on rank 0)."""
     from robustlab import cli
 
     assert cli.main([name, str(run), "--quiet", "--device", "cpu", *EVALS[name]]) == 0
-    res = json.loads((run / "results" / f"{name}.json").read_text())
-    res.pop("timing", None)
-    return res
+    if not distributed.is_main():
+        return None
+    return _untimed(json.loads((run / "results" / f"{name}.json").read_text()))
 
 
 def _cli(out: Path) -> None:
@@ -204,6 +194,7 @@ def _cli(out: Path) -> None:
         res = _evaluate(run, name)
         if distributed.is_main():
             (out / f"{name}-2ranks.json").write_text(json.dumps(res))
+    distributed.barrier()
 
 
 def _w_session(out: str) -> None:
@@ -228,7 +219,8 @@ def session(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     res = _spawn("_w_session", 2, out, check=False, out=str(out))
     for r, p in enumerate(res):
-        assert p.returncode == KILL_EXIT, f"rank {r} failed:\n{p.stderr[-3000:]}"
+        assert p.returncode == KILL_EXIT, "\n".join(f"rank {i}: {q.stderr[-3000:]}"
+                                                     for i, q in enumerate(res))
         (out / f"session{r}.out").write_text(p.stdout)
     _spawn("_w_resume", 2, out, out=str(out))
     return out
@@ -252,7 +244,7 @@ def test_gather_and_gradient_reduction_are_exact(session):
         assert res["odd"] == [bool(v % 2) for v in range(0, 14, 2)]
         assert res["i"] == list(range(7))
         assert res["list"] == ["r0", "r1", "r1"]
-        assert res["map"] == [0, 10, 21, 31, 41]  # items 0,1 on rank 0; 2,3,4 on rank 1
+        assert res["map"] == [0, 10, 20, 31, 41]  # items 0,1,2 on rank 0; 3,4 on rank 1
         assert res["unused"]
     ref = _linear()
     ref(torch.arange(15.0).view(5, 3) / 10).pow(2).sum(1).mean().backward()
@@ -310,3 +302,7 @@ def test_sharded_evaluation_equals_single_process(session, one_thread, name):
     two = json.loads((session / f"{name}-2ranks.json").read_text())
     one = _evaluate(session / CLI_RUN, name)
     assert two == one
+    if name == "attack":  # the attacks did something, on both ranks' batches
+        for key in ("linf", "patch"):
+            adv, clean = two["threats"][key]["adv_conf"], two["clean"]["conf"]
+            assert len(adv) == 50 and adv[:32] != clean[:32] and adv[32:] != clean[32:]

@@ -6,9 +6,10 @@ environment variables `torchrun` sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
 gloo on CPU, nccl on CUDA.
 
 Sharding is contiguous: item i of n belongs to the rank r with start(r) ≤ i < start(r+1),
-start(r) = ⌊r·n/W⌋. `gather` concatenates the ranks' per-item results in rank order, which is
-the original item order, so statistics computed from the gathered tensor are exactly those of a
-single-process run.
+start(r) = r·⌊n/W⌋ + min(r, n mod W) (the first n mod W ranks hold one item more, so rank 0 holds
+the first item whenever there is one). `gather` concatenates the ranks' per-item results in rank
+order, which is the original item order, so statistics computed from the gathered tensor are
+exactly those of a single-process run.
 """
 
 from __future__ import annotations
@@ -124,10 +125,11 @@ def derive_seed(*parts: int) -> int:
 # ---- sharding ------------------------------------------------------------------------------
 
 def shard_bounds(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
-    """[start, stop) of this rank's contiguous share of n items: start(r) = ⌊r·n/W⌋."""
+    """[start, stop) of this rank's contiguous share of n items (module docstring)."""
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
-    return r * n // w, (r + 1) * n // w
+    q, extra = divmod(n, w)
+    return r * q + min(r, extra), (r + 1) * q + min(r + 1, extra)
 
 
 def shard(items: Sequence[Any] | int, rank_: int | None = None, world: int | None = None) -> Any:
@@ -179,27 +181,35 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def gather(local: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """Concatenate every rank's per-item results (first dimension) in rank order, on every rank.
 
-    Ranks may hold different numbers of items (as `shard` gives them); with `n` the total is
-    checked. The result is bit-identical to computing all items in one process, provided each
-    item's result does not depend on which other items were computed with it.
+    Ranks may hold different numbers of items (as `shard` gives them), none included (then the
+    trailing shape and dtype of `local` do not matter); with `n` the total is checked. The result
+    is bit-identical to computing all items in one process, provided each item's result does not
+    depend on which other items were computed with it.
     """
     if not active():
         out = local
     else:
+        info = all_gather_object((local.shape[0], tuple(local.shape[1:]), str(local.dtype)))
+        counts = [c for c, _, _ in info]
+        _, tail, dtype_name = next((i for i in info if i[0] > 0), info[0])
+        dtype = getattr(torch, dtype_name.removeprefix("torch."))
+        if local.shape[0] == 0:
+            local = torch.empty((0, *tail), dtype=dtype, device=local.device)
         dev = _comm_device()
-        sizes = torch.tensor([local.shape[0]], dtype=torch.int64, device=dev)
-        all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]
-        dist.all_gather(all_sizes, sizes)
-        counts = [int(s) for s in all_sizes]
-        wire_dtype = torch.uint8 if local.dtype == torch.bool else local.dtype
-        pad = torch.zeros((max(counts), *local.shape[1:]), dtype=wire_dtype, device=dev)
+        wire_dtype = torch.uint8 if dtype == torch.bool else dtype
+        pad = torch.zeros((max(max(counts), 1), *tail), dtype=wire_dtype, device=dev)
         pad[:local.shape[0]] = local.to(dev, wire_dtype)
         parts = [torch.empty_like(pad) for _ in counts]
         dist.all_gather(parts, pad)
-        out = torch.cat([p[:c] for p, c in zip(parts, counts)]).to(local.device, local.dtype)
+        out = torch.cat([p[:c] for p, c in zip(parts, counts)]).to(local.device, dtype)
     if n is not None and out.shape[0] != n:
         raise RuntimeError(f"gathered {out.shape[0]} items, expected {n}")
     return out
+
+
+def gather_batches(parts: Sequence[torch.Tensor], n: int | None = None) -> torch.Tensor:
+    """`gather` of this rank's per-batch results concatenated (a rank may have no batch)."""
+    return gather(torch.cat(list(parts)) if len(parts) else torch.empty(0), n)
 
 
 def gather_tree(local: Any, n: int | None = None) -> Any:

@@ -1,4 +1,7 @@
-"""`robustlab attack RUN`: adversarial evaluation suite with confidence thresholding."""
+"""`robustlab attack RUN`: adversarial evaluation suite with confidence thresholding.
+
+Under `torchrun` the attacked examples are split across ranks; rank 0 writes the results.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from robustlab import distributed
     from robustlab.attacks import corruptions
     from robustlab.errors import UserError
     from robustlab.evaluate.adversarial import adversarial, parse_eps, parse_suite
@@ -95,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"corruption severity {s} is invalid; it must be one of 1..5")
     if not args.name.replace("-", "").replace("_", "").isalnum():
         raise UserError(f"result name {args.name!r} must be letters, digits, - or _")
-    r = open_run(args.run, device=args.device, data_dir=args.data_dir, best=args.best)
+    device = distributed.init(args.device)  # joins the process group under torchrun
+    r = open_run(args.run, device=device, data_dir=args.data_dir, best=args.best)
     if args.channels_last:
         r.model.to(memory_format=torch.channels_last)
     results_dir = r.path / "results"
@@ -109,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         examples_path=results_dir / f"{args.name}_examples.safetensors",
         dataset=r.meta["data"]["name"], progress=False if args.quiet else None)
     out = {"run": str(r.path), "snapshot": "best" if args.best else "last", **res}
+    if not distributed.is_main():
+        return 0
     path = write_result(r.path, args.name, out)
     print(summary_table(res))
     print(f"written to {path}")

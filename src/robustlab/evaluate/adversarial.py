@@ -15,6 +15,11 @@ Early exit (on by default) stops attacking an example once it is misclassified w
 ≥ the largest τ; that example counts as an error at every reported threshold, so Err, RErr,
 RErr@τ and FPR@τ are unchanged, while mean adversarial confidences and the AUC are those of
 the first sufficient iterate (turn it off for confidence histograms of fully optimized attacks).
+
+Randomness: batch b of a suite item draws from a generator seeded with the item's seed + b, so
+every batch is reproducible on its own. Under `torchrun` the batches of the attacked (and distal)
+examples are split across ranks and the per-example results gathered in order: every rank
+returns the single-process result; rank 0 saves the example images.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from robustlab import distributed
 from robustlab.attacks import corruptions as corr
 from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, worst_case
 from robustlab.attacks.distal import distal
@@ -115,6 +121,12 @@ def _tpr_key(tpr: float) -> str:
 
 def _item_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 63)
+
+
+def _batch_generators(item_seed: int, n: int, batch_size: int) -> list[tuple[int, torch.Generator]]:
+    """(start, generator) of this rank's batches of n examples; batch b's seed is item_seed + b."""
+    return [(i, torch.Generator().manual_seed((item_seed + i // batch_size) % (2 ** 63)))
+            for i in distributed.shard(range(0, n, batch_size))]
 
 
 @dataclasses.dataclass
@@ -297,26 +309,29 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
         examples: dict[str, dict[str, torch.Tensor]] = {}
         out["clean"]["time_s"] = round(time.perf_counter() - t0, 3)
         batches = range(0, n_att, batch_size)
-        bar = tqdm(total=len(items) * len(batches), desc="attacks", unit="batch", leave=False,
-                   disable=None if progress is None else not progress)
+        bar = tqdm(total=len(items) * len(distributed.shard(batches)), desc="attacks", unit="batch",
+                   leave=False, disable=not distributed.is_main() or (
+                       None if progress is None else not progress))
         for item in items:
             g = torch.Generator().manual_seed(_item_seed(seed, item.key))
             t1 = time.perf_counter()
             if item.threat == "distal":
-                r = _run_distal(model, item, eps_over, n_att, shape, s, g, dev, taus, batch_size, bar)
+                r = _run_distal(model, item, eps_over, n_att, shape, s, _item_seed(seed, item.key), dev,
+                                taus, batch_size, bar)
             elif item.threat == "corrupt":
                 r = _run_corrupt(logits_of, item, x_att, y_att, taus, severities, names, g,
                                  len(batches), bar)
             else:
                 r, ex = _run_attack(model, item, eps_over, x_att, y_att, clean_wrong, clean_conf,
-                                    taus, s, g, dev, batch_size, shape, dataset or test.name, bar,
-                                    n_examples)
+                                    taus, s, _item_seed(seed, item.key), dev, batch_size, shape,
+                                    dataset or test.name, bar, n_examples)
                 examples[item.key] = ex
             r["time_s"] = round(time.perf_counter() - t1, 3)
             out["threats"][item.key] = r
         bar.close()
         if examples_path is not None and examples:
-            out["examples_file"] = save_examples(examples_path, examples, list(test.classes))
+            out["examples_file"] = (save_examples(examples_path, examples, list(test.classes))
+                                    if distributed.is_main() else Path(examples_path).name)
         return out
     finally:
         if was_training:
@@ -325,7 +340,7 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
 
 def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att: torch.Tensor,
                 y_att: torch.Tensor, clean_wrong: torch.Tensor, clean_conf: torch.Tensor,
-                taus: dict[str, float], s: _Settings, g: torch.Generator, dev: torch.device,
+                taus: dict[str, float], s: _Settings, item_seed: int, dev: torch.device,
                 batch_size: int, shape: tuple[int, ...], dataset: str, bar: tqdm, n_examples: int
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     info: dict[str, Any] = {"threat": item.threat}
@@ -340,7 +355,7 @@ def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att
     else:
         size = (int(item.param),) * 2 if item.param is not None else patch_size(shape)
         info["size"] = list(size)
-    for i in range(0, x_att.shape[0], batch_size):
+    for i, g in _batch_generators(item_seed, x_att.shape[0], batch_size):
         x, y = x_att[i:i + batch_size].to(dev), y_att[i:i + batch_size].to(dev)
         if item.threat in NORMS:
             res, names = _lp_attacks(model, x, y, item.threat, eps, s, g)
@@ -352,31 +367,32 @@ def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att
             first = _examples(x, res, n_examples)
         adv_logits.append(res.logits.cpu())
         bar.update(1)
-    logits = torch.cat(adv_logits)
+    logits = distributed.gather_batches(adv_logits, x_att.shape[0])
     adv_wrong = logits.argmax(1) != y_att
     adv_conf = confidence(logits)
     info["attacks"] = names
     info.update(M.adversarial_metrics(clean_wrong, clean_conf, adv_wrong, adv_conf, taus))
     info["adv_conf"] = _rounded(adv_conf)
     info["adv_wrong"] = adv_wrong.tolist()
-    assert first is not None
+    if first is None:  # this rank had no batch (more ranks than batches)
+        return info, {}
     first["y"] = y_att[:first["clean"].shape[0]]
     return info, first
 
 
 def _run_distal(model: Model, item: SuiteItem, eps_over: dict[str, float], n: int,
-                shape: tuple[int, ...], s: _Settings, g: torch.Generator, dev: torch.device,
+                shape: tuple[int, ...], s: _Settings, item_seed: int, dev: torch.device,
                 taus: dict[str, float], batch_size: int, bar: tqdm) -> dict[str, Any]:
     eps = item.param if item.param is not None else eps_over.get("distal", DISTAL_EPS)
     confs = []
-    for i in range(0, n, batch_size):
+    for i, g in _batch_generators(item_seed, n, batch_size):
         m = min(batch_size, n - i)
         res = distal(model, m, shape, eps=eps, steps=s.steps, init="zero", restarts=s.restarts,
                      momentum=s.momentum, backtrack=s.backtrack, early_stop=s.early_stop,
                      generator=g, device=dev, bf16=s.bf16, channels_last=s.channels_last)
         confs.append(res.conf.cpu())
         bar.update(1)
-    conf = torch.cat(confs)
+    conf = distributed.gather_batches(confs, n)
     return {"threat": "distal", "eps": eps, "n": n,
             "mean_conf": float(conf.double().mean()),
             "at": {k: {"tau": t, "fpr": M.distal_fpr(t, conf)} for k, t in taus.items()},

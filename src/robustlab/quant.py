@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,18 +84,19 @@ class Scheme:
         """2^{m−1}: the offset of the symmetric modes."""
         return 1 << (self.bits - 1)
 
-    def _range(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lo, hi) of one tensor as float64 0-dim tensors on w's device."""
+    def _ranges(self, flat: torch.Tensor, seg: torch.Tensor, T: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-tensor (lo, hi), float64 vectors of length T, of the float64 values `flat`."""
+        kw = {"dtype": torch.float64, "device": flat.device}
         if not self.per_tensor:
-            q = torch.tensor(float(self.q_max), dtype=torch.float64, device=w.device)
+            q = torch.full((T,), float(self.q_max), **kw)
             return -q, q
-        w = w.detach().to(torch.float64)
-        if w.numel() == 0:
-            z = torch.zeros((), dtype=torch.float64, device=w.device)
-            return z, z
         if self.mode == "asymmetric":
-            return w.min(), w.max()
-        q = w.abs().max()
+            lo = torch.full((T,), math.inf, **kw).scatter_reduce_(0, seg, flat, "amin")
+            hi = torch.full((T,), -math.inf, **kw).scatter_reduce_(0, seg, flat, "amax")
+            lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+            return lo, hi
+        q = torch.zeros((T,), **kw).scatter_reduce_(0, seg, flat.abs(), "amax")
         return -q, q
 
     def _affine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,17 +110,14 @@ class Scheme:
         base = lo if self.mode == "asymmetric" else -self.top * delta
         return delta, base
 
-    def _codes(self, w: torch.Tensor, lo: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def _offset_codes(self, flat: torch.Tensor, seg: torch.Tensor, lo: torch.Tensor,
+                      delta: torch.Tensor) -> torch.Tensor:
+        """c' ∈ [0, 2^m − 1] (integer-valued float64): the offset-binary code of every value."""
         rnd = torch.round if self.rounding == "round" else torch.trunc
-        w = w.detach().to(torch.float64)
+        d = _gather(delta, seg)
         if self.mode == "asymmetric":
-            c = rnd((w - lo) / delta).clamp_(0, 2**self.bits - 1)
-        else:
-            c = rnd(w / delta).clamp_(-self.top, self.top - 1).add_(self.top)
-        codes = c.to(torch.uint8)  # cast only after rounding and clamping
-        if self.mode == "symmetric_signed":
-            codes.bitwise_xor_(self.top)  # offset binary → two's complement
-        return codes
+            return rnd((flat - _gather(lo, seg)) / d).clamp_(0, 2**self.bits - 1)
+        return rnd(flat / d).clamp_(-self.top, self.top - 1).add_(self.top)
 
     def _table(self, lo: torch.Tensor, hi: torch.Tensor, delta: torch.Tensor,
                base: torch.Tensor) -> torch.Tensor:
@@ -129,46 +128,102 @@ class Scheme:
         v = base[:, None] + c.to(torch.float64)[None, :] * delta[:, None]
         return torch.minimum(torch.maximum(v, lo[:, None]), hi[:, None]).to(torch.float32)
 
+    def _flat(self, params: Mapping[str, torch.Tensor]) -> tuple[_Layout, torch.Tensor]:
+        """The layout of `params` and all their values as one detached float64 vector."""
+        layout = _Layout.of(params)
+        flat = torch.cat([w.detach().reshape(-1).to(torch.float64) for w in params.values()])
+        return layout, flat
+
+    def _quantize_flat(self, layout: _Layout, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        seg = layout.segments(flat.device)
+        lo, hi = self._ranges(flat, seg, len(layout.names))
+        delta, base = self._affine(lo, hi)
+        return self._offset_codes(flat, seg, lo, delta), lo, hi, delta, base
+
     # -- public API ----------------------------------------------------------------------
     def quantize(self, params: Mapping[str, torch.Tensor]) -> Quantized:
         """Quantize every tensor of `params` (floats) into one flat `uint8` code buffer."""
-        names, shapes, dtypes, codes, los, his = [], [], [], [], [], []
-        for name, w in params.items():
-            if not torch.is_floating_point(w):
-                raise UserError(f"cannot quantize non-float tensor {name!r} ({w.dtype})")
-            lo, hi = self._range(w)
-            delta, _ = self._affine(lo, hi)
-            names.append(name)
-            shapes.append(tuple(w.shape))
-            dtypes.append(w.dtype)
-            codes.append(self._codes(w, lo, delta).reshape(-1))
-            los.append(lo)
-            his.append(hi)
-        if not names:
-            raise UserError("nothing to quantize: the model has no float parameters")
-        lo, hi = torch.stack(los), torch.stack(his)
-        delta, base = self._affine(lo, hi)
-        return Quantized(self, names, shapes, dtypes, torch.cat(codes), lo, hi, delta, base)
+        layout, flat = self._flat(params)
+        c, lo, hi, delta, base = self._quantize_flat(layout, flat)
+        codes = c.to(torch.uint8)  # cast only after rounding and clamping
+        if self.mode == "symmetric_signed":
+            codes.bitwise_xor_(self.top)  # offset binary → two's complement
+        return Quantized(self, list(layout.names), list(layout.shapes), list(layout.dtypes),
+                         codes, lo, hi, delta, base)
 
     def dequantize(self, q: Quantized, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The float tensors of `q` (optionally with other flat `codes`, e.g. bit-flipped)."""
         return q.dequantize(codes)
 
+    def _quantize_dequantize_flat(self, layout: _Layout, flat: torch.Tensor) -> torch.Tensor:
+        c, lo, hi, delta, base = self._quantize_flat(layout, flat)
+        seg = layout.segments(flat.device)
+        v = _gather(base, seg) + c * _gather(delta, seg)  # as in the lookup table: equal values
+        return torch.minimum(torch.maximum(v, _gather(lo, seg)), _gather(hi, seg)).to(torch.float32)
+
     def quantize_dequantize(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """dequantize(quantize(params)), tensor by tensor (no gradient)."""
-        out = {}
-        for name, w in params.items():
-            lo, hi = self._range(w)
-            delta, base = self._affine(lo, hi)
-            table = self._table(lo[None], hi[None], delta[None], base[None])[0]
-            codes = self._codes(w, lo, delta)
-            out[name] = table[codes.long()].to(w.dtype)
-        return out
+        """dequantize(quantize(params)) without building codes (no gradient)."""
+        layout, flat = self._flat(params)
+        values = torch.split(self._quantize_dequantize_flat(layout, flat), layout.sizes)
+        return {n: v.view(s).to(dt) for n, v, s, dt
+                in zip(layout.names, values, layout.shapes, layout.dtypes)}
 
     def fake_quantize(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Straight-through view: values dequantize(quantize(w)), gradient identity to w."""
-        deq = self.quantize_dequantize(params)
-        return {n: w + (deq[n] - w).detach() for n, w in params.items()}
+        """Straight-through view: values dequantize(quantize(w)), gradient identity to w.
+
+        All tensors are processed as one flat vector: a fixed number of kernels per call.
+        """
+        layout, flat64 = self._flat(params)
+        deq = self._quantize_dequantize_flat(layout, flat64)
+        if len(set(layout.dtypes)) == 1:
+            flat = torch.cat([w.reshape(-1) for w in params.values()])
+            out = flat + (deq.to(flat.dtype) - flat).detach()
+            return {n: v.view(s) for n, v, s in zip(layout.names, torch.split(out, layout.sizes),
+                                                     layout.shapes)}
+        values = torch.split(deq, layout.sizes)
+        return {n: w + (v.view(w.shape).to(w.dtype) - w).detach()
+                for (n, w), v in zip(params.items(), values)}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Names, shapes, dtypes and sizes of a parameter dict, and its segment index per device."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+    sizes: tuple[int, ...]
+
+    @staticmethod
+    def of(params: Mapping[str, torch.Tensor]) -> _Layout:
+        if not params:
+            raise UserError("nothing to quantize: the model has no float parameters")
+        for name, w in params.items():
+            if not torch.is_floating_point(w):
+                raise UserError(f"cannot quantize non-float tensor {name!r} ({w.dtype})")
+        return _Layout(tuple(params), tuple(tuple(w.shape) for w in params.values()),
+                       tuple(w.dtype for w in params.values()),
+                       tuple(w.numel() for w in params.values()))
+
+    def segments(self, device: torch.device) -> torch.Tensor:
+        """int64 vector: the tensor index of every flat element (cached)."""
+        key = (self.sizes, str(device))
+        seg = _SEGMENTS.get(key)
+        if seg is None:
+            seg = torch.repeat_interleave(torch.arange(len(self.sizes), device=device),
+                                          torch.tensor(self.sizes, device=device))
+            if len(_SEGMENTS) >= 8:
+                _SEGMENTS.pop(next(iter(_SEGMENTS)))
+            _SEGMENTS[key] = seg
+        return seg
+
+
+_SEGMENTS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+
+def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[index] for a 1-D `values` (index_select: several times faster on CPU)."""
+    return torch.index_select(values, 0, index)
 
 
 @dataclass
@@ -215,9 +270,9 @@ class Quantized:
 
     def _index_base(self) -> torch.Tensor:
         if "index" not in self._cache:
-            seg = torch.arange(len(self.names), device=self.device) * 256
-            self._cache["index"] = torch.repeat_interleave(
-                seg, torch.tensor(self.sizes, device=self.device))
+            layout = _Layout(tuple(self.names), tuple(self.shapes), tuple(self.dtypes),
+                             tuple(self.sizes))
+            self._cache["index"] = layout.segments(self.device) * 256
         return self._cache["index"]
 
     def to(self, device: torch.device | str) -> Quantized:
@@ -235,7 +290,7 @@ class Quantized:
         flat = self.codes if codes is None else codes
         if flat.shape != self.codes.shape:
             raise ValueError(f"codes must have shape {tuple(self.codes.shape)}, got {tuple(flat.shape)}")
-        return self.table.view(-1)[self._index_base() + flat]
+        return _gather(self.table.view(-1), self._index_base() + flat)
 
     def dequantize(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Dict name → float tensor (original shape and dtype) for the flat `codes`."""

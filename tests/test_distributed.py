@@ -161,7 +161,10 @@ EVALS = {"biterrors": ["--rates", "0.01,0.05", "--patterns", "5"],
          # 50 attacked images in batches of 16: 2 batches on rank 0, 2 (the last one short) on rank 1
          "attack": ["--suite", "linf,l2,frames,patch,distal,corrupt", "--n-test", "50",
                     "--batch-size", "16", "--steps", "4", "--patch-steps", "3", "--restarts", "2",
-                    "--corruptions", "gaussian_noise", "--no-figures"]}
+                    "--corruptions", "gaussian_noise", "--no-figures"],
+         "bitattack": ["--budget", "0,3,12", "--methods", "attack,bfa,random", "--steps", "3",
+                       "--restarts", "2", "--random-patterns", "3", "--n-attack", "64",
+                       "--n-test", "100"]}
 
 
 def _untimed(obj):
@@ -244,7 +247,7 @@ def test_gather_and_gradient_reduction_are_exact(session):
         assert res["odd"] == [bool(v % 2) for v in range(0, 14, 2)]
         assert res["i"] == list(range(7))
         assert res["list"] == ["r0", "r1", "r1"]
-        assert res["map"] == [0, 10, 20, 31, 41]  # items 0,1,2 on rank 0; 3,4 on rank 1
+        assert res["map"] == [0, 11, 20, 31, 40]  # round robin: items 0,2,4 on rank 0, 1,3 on rank 1
         assert res["unused"]
     ref = _linear()
     ref(torch.arange(15.0).view(5, 3) / 10).pow(2).sum(1).mean().backward()

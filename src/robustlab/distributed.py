@@ -231,9 +231,16 @@ def gather_list(local: list[Any]) -> list[Any]:
 
 
 def sharded_map(fn: Any, items: Sequence[Any]) -> list[Any]:
-    """`[fn(item) for item in items]` with the items split across ranks and the results gathered
-    in order on every rank (results must be picklable, e.g. numbers, dicts, CPU tensors)."""
-    return gather_list([fn(item) for item in shard(items)])
+    """`[fn(item) for item in items]` with the items dealt round-robin to the ranks (item i to rank
+    i mod W, which balances items of different cost) and the results returned in item order on
+    every rank. Results must be picklable (numbers, dicts, CPU tensors); `fn` must not depend on
+    which other items the rank computes."""
+    r, w = rank(), world_size()
+    mine = [(i, fn(items[i])) for i in range(r, len(items), w)]
+    if w == 1:
+        return [v for _, v in mine]
+    return [v for _, v in sorted((p for part in all_gather_object(mine) for p in part),
+                                 key=lambda p: p[0])]
 
 
 # ---- training helpers ----------------------------------------------------------------------

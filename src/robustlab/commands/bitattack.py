@@ -1,4 +1,7 @@
-"""`robustlab bitattack RUN`: robust error under adversarial bit flips, per bit budget."""
+"""`robustlab bitattack RUN`: robust error under adversarial bit flips, per bit budget.
+
+Under `torchrun` the attack runs and random patterns are dealt to the ranks; rank 0 writes.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from robustlab import quant
+    from robustlab import distributed, quant
     from robustlab.errors import UserError
     from robustlab.evaluate.bitattack import _methods, bit_attack
     from robustlab.io import write_result
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.runs import open_run
 
     methods = _methods(args.methods)
-    r = open_run(args.run, device=args.device, data_dir=args.data_dir, best=args.best)
+    device = distributed.init(args.device)  # joins the process group under torchrun
+    r = open_run(args.run, device=device, data_dir=args.data_dir, best=args.best)
     if args.quant and r.quant is not None:
         raise UserError(f"--quant {args.quant}: {args.run} was trained with its own quantization "
                         f"({r.quant}); leave --quant out")
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                      random_patterns=args.random_patterns, selection=args.params,
                      seed=args.seed, batch_size=args.batch_size, device=r.device,
                      progress=False if args.quiet else None)
+    if not distributed.is_main():
+        return 0
     name = "bitattack" + (f"-target{args.target}" if args.target is not None else "")
     path = write_result(r.path, name, {"run": str(r.path), "snapshot": "best" if args.best
                                        else "last", "attack_split": args.attack_split,

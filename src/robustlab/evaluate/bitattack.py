@@ -12,6 +12,11 @@ training set, so the test set is not attacked directly) and reports on the test 
 Methods: "attack" (the projected attack of `robustlab.weights.bits`, one run per budget), "bfa"
 (progressive bit search, one run whose prefixes give every budget) and "random" (random flips,
 at most one per weight, mean and max over `random_patterns` seeds) as a reference.
+
+Randomness: every attack run (one per budget) and every random pattern draws from its own
+generator, seeded from (`seed`, method, budget index, pattern index), so each is reproducible on
+its own. Under `torchrun` these runs (and the BFA search) are dealt to the ranks and their rows
+gathered in order: every rank returns the single-process result.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from robustlab import distributed
 from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
@@ -101,24 +107,40 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
             out["target_rate"] = float(hit.double().sum() / not_target.sum().clamp_min(1))
         return out
 
-    gen = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {}
     kw = dict(target=target, selection=selection, batch_size=batch_size)
+    allowed = wb._tensor_mask(q, wb.select_tensors(model, q, selection))
+    progress = progress if distributed.is_main() else False
+
+    def gen(*unit: int) -> torch.Generator:
+        return torch.Generator().manual_seed(distributed.derive_seed(seed, *unit))
+
+    def run_unit(unit: tuple[str, int, int]) -> Any:
+        """One independent piece of work: an attack run, the BFA search, or a random pattern."""
+        m, j, k = unit
+        if m == "attack":
+            r = wb.bit_attack(model, q, xa, ya, budget=budgets[j], steps=steps, step_size=step_size,
+                              restarts=restarts, generator=gen(0, j), progress=progress, **kw)
+            return {"budget": budgets[j], "loss": r.loss, "flips": r.flips, **scores(r.codes)}
+        if m == "bfa":
+            return [{"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)} for b, r in
+                    sorted(wb.bfa(model, q, xa, ya, budgets=budgets, progress=progress, **kw).items())]
+        return scores(wb.random_flips(q, budgets[j], gen(1, j, k), allowed))
+
+    units = ([("bfa", 0, 0)] if "bfa" in methods else []) + \
+        [("attack", j, 0) for j in range(len(budgets)) if "attack" in methods] + \
+        [("random", j, k) for j in range(len(budgets)) for k in range(random_patterns)
+         if "random" in methods]
+    done = dict(zip(units, distributed.sharded_map(run_unit, units)))
     for m in methods:
         rows: list[dict[str, Any]] = []
         if m == "attack":
-            for b in budgets:
-                r = wb.bit_attack(model, q, xa, ya, budget=b, steps=steps, step_size=step_size,
-                                  restarts=restarts, generator=gen, progress=progress, **kw)
-                rows.append({"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)})
+            rows = [done[("attack", j, 0)] for j in range(len(budgets))]
         elif m == "bfa":
-            for b, r in sorted(wb.bfa(model, q, xa, ya, budgets=budgets, progress=progress,
-                                      **kw).items()):
-                rows.append({"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)})
+            rows = done[("bfa", 0, 0)]
         else:
-            allowed = wb._tensor_mask(q, wb.select_tensors(model, q, selection))
-            for b in budgets:
-                per = [scores(wb.random_flips(q, b, gen, allowed)) for _ in range(random_patterns)]
+            for j, b in enumerate(budgets):
+                per = [done[("random", j, k)] for k in range(random_patterns)]
                 row: dict[str, Any] = {"budget": b, "flips": min(b, int(allowed.sum()))}
                 for key in per[0]:
                     vals = torch.tensor([p[key] for p in per], dtype=torch.float64)

@@ -162,7 +162,7 @@ def runs(tmp_path_factory):
     paths = []
     for name, extra in (("plain", []), ("rq", ["--quant", "rquant8", "--clip", "0.1"])):
         code = main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet",
-                     "--device", "cpu", "--out", str(base / name), *extra])
+                     "--device", "cpu", "--subset", "128", "--out", str(base / name), *extra])
         assert code == 0
         paths.append(base / name)
     return paths
@@ -188,7 +188,7 @@ def test_cli_biterrors_chip_and_export(runs, tmp_path, capsys):
     chip = be.example("synthetic_chip_map.json")
     npz = tmp_path / "codes.npz"
     code, out, err = run_cli(capsys, "biterrors", runs[0], "--rates", "0.01", "--patterns", "2",
-                             "--chip", chip, "--offsets", "0,64", "--export", npz,
+                             "--chip", chip, "--offsets", "0,64", "--export", npz, "--n-test", "64",
                              "--scheme", "rquant4", "--quiet", "--device", "cpu")
     assert code == 0, err
     res = json.loads((runs[0] / "results" / "biterrors_chip.json").read_text())

@@ -110,7 +110,7 @@ def run_cli(capsys, *argv):
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("energy") / "run"
     assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet",
-                 "--device", "cpu", "--out", str(run)]) == 0
+                 "--device", "cpu", "--subset", "128", "--out", str(run)]) == 0
     return run
 
 

@@ -220,7 +220,7 @@ def _popcount(codes: torch.Tensor) -> torch.Tensor:
 
 
 def energy(model: nn.Module, test: Dataset, curve: be.EnergyCurve, *, tolerance: float = 0.01,
-           scheme: Scheme | None = None, patterns: int = 10, seed0: int = 100,
+           scheme: Scheme | None = None, patterns: int = 50, seed0: int = 100,
            batch_size: int = 1000, device: str | torch.device | None = None,
            progress: bool | None = None) -> dict[str, Any]:
     """Lowest safe supply voltage and energy saved: RErr (mean over patterns) at each voltage's bit

@@ -157,14 +157,19 @@ def _collectives(out: Path) -> None:
 
 
 CLI_RUN = "cli-run"
-EVALS = {"biterrors": ["--rates", "0.01,0.05", "--patterns", "5"],
-         # 50 attacked images in batches of 16: 2 batches on rank 0, 2 (the last one short) on rank 1
-         "attack": ["--suite", "linf,l2,frames,patch,distal,corrupt", "--n-test", "50",
-                    "--batch-size", "16", "--steps", "4", "--patch-steps", "3", "--restarts", "2",
-                    "--corruptions", "gaussian_noise", "--no-figures"],
-         "bitattack": ["--budget", "0,3,12", "--methods", "attack,bfa,random", "--steps", "3",
-                       "--restarts", "2", "--random-patterns", "3", "--n-attack", "64",
-                       "--n-test", "100"]}
+EVALS = {  # command: (options, result files)
+    "biterrors": (["--rates", "0.01,0.05", "--patterns", "5"], ["biterrors"]),
+    # 50 attacked images in batches of 16: 2 batches on rank 0, 2 (the last one short) on rank 1
+    "attack": (["--suite", "linf,l2,frames,patch,distal,corrupt", "--n-test", "50", "--batch-size",
+                "16", "--steps", "4", "--patch-steps", "3", "--restarts", "2", "--corruptions",
+                "gaussian_noise", "--no-figures"], ["attack"]),
+    "bitattack": (["--budget", "0,3,12", "--methods", "attack,bfa,random", "--steps", "3",
+                   "--restarts", "2", "--random-patterns", "3", "--n-attack", "64", "--n-test", "100"],
+                  ["bitattack"]),
+    "flatness": (["--kind", "average", "--xi", "0.1,0.3", "--samples", "5", "--n-test", "40",
+                  "--attack-steps", "3", "--no-train", "--batch-size", "16", "--landscape", "1d",
+                  "--points", "5"], ["flatness-average", "landscape-1d-random"]),
+}
 
 
 def _untimed(obj):
@@ -177,13 +182,14 @@ def _untimed(obj):
 
 
 def _evaluate(run: Path, name: str) -> dict | None:
-    """Run an evaluation command on `run`; returns its result without timings (on rank 0)."""
+    """Run an evaluation command on `run`; returns its results without timings (on rank 0)."""
     from robustlab import cli
 
-    assert cli.main([name, str(run), "--quiet", "--device", "cpu", *EVALS[name]]) == 0
+    options, files = EVALS[name]
+    assert cli.main([name, str(run), "--quiet", "--device", "cpu", *options]) == 0
     if not distributed.is_main():
         return None
-    return _untimed(json.loads((run / "results" / f"{name}.json").read_text()))
+    return {f: _untimed(json.loads((run / "results" / f"{f}.json").read_text())) for f in files}
 
 
 def _cli(out: Path) -> None:
@@ -307,5 +313,9 @@ def test_sharded_evaluation_equals_single_process(session, one_thread, name):
     assert two == one
     if name == "attack":  # the attacks did something, on both ranks' batches
         for key in ("linf", "patch"):
-            adv, clean = two["threats"][key]["adv_conf"], two["clean"]["conf"]
+            adv, clean = two["attack"]["threats"][key]["adv_conf"], two["attack"]["clean"]["conf"]
             assert len(adv) == 50 and adv[:32] != clean[:32] and adv[32:] != clean[32:]
+    if name == "flatness":  # 5 distinct perturbed models per ξ, 5 landscape points
+        for d in two["flatness-average"]["details"]:
+            assert len(set(d["perturbed_losses"])) == 5
+        assert len(set(two["landscape-1d-random"]["robust_loss"])) == 5

@@ -1,4 +1,7 @@
-"""`robustlab flatness RUN`: average- or worst-case flatness of the robust (or clean) loss."""
+"""`robustlab flatness RUN`: average- or worst-case flatness of the robust (or clean) loss.
+
+Under `torchrun` average-case samples and landscape points are split across ranks; rank 0 writes.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from robustlab import distributed
     from robustlab.evaluate.flatness import flatness, landscape
     from robustlab.io import write_result
     from robustlab.report.flatness_plots import plot_landscape
@@ -63,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.weights import select
 
     xis = args.xi if args.xi is not None else [0.5 if args.kind == "average" else 0.003]
-    r = open_run(args.run, device=args.device, data_dir=args.data_dir, best=args.best)
+    device = distributed.init(args.device)  # joins the process group under torchrun
+    main = distributed.is_main()
+    r = open_run(args.run, device=device, data_dir=args.data_dir, best=args.best)
     select(r.model, args.params)  # bad selections fail before any work
     progress = False if args.quiet else None
     settings = {"norm": args.norm, "steps": args.attack_steps}
@@ -83,14 +89,15 @@ def run(args: argparse.Namespace) -> int:
     nus = res.pop("nu", None)
     name = f"flatness-{args.kind}" + ("-clean" if args.clean else "")
     snapshot = "best" if args.best else "last"
-    path = write_result(r.path, name, {"run": str(r.path), "snapshot": snapshot,
-                                       "data": r.meta.get("data"), **res})
-    what = "clean" if args.clean else "robust"
-    print(f"{what} loss {res['loss']:.4f} on {res['n']} test images"
-          + (f", test-train gap {res['gap']:.4f}" if "gap" in res else ""))
-    for v, f in zip(res["xi"], res["flatness"]):
-        print(f"  {args.kind}-case flatness at xi={v:g}: {f:.4f}")
-    print(f"written to {path}")
+    if main:
+        path = write_result(r.path, name, {"run": str(r.path), "snapshot": snapshot,
+                                           "data": r.meta.get("data"), **res})
+        what = "clean" if args.clean else "robust"
+        print(f"{what} loss {res['loss']:.4f} on {res['n']} test images"
+              + (f", test-train gap {res['gap']:.4f}" if "gap" in res else ""))
+        for v, f in zip(res["xi"], res["flatness"]):
+            print(f"  {args.kind}-case flatness at xi={v:g}: {f:.4f}")
+        print(f"written to {path}")
     if args.landscape:
         dims = 1 if args.landscape == "1d" else 2
         land = landscape(r.model, r.test, dims=dims, direction=args.direction, xi=xis[0],
@@ -99,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                          params=r.params(), nu=nus[0] if nus else None, steps=args.steps,
                          seed=args.seed, batch_size=args.batch_size, device=r.device,
                          progress=progress)
+        if not main:
+            return 0
         lname = f"landscape-{args.landscape}-{args.direction}"
         lpath = write_result(r.path, lname, {"run": str(r.path), "snapshot": snapshot, **land})
         png = plot_landscape(land, Path(lpath).with_suffix(".png"))

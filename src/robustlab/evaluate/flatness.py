@@ -4,16 +4,22 @@
 relative ball B_ξ(w) and reports the increase of the robust loss (mean cross-entropy on PGD examples
 recomputed for every perturbed model) or, with `clean=True`, of the clean loss. The same attack
 settings and the same attack seed are used on both sides of each difference, so ξ = 0 gives 0.
+
+Under `torchrun` the loss evaluations of average-case flatness (the unperturbed model and the
+random ν) and of landscapes (the grid points) are dealt round-robin to the ranks, and the
+gathered losses are fed back to the same aggregation code: every rank returns the single-process
+result. Worst-case flatness is one sequential ascent; every rank computes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from robustlab import distributed
 from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.weights import (
@@ -53,6 +59,48 @@ def _check_int(name: str, value: int, minimum: int) -> int:
     if int(value) != value or value < minimum:
         raise UserError(f"{name}={value} must be an integer >= {minimum}")
     return int(value)
+
+
+class _Dealt:
+    """Stands in for an objective whose `value` calls are independent: call i is computed on rank
+    i mod W (the others get a placeholder); after `replay()` every call returns the gathered value
+    of the same call, so a second run of the same code aggregates all of them."""
+
+    def __init__(self, objective: Any) -> None:
+        self.objective, self.calls, self.mine = objective, 0, {}
+        self.table: dict[int, torch.Tensor] | None = None
+
+    def value(self, params: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
+        i, self.calls = self.calls, self.calls + 1
+        if self.table is not None:
+            return self.table[i]
+        if i % distributed.world_size() != distributed.rank():
+            return torch.zeros((), device=getattr(self.objective, "device", None))
+        self.mine[i] = self.objective.value(params, seed)
+        return self.mine[i]
+
+    def replay(self) -> None:
+        table: dict[int, torch.Tensor] = {}
+        for part in distributed.all_gather_object({i: v.cpu() for i, v in self.mine.items()}):
+            table.update(part)
+        dev = getattr(self.objective, "device", None)
+        self.table = {i: v.to(dev) for i, v in table.items()}
+        self.calls = 0
+
+
+def _dealt(call: Callable[[Any, bool | None], Any], objective: Any, progress: bool | None,
+           generator: torch.Generator | None = None) -> Any:
+    """`call(objective, progress)`, with its loss evaluations split across ranks (`_Dealt`); the
+    generator is rewound so that the replay draws what the first pass drew."""
+    if not distributed.active():
+        return call(objective, progress)
+    dealt = _Dealt(objective)
+    state = generator.get_state() if generator is not None else None
+    call(dealt, progress if distributed.is_main() else False)
+    dealt.replay()
+    if generator is not None:
+        generator.set_state(state)
+    return call(dealt, False)
 
 
 def _first(ds: Dataset, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +176,9 @@ def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
     for v in xis:
         ball = RelativeBall(base, names, v)
         if kind == "average":
-            r = average_case(objective, ball, samples=samples, generator=gen, seed=seed,
-                             progress=progress)
+            r = _dealt(lambda obj, prog, ball=ball: average_case(
+                obj, ball, samples=samples, generator=gen, seed=seed, progress=prog),
+                objective, progress, gen)
         else:
             r = worst_case(objective, ball, steps=steps, restarts=restarts, step_size=step_size,
                            generator=gen, seed=seed, progress=progress)
@@ -203,7 +252,8 @@ def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str 
                            "attack": settings, "seed": seed}
     for variant, inner in (("clean", None), ("robust", attack)):
         obj = ModelObjective(model, x, y, inner, batch_size=batch_size, fixed=fixed)
-        losses = loss_along(obj, perturbed, dirs, coords.float(), seed=seed, progress=progress)
+        losses = _dealt(lambda o, prog: loss_along(o, perturbed, dirs, coords.float(), seed=seed,
+                                                   progress=prog), obj, progress)
         out[f"{variant}_loss"] = (losses.tolist() if dims == 1
                                   else losses.view(points, points).tolist())
     return out

@@ -595,6 +595,69 @@ def _eval_adversarial(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> di
                        examples_path=r.path / "results" / f"{name}_examples.safetensors", **s)
 
 
+def patches(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *,
+            locations: list[str] | tuple[str, ...] = ("fixed", "random", "optimized-full"),
+            n: int = 1000, size: int | None = None, steps: int = 100, step_size: float = 0.05,
+            restarts: int = 1, stride: int = 2, objective: str = "ce", seed: int = 0,
+            batch_size: int = 500, device: Any = "cpu", n_examples: int = 8,
+            examples_path: str | Path | None = None) -> dict[str, Any]:
+    """RErr under location-fixed, random and optimized adversarial patches (spec §3, §9.4).
+
+    Every location mode attacks the first `n` test images with `robustlab.attacks.patch_attack`
+    (same content steps, restarts and seed); RErr counts an example wrong clean or patched. With
+    `examples_path`, the first patched images of every mode are saved for the report
+    (`robustlab.evaluate.adversarial.save_examples`).
+    """
+    from robustlab.attacks.base import confidence, evaluate_logits
+    from robustlab.attacks.patches import parse_location, patch_attack
+
+    locs = [parse_location(loc) for loc in locations]
+    n = min(int(n), len(test))
+    x_all, y_all = test.x[:n], test.y[:n]
+    clean_wrong, out_locs, examples = [], {}, {}
+    for i in range(0, n, batch_size):
+        x = x_all[i:i + batch_size].to(device)
+        clean_wrong.append(evaluate_logits(model, x).argmax(1).cpu() != y_all[i:i + batch_size])
+    cw = torch.cat(clean_wrong)
+    for loc in locs:
+        g = torch.Generator().manual_seed(seed)
+        wrong = []
+        for i in range(0, n, batch_size):
+            x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
+            res = patch_attack(model, x, y, size=size, steps=steps, step_size=step_size,
+                               location=loc, stride=stride, restarts=restarts, objective=objective,
+                               generator=g)
+            wrong.append((res.pred != y).cpu())
+            if i == 0:
+                k = min(n_examples, x.shape[0])
+                examples[loc] = {"clean": x[:k].cpu(), "adv": res.x_adv[:k].detach().cpu(),
+                                 "pred": res.pred[:k].cpu(), "conf": confidence(res.logits[:k]).cpu(),
+                                 "y": y[:k].cpu()}
+        w = torch.cat(wrong)
+        out_locs[loc] = {"rerr": float((w | cw).double().mean()), "err": float(w.double().mean())}
+    out: dict[str, Any] = {"n": n, "clean": {"err": float(cw.double().mean())}, "locations": out_locs,
+                           "config": {"size": size, "steps": steps, "step_size": step_size,
+                                      "restarts": restarts, "stride": stride,
+                                      "objective": objective, "seed": seed}}
+    if examples_path is not None and examples:
+        from robustlab.evaluate.adversarial import save_examples
+
+        out["examples_file"] = save_examples(examples_path, examples, list(test.classes))
+    return out
+
+
+def _eval_patches(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+    return patches(r.predictor(), ws.test_subset(), device=r.device,
+                   examples_path=r.path / "results" / f"{name}_examples.safetensors", **s)
+
+
+def _patches_cost(s: dict[str, Any], n: int) -> float:
+    n = min(int(s.get("n", 1000)), n)
+    locs = s.get("locations") or ["fixed", "random", "optimized-full"]
+    steps = int(s.get("steps", 100)) * int(s.get("restarts", 1))
+    return sum(n * steps * (2.5 if "optimized" in loc else 1.0) for loc in locs)
+
+
 def _scheme(r: Any, s: dict[str, Any]) -> Any:
     from robustlab import quant
 
@@ -697,6 +760,9 @@ register_evaluator(Evaluator(
     "adversarial", "robustlab.evaluate.adversarial", _eval_adversarial, _adv_cost,
     lambda s: f"rl.evaluate.adversarial(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
+    "patches", "robustlab.attacks.patches", _eval_patches, _patches_cost,
+    lambda s: f"rl.experiments.patches(model, test, {_kw(s)})"))
+register_evaluator(Evaluator(
     "biterrors", "robustlab.evaluate.biterrors", _eval_biterrors, _bit_cost,
     lambda s: f"rl.evaluate.bit_errors(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
@@ -742,6 +808,7 @@ def eval_step(ws: Workspace, run: str, name: str, settings: dict[str, Any], trai
     s = dict(settings)
     kind = s.pop("evaluator")
     ev = EVALUATORS[kind]
+    cost_settings = {k: v for k, v in s.items() if k != "snapshot"}
     path = ws.run_dir(run) / "results" / f"{name}.json"
     key = fingerprint({"kind": kind, "settings": s, "train": train_key,
                        "test_subset": (ws.preset.get("data") or {}).get("test_subset")})
@@ -754,7 +821,9 @@ def eval_step(ws: Workspace, run: str, name: str, settings: dict[str, Any], trai
         run_evaluation(ws, run, name, kind, s, key)
 
     return Step(f"eval/{run}/{name}", f"{name} of {label}", go, lambda: _eval_done(path, key),
-                cost=ev.cost(s, n_test), command=f"{ev.describe(s)}  # model: {ws.run_dir(run)}",
+                cost=ev.cost(cost_settings, n_test),
+                command=f"{ev.describe(cost_settings)}  # model: {ws.run_dir(run)}"
+                + (" (best snapshot)" if s.get("snapshot") == "best" else ""),
                 skip=skip)
 
 
@@ -763,13 +832,17 @@ def run_evaluation(ws: Workspace, run: str, name: str, kind: str, settings: dict
     from robustlab.io import write_result
     from robustlab.runs import open_run
 
-    r = open_run(ws.run_dir(run), device=ws.device, with_data=False)
+    settings = dict(settings)
+    snapshot = settings.pop("snapshot", "last")
+    if snapshot not in ("last", "best"):
+        raise UserError(f"evaluation {name!r}: snapshot {snapshot!r} must be last or best")
+    r = open_run(ws.run_dir(run), device=ws.device, with_data=False, best=snapshot == "best")
     r.train, r.val, r.test = ws.data()
     t0 = time.perf_counter()
     res = EVALUATORS[kind].fn(r, ws, dict(settings), name)
     res = {k: v for k, v in res.items() if not isinstance(v, torch.Tensor) or v.numel() < 100_000}
-    out = {"run": str(r.path), "label": ws.run_label(run), "evaluator": kind, "settings": settings,
-           "plan_key": key, "data": r.meta.get("data"), **res,
+    out = {"run": str(r.path), "label": ws.run_label(run), "evaluator": kind, "snapshot": snapshot,
+           "settings": settings, "plan_key": key, "data": r.meta.get("data"), **res,
            "seconds": round(time.perf_counter() - t0, 2)}
     write_result(r.path, name, out)
     return out
@@ -792,15 +865,16 @@ def calibrate(ws: Workspace) -> float:
     dev = resolve_device(ws.device)
     model.to(dev).train()
     x, y = train.x[:128].to(dev), train.y[:128].to(dev)
-    best = math.inf
-    for _ in range(3):
+    times = []
+    for i in range(7):  # two warm-up passes, then the median of five
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 1.3 * best / len(y)  # optimizer step, data shuffling, Python overhead
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return 1.2 * sorted(times)[len(times) // 2] / len(y)  # + optimizer step and Python overhead
 
 
 def build_plan(preset: dict[str, Any], out: str | Path, *, device: str = "auto",
@@ -818,7 +892,7 @@ def build_plan(preset: dict[str, Any], out: str | Path, *, device: str = "auto",
                                    skip="its model is not trained in this build" if t.skip else None))
     spu = calibrate(ws) if calibrate_eta else None
     info = {"preset": preset.get("name"), "scale": preset.get("scale"), "source": preset.get("source"),
-            "title": preset.get("title"), "data": ws.data_spec,
+            "title": preset.get("title"), "paper": preset.get("paper"), "data": ws.data_spec,
             "runs": {r: {"label": ws.run_label(r), "dir": r} for r in preset["runs"]},
             "preset_config": {k: v for k, v in preset.items() if k not in ("source",)}}
     return Plan(out, steps, seconds_per_unit=spu, info=info), ws
@@ -857,9 +931,14 @@ def table(preset: dict[str, Any], out: str | Path) -> dict[str, Any]:
     return {"rows": list(preset["runs"]), "labels": labels, "columns": cols, "values": values}
 
 
+class _Unmeasured(Exception):
+    """A check refers to something that was not measured."""
+
+
 _OPS: dict[type, Callable[..., Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne,
     ast.USub: operator.neg}
 
 
@@ -867,7 +946,8 @@ def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | No
     """Evaluate `row[metric] < row[metric] + 0.01`-style checks; None when a metric is missing.
 
     Allowed: references `run[metric name]`, numbers, + − × ÷, comparisons (chains too), `and`,
-    `or`, `min(...)`, `max(...)`, `abs(...)`.
+    `or`, `min(...)`, `max(...)`, `abs(...)`, and `kendall("metric a", "metric b")`: Kendall τ
+    between two metrics over every run that has both (None with fewer than three such runs).
     """
     import re
 
@@ -888,6 +968,15 @@ def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | No
     except SyntaxError:
         raise UserError(f"finding check {check!r} is not a valid expression") from None
     funcs = {"min": min, "max": max, "abs": abs}
+
+    def kendall(a: str, b: str) -> float:
+        pairs = [(v[a], v[b]) for v in values.values() if v.get(a) is not None
+                 and v.get(b) is not None]
+        if len(pairs) < 3:
+            return float("nan")
+        from scipy.stats import kendalltau
+
+        return float(kendalltau([p[0] for p in pairs], [p[1] for p in pairs])[0])
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
@@ -915,11 +1004,21 @@ def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | No
                 return ok
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs:
             return funcs[node.func.id](*[ev(a) for a in node.args])
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "kendall" and len(node.args) == 2
+                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
+            tau = kendall(node.args[0].value, node.args[1].value)
+            if math.isnan(tau):
+                raise _Unmeasured
+            return tau
         raise UserError(f"finding check {check!r}: unsupported expression {ast.dump(node)[:40]}")
 
     if any(math.isnan(v) for v in refs.values()):
         return None
-    return bool(ev(tree))
+    try:
+        return bool(ev(tree))
+    except _Unmeasured:
+        return None
 
 
 def check_findings(preset: dict[str, Any], tab: dict[str, Any]) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
                                  data_dir=args.data_dir, progress=False if args.quiet else None)
     title = preset.get("title") or preset["name"]
     print(f"\n{title} (scale {preset['scale']}; errors in %)")
+    if preset.get("paper"):
+        print(f"paper: {preset['paper']}")
     print(experiments.format_table(res["table"]))
     if res["findings"]:
         print("\nfindings of the paper (spec §9):")

@@ -85,3 +85,33 @@ def plot_flatness_bars(results: Sequence[tuple[str, dict[str, Any]]], path: str 
     if len(xis) > 1:
         ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_patch_locations(results: Sequence[tuple[str, dict[str, Any]]], path: str | Path) -> Path:
+    """RErr (%) under adversarial patches per location mode (fixed, random, optimized), one bar
+    group per run (results of `robustlab.experiments.patches`)."""
+    if not results:
+        raise UserError("no patch results to plot")
+    locs: list[str] = []
+    for _, r in results:
+        locs += [k for k in r.get("locations") or {} if k not in locs]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(results) + 2), 3.6))
+    width = 0.8 / max(1, len(locs))
+    for j, loc in enumerate(locs):
+        vals = [100 * (r.get("locations") or {}).get(loc, {}).get("rerr", float("nan"))
+                for _, r in results]
+        pos = [i + (j - (len(locs) - 1) / 2) * width for i in range(len(results))]
+        ax.bar(pos, vals, width=width * 0.95, label=loc, color=f"C{j % 10}")
+    ax.scatter(range(len(results)), [100 * (r.get("clean") or {}).get("err", float("nan"))
+                                     for _, r in results], marker="_", s=400, color="k",
+               label="clean Err", zorder=3)
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([lab for lab, _ in results], rotation=20, ha="right", fontsize="small")
+    ax.set_ylabel("RErr (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", title="patch location", title_fontsize="small",
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("robust error under adversarial patches by location mode", fontsize="medium")
+    return _save(fig, path)

@@ -154,12 +154,13 @@ def _figure_html(f: dict[str, Any]) -> str:
             f'<figcaption><b>{_esc(f["title"])}</b>. {_esc(f["caption"])}</figcaption></figure>')
 
 
-def _results_of(runs: list[dict[str, Any]], kind: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """{result name: [(run label, result)]} for results of `kind`."""
+def _results_of(runs: list[dict[str, Any]], *kinds: str
+                ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """{result name: [(run label, result)]} for results of one of `kinds`."""
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for r in runs:
         for name, res in r["results"].items():
-            if summary.kind_of(name, res) == kind:
+            if summary.kind_of(name, res) in kinds:
                 out.setdefault(name, []).append((r["label"], res))
     return out
 
@@ -204,15 +205,23 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
     bars = _function(mod, "plot_rerr_bars")
     hist = _function(mod, "plot_confidence_histograms")
     grid = _function(mod, "plot_examples")
+    from robustlab.report.extra_plots import plot_patch_locations
+
     out, hists, grids = [], [], []
-    for name, items in _results_of(runs, "adversarial").items():
-        if bars is not None:
+    for name, items in _results_of(runs, "patches").items():
+        out.append(figs.make(f"RErr per patch location mode ({name})",
+                             "Robust error under adversarial patches whose location is fixed, "
+                             "random or optimized during the attack (black: clean Err).",
+                             lambda p, items=items: plot_patch_locations(items, p)))
+    for name, items in _results_of(runs, "adversarial", "patches").items():
+        kind = summary.kind_of(name, items[0][1])
+        if bars is not None and kind == "adversarial":
             out.append(figs.make(f"RErr per threat model ({name})",
                                  "Robust error without rejection (light) and at the confidence "
                                  "threshold τ of 99% TPR (dark), per threat model and model.",
                                  lambda p, items=items: bars(items, p)))
         for label, r in items:
-            if hist is not None:
+            if hist is not None and kind == "adversarial":
                 hists.append(figs.make(
                     f"Confidence of {label} ({name})", "Confidence of correctly classified clean "
                     "test examples against that of successful adversarial examples per threat "

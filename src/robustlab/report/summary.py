@@ -7,12 +7,14 @@ Errors are fractions (the tables print them in %). Metric names:
 
 - `Err`: clean test error (`eval`/`clean` results; else the adversarial suite's attacked split);
 - `RErr <threat>`, `RErr@99% <threat>` (confidence threshold at 99% TPR), `FPR@99% distal`,
-  `Err@99% corrupt`, `Err corrupt` — adversarial suites (`<result name>/<threat>` for suites
-  stored under another name than `adversarial`/`attack`);
+  `Err@99% corrupt`, `Err corrupt` — adversarial suites; `RErr patch <location>` — patches;
 - `Err q` (quantized, no errors) and `RErr p=<rate>%` (mean over patterns) — random bit errors;
 - `RErr <b> bits` (`… (bfa)`, `… (random)`) — adversarial bit errors per budget;
 - `<kind> flatness ξ=<ξ>`, `robust loss`, `robust loss gap` — flatness;
 - `train Err` (last epoch), `best val RErr`, `last val RErr` — training history.
+
+A result stored under another name than its kind's usual one (e.g. `flatness-best.json`, or a
+second suite `unseen.json`) gets its metric names prefixed with `<name>/`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from typing import Any
 
 from robustlab.io import read_json
 
-DEFAULT_SUITE_NAMES = ("adversarial", "attack")
+DEFAULT_NAMES = {"clean": ("clean", "eval"), "adversarial": ("adversarial", "attack"),
+                 "patches": ("patches",), "biterrors": ("biterrors",), "bitattack": ("bitattack",),
+                 "flatness": ("flatness", "flatness-average", "flatness-worst",
+                              "flatness-average-clean", "flatness-worst-clean"),
+                 "energy": ("energy",), "chip": ("chip", "chip-errors")}
 
 
 def rate_label(p: float) -> str:
@@ -57,6 +63,8 @@ def kind_of(name: str, r: dict[str, Any]) -> str:
         return "flatness"
     if "dims" in r and "clean_loss" in r and "robust_loss" in r:
         return "landscape"
+    if "locations" in r and "clean" in r:
+        return "patches"
     if "budgets" in r and "results" in r:
         return "bitattack"
     if "voltages" in r:
@@ -74,11 +82,17 @@ def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
     """Named scalar metrics of one result (see the module docstring)."""
     kind = kind_of(name, r)
     out: dict[str, float] = {}
+    pre = "" if name in DEFAULT_NAMES.get(kind, ()) else f"{name}/"
     if kind == "clean":
         if _num(r.get("err")) is not None:
-            out["Err"] = float(r["err"])
+            out[f"{pre}Err"] = float(r["err"])
+    elif kind == "patches":
+        for loc, v in (r.get("locations") or {}).items():
+            if _num(v.get("rerr")) is not None:
+                out[f"{pre}RErr patch {loc}"] = v["rerr"]
+        if _num((r.get("clean") or {}).get("err")) is not None:
+            out[f"{pre}Err (attacked split)"] = r["clean"]["err"]
     elif kind == "adversarial":
-        pre = "" if name in DEFAULT_SUITE_NAMES else f"{name}/"
         taus = list((r.get("clean") or {}).get("tau") or {})
         for key, t in (r.get("threats") or {}).items():
             threat = t.get("threat", key)
@@ -108,13 +122,11 @@ def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
         if _num(clean.get("err")) is not None:
             out[f"{pre}Err (attacked split)"] = clean["err"]
     elif kind == "biterrors":
-        pre = "" if name == "biterrors" else f"{name}/"
         if _num(r.get("clean_err")) is not None:
             out[f"{pre}Err q"] = r["clean_err"]
         for p, m in zip(r.get("rates") or [], (r.get("rerr") or {}).get("mean") or []):
             out[f"{pre}RErr p={rate_label(p)}"] = m
     elif kind == "bitattack":
-        pre = "" if name == "bitattack" else f"{name}/"
         for method, res in (r.get("results") or {}).items():
             suffix = "" if method == "attack" else f" ({method})"
             for b, v in zip(res.get("budget") or r.get("budgets") or [], res.get("rerr") or []):
@@ -124,11 +136,11 @@ def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
         variant = "" if r.get("variant", "robust") == "robust" else f"{r['variant']} "
         for d in r.get("details") or []:
             if _num(d.get("flatness")) is not None:
-                out[f"{variant}{r['flatness_kind']} flatness ξ={d['xi']:g}"] = d["flatness"]
+                out[f"{pre}{variant}{r['flatness_kind']} flatness ξ={d['xi']:g}"] = d["flatness"]
         if _num(r.get("loss")) is not None:
-            out[f"{variant or 'robust '}loss"] = r["loss"]
+            out[f"{pre}{variant or 'robust '}loss"] = r["loss"]
         if _num(r.get("gap")) is not None:
-            out[f"{variant or 'robust '}loss gap"] = r["gap"]
+            out[f"{pre}{variant or 'robust '}loss gap"] = r["gap"]
     elif kind == "energy":
         if _num(r.get("energy_saved")) is not None:
             out["energy saved"] = r["energy_saved"]
@@ -180,7 +192,8 @@ def read_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-GROUPS = {"clean": "clean", "adversarial": "input attacks", "biterrors": "random bit errors",
+GROUPS = {"clean": "clean", "adversarial": "input attacks", "patches": "input attacks",
+          "biterrors": "random bit errors",
           "chip": "random bit errors", "energy": "random bit errors",
           "bitattack": "adversarial bit errors", "flatness": "flatness", "training": "training"}
 

@@ -319,3 +319,21 @@ def test_sharded_evaluation_equals_single_process(session, one_thread, name):
         for d in two["flatness-average"]["details"]:
             assert len(set(d["perturbed_losses"])) == 5
         assert len(set(two["landscape-1d-random"]["robust_loss"])) == 5
+
+
+def test_torchrun_trains_with_two_processes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    env = dict(_env(0, 1, 0), PYTHONUNBUFFERED="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k)
+    p = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                        "--master-port", str(_free_port()), "-m", "robustlab", "train", "--data",
+                        "synthetic", "--model", "mlp", "--epochs", "1", "--out", "run", "--quiet",
+                        "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("run written to run") == 1  # rank 0 only
+    _, meta = checkpoint.load(tmp_path / "run")
+    assert meta["world_size"] == 2

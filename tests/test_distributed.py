@@ -321,6 +321,7 @@ def test_sharded_evaluation_equals_single_process(session, one_thread, name):
         assert len(set(two["landscape-1d-random"]["robust_loss"])) == 5
 
 
+@pytest.mark.slow  # the launcher itself; the session above already runs `train` as torchrun would
 def test_torchrun_trains_with_two_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

@@ -219,7 +219,7 @@ def _w_session(out: str) -> None:
 
 def _w_resume(out: str) -> None:
     out_ = Path(out)
-    (out_ / "b-state-before-resume.json").write_bytes((out_ / "b" / checkpoint.STATE_JSON).read_bytes())
+    (out_ / "b-state-before-resume.json").write_text(json.dumps(checkpoint.read_state_info(out_ / "b")))
     _fit(out_, "b", run=out_ / "b", method="randbet", resume=True)
 
 
@@ -286,7 +286,7 @@ def test_killed_and_resumed_two_process_run_ends_with_the_same_weights(session):
     for (ka, va), (kb, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     assert meta_a["world_size"] == meta_b["world_size"] == 2
-    state = json.loads((a / checkpoint.STATE_JSON).read_text())
+    state = checkpoint.read_state_info(a)
     assert state["method_state"]["distributed"]["world_size"] == 2
     assert [json.loads(line)["epoch"] for line in (b / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     hist_a = json.loads((session / "a-hist0.json").read_text())

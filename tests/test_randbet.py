@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from robustlab import biterrors as be
-from robustlab import data, models
+from robustlab import checkpoint, data, models
 from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Scheme
@@ -161,7 +161,7 @@ def test_cli_randbet_and_pattbet(tmp_path, capsys):
         meta = json.loads((run / "model.json").read_text())
         assert meta["method"]["name"] == method and meta["method"]["bit_error_rate"] == 0.05
         assert meta["quant"] == RQUANT8.to_dict()
-    state = json.loads((tmp_path / "randbet" / "trainer_state.json").read_text())
+    state = checkpoint.read_state_info(tmp_path / "randbet")
     assert state["method_state"] == {"active": True}
 
 

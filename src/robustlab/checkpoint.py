@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robustlab import models
 from robustlab.errors import UserError
-from robustlab.io import atomic_write, atomic_write_json, read_json, versions
+from robustlab.io import atomic_write, atomic_write_json, dumps, read_json, versions
 
 WEIGHTS, META = "model.safetensors", "model.json"
-STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+STATE = "trainer_state.safetensors"
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol ≥ 2; torch.save zip archives
 
 
@@ -102,41 +102,57 @@ def load(run: str | Path, *, model: nn.Module | None = None, device: str | torch
 
 
 def has_state(run: str | Path) -> bool:
-    run = Path(run)
-    return (run / STATE_JSON).is_file() and (run / STATE_TENSORS).is_file() and (run / WEIGHTS).is_file()
+    return (Path(run) / STATE).is_file()
 
 
-def save_state(run: str | Path, epoch: int, opt: torch.optim.Optimizer,
+def save_state(run: str | Path, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
                history: list[dict[str, Any]], method_state: dict[str, Any]) -> None:
-    """Optimizer tensors as safetensors; epoch, history, optimizer scalars and method state as JSON."""
+    """One atomic file per resume point: model weights and optimizer tensors (safetensors), with
+    epoch, history, optimizer scalars and method state as JSON in its metadata. A kill at any
+    moment leaves either the previous resume point or the new one, never a mix."""
     sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
         for key, val in st.items():
             if isinstance(val, torch.Tensor):
-                tensors[f"{idx}.{key}"] = val
+                tensors[f"optim.{idx}.{key}"] = val
             else:
                 scalars.setdefault(str(idx), {})[key] = val
+    info = {"epoch": epoch, "history": history, "method_state": method_state,
+            "optimizer": {"param_groups": sd["param_groups"], "scalars": scalars}}
     tensors = _cpu_tensors(tensors)
-    atomic_write(Path(run) / STATE_TENSORS, lambda tmp: save_file(tensors, tmp))
-    atomic_write_json(Path(run) / STATE_JSON, {
-        "epoch": epoch, "history": history, "method_state": method_state,
-        "optimizer": {"param_groups": sd["param_groups"], "scalars": scalars}})
+    atomic_write(Path(run) / STATE, lambda tmp: save_file(tensors, tmp, metadata={"state": dumps(info)}))
+
+
+def read_state_info(run: str | Path) -> dict[str, Any]:
+    """The JSON part of a run's resume point: epoch, history, method state, optimizer scalars."""
+    path = Path(run) / STATE
+    _check_not_pickle(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["state"])
+    except (SafetensorError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot resume {run}: {path.name} has no valid state ({e})") from None
 
 
 def load_state(run: str | Path, model: nn.Module, opt: torch.optim.Optimizer,
                device: torch.device) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
     """Restore weights and optimizer of an interrupted run; returns (epochs done, history, method state)."""
-    run = Path(run)
-    load(run, model=model, device=device)
+    path = Path(run) / STATE
+    tensors = read_weights(path, device)
+    info = read_state_info(run)
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"cannot resume {run}: its weights do not match the model ({e})") from None
     model.train()
-    info = read_json(run / STATE_JSON)
-    tensors = read_weights(run / STATE_TENSORS, device)
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = val
+        if name.startswith("optim."):
+            idx, key = name[len("optim."):].split(".", 1)
+            state.setdefault(int(idx), {})[key] = val
     for idx, vals in info["optimizer"]["scalars"].items():
         state.setdefault(int(idx), {}).update(vals)
     try:

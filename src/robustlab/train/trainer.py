@@ -323,7 +323,7 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
                 checkpoint.save_weights(run / "model_best.safetensors", model)
                 meta["best_epoch"] = epoch + 1
             checkpoint.save(run, model, meta)
-            checkpoint.save_state(run, epoch + 1, opt, history, method_state)
+            checkpoint.save_state(run, epoch + 1, model, opt, history, method_state)
             atomic_write_text(run / "metrics.jsonl", "".join(dumps(h, indent=None) + "\n"
                                                              for h in history))
         distributed.barrier()

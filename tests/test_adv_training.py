@@ -103,6 +103,7 @@ def test_ccat_attack_maximizes_wrong_class_confidence() -> None:
     ctx = context(model)
     m = CCAT(eps=0.2, attack_steps=10)
     assert m.objective == "conf" and m.attack_momentum == 0.9 and m.attack_backtrack
+    assert m.attack_init == "norm"
     x_adv = m.attack(ctx, x, y)
     assert (x_adv - x).abs().max() <= 0.2 + 1e-6
     model.eval()

@@ -40,8 +40,8 @@ from robustlab import distributed
 from robustlab.attacks import corruptions as corr
 from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, worst_case
 from robustlab.attacks.distal import distal
-from robustlab.attacks.frames import frames
-from robustlab.attacks.patches import patch_attack
+from robustlab.attacks.frames import frame_mask, frames
+from robustlab.attacks.patches import check_size, patch_attack
 from robustlab.attacks.pgd import OBJECTIVES, pgd
 from robustlab.attacks.threat import DISTAL_EPS, NORMS, THREATS, default_eps, frame_width, patch_size
 from robustlab.data import Dataset
@@ -259,13 +259,19 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     for c in names:
         if c not in corr.CORRUPTIONS:
             raise UserError(f"unknown corruption {c!r}; choose from {', '.join(corr.names())}")
+    shape = tuple(test.shape)
+    for item in items:  # fail on impossible frames/patches before any attack runs
+        if item.threat == "frames":
+            frame_mask(shape, int(item.param) if item.param is not None else None)
+        elif item.threat == "patch":
+            check_size(shape[-2:], (int(item.param),) * 2 if item.param is not None
+                       else patch_size(shape))
     dev = torch.device(device) if device is not None else _model_device(model)
     was_training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.eval()
         if channels_last:
             model.to(memory_format=torch.channels_last)
-    shape = tuple(test.shape)
     n_total = len(test)
     n_hold = max(1, int(round(holdout * n_total)))
     n_att = min(n, n_total - n_hold)

@@ -115,6 +115,7 @@ class CCAT(AT):
     objective: ClassVar[str] = "conf"
 
     rho: float = field(default=10.0, metadata={"help": "power ρ of the CCAT transition λ"})
+    attack_init: str = "norm"  # spread ‖δ‖∞ over [0, ε]: a uniform cube start has ‖δ‖∞ ≈ ε (λ ≈ 0)
     attack_momentum: float = 0.9
     attack_backtrack: bool = True
 

@@ -3,7 +3,8 @@
 Per batch, RandBET computes the gradient at the clean quantized weights and the gradient at the
 same weights with a fresh random bit error pattern at rate p (codes XOR mask, dequantized), clamps
 the perturbed gradient element-wise to ±`grad_clamp`, and averages the two. Both passes use the
-run's quantization scheme (`--quant`), or RQuant 8-bit when the run has none. Gradients reach the
+run's quantization scheme (`--quant`; the trainer makes it RQuant 8-bit when none is
+given). Gradients reach the
 float weights through the straight-through estimator.
 
 Curriculum: bit errors switch on for good at the first batch whose clean loss is below
@@ -57,6 +58,7 @@ class RandBET(Method):
     """Random bit error training: clean + clamped perturbed gradient, averaged."""
 
     name: ClassVar[str] = "randbet"
+    needs_quant: ClassVar[bool] = True
     bit_error_rate: float = field(default=0.01, metadata={
         "help": "bit error rate p of the training patterns, in [0, 1]"})
     grad_clamp: float = field(default=0.05, metadata={

@@ -36,6 +36,7 @@ class Method:
     """Plain training: cross-entropy on clean inputs (with the context's label smoothing)."""
 
     name: ClassVar[str] = "normal"
+    needs_quant: ClassVar[bool] = False  # True: the run is quantization-aware (RQuant 8-bit unless given)
 
     def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:

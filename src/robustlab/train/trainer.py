@@ -240,6 +240,10 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if quant is None and method.needs_quant:
+        from robustlab.quant import RQUANT8
+
+        quant = RQUANT8  # bit error methods train quantization-aware; recorded in model.json
     ctx = TrainContext(model, config, dev, train.num_classes, quant)
     opt = _optimizer(model, config)
     history: list[dict[str, Any]] = []

@@ -180,6 +180,7 @@ class AdvBET(Method):
     """Adversarial bit error training: RandBET with adversarial instead of random bit errors."""
 
     name: ClassVar[str] = "advbet"
+    needs_quant: ClassVar[bool] = True
 
     bit_budget: int = field(default=160, metadata={
         "help": "flipped bits per batch of the training bit attack (at most one per weight)"})

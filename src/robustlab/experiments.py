@@ -234,10 +234,14 @@ class Plan:
     def pending(self) -> list[Step]:
         return [s for s in self.steps if s.skip is None and not s.done()]
 
+    STEP_OVERHEAD_S = 0.3  # opening a run, writing results: what per-example costs do not see
+
     def estimate(self, steps: list[Step] | None = None) -> float:
         """Estimated seconds for `steps` (default: the pending ones)."""
         steps = self.pending() if steps is None else steps
-        return sum(s.cost for s in steps) * (self.seconds_per_unit or 0.0)
+        if not self.seconds_per_unit:
+            return 0.0
+        return sum(s.cost for s in steps) * self.seconds_per_unit + self.STEP_OVERHEAD_S * len(steps)
 
     def _record(self) -> dict[str, Any]:
         path = self.out / "plan.json"
@@ -253,8 +257,7 @@ class Plan:
         record = self._record()
         steps_rec: dict[str, Any] = record.get("steps", {})
         record.update(self.info)
-        record.update(command=" ".join(["robustlab", *sys.argv[1:]]) if _is_cli() else
-                      self.info.get("command", ""), steps=steps_rec)
+        record.update(command=self.info.get("command") or _argv_command(), steps=steps_rec)
         pending = self.pending()
         todo_keys = {s.key for s in pending}
         for s in self.steps:
@@ -264,7 +267,8 @@ class Plan:
                 entry.update(status="skipped", reason=s.skip)
             elif s.key not in todo_keys:
                 entry["status"] = "done"
-        total_units = sum(s.cost for s in pending)
+        over = self.STEP_OVERHEAD_S / self.seconds_per_unit if self.seconds_per_unit else 0.0
+        total_units = sum(s.cost + over for s in pending)
         done_units, t_start = 0.0, time.perf_counter()
 
         def say(msg: str) -> None:
@@ -297,7 +301,7 @@ class Plan:
             t0 = time.perf_counter()
             step.run()
             dt = time.perf_counter() - t0
-            done_units += step.cost
+            done_units += step.cost + over
             steps_rec[step.key].update(status="done", seconds=round(dt, 2),
                                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             atomic_write_json(self.out / "plan.json", record)
@@ -308,8 +312,12 @@ class Plan:
         return record
 
 
-def _is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("robustlab", "__main__.py") or "robustlab" in sys.argv[0]
+def _argv_command() -> str:
+    """The command line of this process when it is the `robustlab` CLI, else ''."""
+    name = Path(sys.argv[0]).name if sys.argv else ""
+    if name == "robustlab" or (name == "__main__.py" and "robustlab" in sys.argv[0]):
+        return " ".join(["robustlab", *sys.argv[1:]])
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +424,11 @@ def train_command(settings: dict[str, Any], out: Path) -> str:
         elif v is not None:
             parts += [f"--{k.replace('_', '-')}", str(v)]
     parts += ["--out", str(out)]
-    return " ".join(parts)
+    line = " ".join(parts)
+    if d.get("options"):
+        opts = ", ".join(f"{k}={v}" for k, v in d["options"].items())
+        line += f"  # dataset loader options {opts} (from a preset; no CLI flag)"
+    return line
 
 
 def _method_factor(method: Any) -> float:
@@ -1087,13 +1099,16 @@ def write_table(preset: dict[str, Any], out: str | Path) -> dict[str, Any]:
 
 def run_preset(preset: dict[str, Any], out: str | Path, *, fresh: bool = False, device: str = "auto",
                data_dir: str | None = None, progress: bool | None = None, report: bool = True,
-               stream: TextIO | None = None) -> dict[str, Any]:
+               stream: TextIO | None = None, command: str | None = None) -> dict[str, Any]:
     """Execute a loaded preset in `out` (resuming what is done unless `fresh`), then write
-    `table.json` and, with `report`, `report.html`. Returns {plan, table, findings, report}."""
+    `table.json` and, with `report`, `report.html`. Returns {plan, table, findings, report}.
+    `command` is recorded as the command line that produced the results."""
     out = Path(out)
     if fresh:
         clean_outputs(preset, out)
     plan, _ = build_plan(preset, out, device=device, data_dir=data_dir, progress=progress)
+    if command:
+        plan.info["command"] = command
     record = plan.execute(stream=stream, progress=progress is not False)
     res = write_table(preset, out)
     res["plan"] = record

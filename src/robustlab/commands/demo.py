@@ -43,13 +43,25 @@ def preset_overrides(args: argparse.Namespace) -> dict:
     return {"data": {"name": args.data}} if args.data else {}
 
 
+def command_line(args: argparse.Namespace, *positional: str) -> str:
+    """The command as a user would type it again (for the report's provenance)."""
+    parts = ["robustlab", args.command, *positional]
+    for opt in ("scale", "out", "data", "data_dir", "config", "device"):
+        v = getattr(args, opt, None)
+        if v is not None and not (opt == "device" and v == "auto"):
+            parts += [f"--{opt.replace('_', '-')}", str(v)]
+    parts += [f"--{f.replace('_', '-')}" for f in ("fresh", "quiet", "no_report")
+              if getattr(args, f, False)]
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from robustlab import experiments
 
     preset = experiments.load_preset(args.config or "demo", args.scale, preset_overrides(args))
     res = experiments.run_preset(preset, args.out, fresh=args.fresh, device=args.device,
                                  data_dir=args.data_dir, progress=False if args.quiet else None,
-                                 report=not args.no_report)
+                                 report=not args.no_report, command=command_line(args))
     print(experiments.format_table(res["table"]))
     if "report" in res:
         print(f"report written to {res['report']}")

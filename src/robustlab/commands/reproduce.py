@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from robustlab.commands.demo import add_preset_options, preset_overrides
+from robustlab.commands.demo import add_preset_options, command_line, preset_overrides
 
 PAPERS = ("bit-errors", "ccat", "flatness", "patches")
 
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     preset = experiments.load_preset(args.config or args.preset, args.scale, preset_overrides(args))
     out = args.out or f"runs/reproduce/{preset['name']}-{preset['scale'] or 'default'}"
     res = experiments.run_preset(preset, out, fresh=args.fresh, device=args.device,
-                                 data_dir=args.data_dir, progress=False if args.quiet else None)
+                                 data_dir=args.data_dir, progress=False if args.quiet else None,
+                                 command=command_line(args, args.preset))
     title = preset.get("title") or preset["name"]
     print(f"\n{title} (scale {preset['scale']}; errors in %)")
     if preset.get("paper"):

@@ -207,12 +207,12 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
     grid = _function(mod, "plot_examples")
     from robustlab.report.extra_plots import plot_patch_locations
 
-    out, hists, grids = [], [], []
+    out, patch_bars, hists, grids = [], [], [], []
     for name, items in _results_of(runs, "patches").items():
-        out.append(figs.make(f"RErr per patch location mode ({name})",
-                             "Robust error under adversarial patches whose location is fixed, "
-                             "random or optimized during the attack (black: clean Err).",
-                             lambda p, items=items: plot_patch_locations(items, p)))
+        patch_bars.append(figs.make(f"RErr per patch location mode ({name})",
+                                    "Robust error under adversarial patches whose location is fixed, "
+                                    "random or optimized during the attack (black: clean Err).",
+                                    lambda p, items=items: plot_patch_locations(items, p)))
     for name, items in _results_of(runs, "adversarial", "patches").items():
         kind = summary.kind_of(name, items[0][1])
         if bars is not None and kind == "adversarial":
@@ -237,7 +237,7 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
                         "included), titled with the predicted class and confidence.",
                         lambda p, e=ex_path, label=label: grid(e, p, title=label, max_columns=4),
                         size="third"))
-    return [f for f in out + hists + grids if f]
+    return [f for f in out + patch_bars + hists + grids if f]
 
 
 def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:

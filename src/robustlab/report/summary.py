@@ -20,11 +20,14 @@ second suite `unseen.json`) gets its metric names prefixed with `<name>/`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from robustlab.io import read_json
+
+log = logging.getLogger("robustlab.report")
 
 DEFAULT_NAMES = {"clean": ("clean", "eval"), "adversarial": ("adversarial", "attack"),
                  "patches": ("patches",), "biterrors": ("biterrors",), "bitattack": ("bitattack",),
@@ -79,7 +82,15 @@ def kind_of(name: str, r: dict[str, Any]) -> str:
 
 
 def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
-    """Named scalar metrics of one result (see the module docstring)."""
+    """Named scalar metrics of one result (see the module docstring); a malformed result gives {}."""
+    try:
+        return _result_metrics(name, r)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        log.warning("result %s: cannot read its metrics (%s: %s)", name, type(e).__name__, e)
+        return {}
+
+
+def _result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
     kind = kind_of(name, r)
     out: dict[str, float] = {}
     pre = "" if name in DEFAULT_NAMES.get(kind, ()) else f"{name}/"

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from robustlab.train.trainer import TrainContext
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, adversarial inputs, y)
+
+
 def _split(n: int, fraction: float) -> int:
     """Number of adversarial examples in a batch of n (at least 1 when fraction > 0)."""
     return min(n, max(1, int(round(fraction * n))))
@@ -90,16 +93,25 @@ class AT(Method):
                          x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ctx.criterion(logits, y)
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        k = _split(n, self.fraction)
-        x_adv = self.attack(ctx, x[n - k:], y[n - k:])
-        logits = ctx.forward(torch.cat([x[:n - k], x_adv]))
+    def prepare(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """Attack the last f·n examples (at the current weights, in eval mode)."""
+        k = _split(x.shape[0], self.fraction)
+        return x, self.attack(ctx, x[x.shape[0] - k:], y[x.shape[0] - k:]), y
+
+    def loss_on(self, ctx: TrainContext, batch: Batch,
+                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a prepared batch at `params` (default: the model's own weights)."""
+        x, x_adv, y = batch
+        n, k = x.shape[0], x_adv.shape[0]
+        logits = ctx.forward(torch.cat([x[:n - k], x_adv]), params)
         loss = self.fraction * self.adversarial_loss(ctx, logits[n - k:], x[n - k:], x_adv, y[n - k:])
         if k < n:
             loss = loss + (1 - self.fraction) * ctx.criterion(logits[:n - k], y[:n - k])
         return loss, logits
+
+    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss_on(ctx, self.prepare(ctx, x, y))
 
 
 @register
@@ -166,8 +178,8 @@ class TRADES(Method):
             raise UserError(f"beta {self.beta} is invalid; it must be ≥ 0")
         _check_common(self)
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """x̃ maximizing KL(f(x) ‖ f(x̃)) at the current weights, in eval mode."""
         eps = self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
         with ctx.eval_mode():
             with torch.no_grad():
@@ -175,8 +187,18 @@ class TRADES(Method):
             x_adv = pgd(ctx.forward, x, p_clean, norm=self.attack_norm, eps=eps,
                         steps=self.attack_steps, step_size=self.attack_lr, objective=_kl_objective,
                         init=self.attack_init, generator=ctx.generator).x_adv.detach()
+        return x, x_adv, y
+
+    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss_on(ctx, self.prepare(ctx, x, y))
+
+    def loss_on(self, ctx: TrainContext, batch: Batch,
+                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CE(clean) + β·KL of a prepared batch at `params` (default: the model's own weights)."""
+        x, x_adv, y = batch
         n = x.shape[0]
-        logits = ctx.forward(torch.cat([x, x_adv]))
+        logits = ctx.forward(torch.cat([x, x_adv]), params)
         clean, adv = logits[:n], logits[n:]
         kl = F.kl_div(F.log_softmax(adv, 1), F.log_softmax(clean, 1), reduction="batchmean",
                       log_target=True)

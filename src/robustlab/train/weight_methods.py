@@ -3,11 +3,9 @@
 **AWP** (`--method awp`): adversarial examples x̃ are computed at w by the base method (`at` or
 `trades`, `--awp-base`); one normalized ascent step on the conv/linear weights,
 ν_l = γ‖w_l‖·g_l/‖g_l‖ with g the gradient of the base loss on those inputs, gives w + ν; the
-gradient of the same loss on the same inputs at w + ν is applied to w. The base method runs
-unchanged: its training forward pass at w is recorded, and for the pass at w + ν the recorded
-inputs are replayed while its attack runs on a throwaway stand-in of the model (the attack is not
-computed twice). This works for base methods whose loss depends only on the logits of their
-training forward pass (AT and TRADES).
+gradient of the same loss on the same adversarial inputs at w + ν is applied to w. The base
+method's `prepare` (the attack, run once at w) and `loss_on` (its loss at given weights) make
+this exact for AT and TRADES.
 
 **AdvBET** (`--method advbet`): RandBET (clean plus clamped perturbed gradient, averaged, with the
 loss-threshold curriculum) where the random bit error pattern is replaced by adversarial bit
@@ -17,9 +15,7 @@ projected attack of `robustlab.weights.bits`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,53 +32,6 @@ if TYPE_CHECKING:
     from robustlab.train.trainer import TrainContext
 
 AWP_BASES = ("at", "trades")
-
-
-class _Proxy:
-    """A TrainContext stand-in for one call of a base method's `loss`.
-
-    Recording (`replay=None`): forwards like the context (at `params` when given) and records
-    the inputs of training-mode forward passes. Replaying: training-mode passes take the recorded
-    inputs instead of their own, and eval-mode passes (the base method's attack) hit a cheap
-    differentiable stand-in, so the attack costs nearly nothing and its result is discarded.
-    """
-
-    def __init__(self, ctx: TrainContext, params: dict[str, torch.Tensor] | None = None,
-                 replay: list[torch.Tensor] | None = None) -> None:
-        self._ctx, self._params = ctx, params
-        self._replay = None if replay is None else list(replay)
-        self.recorded: list[torch.Tensor] = []
-        self._eval = 0
-        # the base's attack must not consume the run's randomness a second time
-        self.generator = ctx.generator if replay is None else \
-            torch.Generator().set_state(ctx.generator.get_state())
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
-
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
-        self._eval += 1
-        try:
-            with self._ctx.eval_mode():
-                yield
-        finally:
-            self._eval -= 1
-
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        if self._eval and self._replay is not None:
-            k = self._ctx.num_classes
-            return (x.flatten(1).sum(1, keepdim=True) * 0).expand(x.shape[0], k).float()
-        if not self._eval:
-            if self._replay is not None:
-                if not self._replay:
-                    raise RuntimeError("awp: the base method made more training passes at w+ν "
-                                       "than at w")
-                x = self._replay.pop(0)
-            else:
-                self.recorded.append(x.detach())
-        return self._ctx.forward(x, self._params if params is None else params)
 
 
 @register
@@ -147,12 +96,12 @@ class AWP(Method):
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if ctx.epoch < self.awp_warmup or self.awp_gamma == 0:
             return self._base.backward(ctx, x, y)
-        rec = _Proxy(ctx)
-        loss_w, _ = self._base.loss(rec, x, y)
+        batch = self._base.prepare(ctx, x, y)  # the attack runs once, at w
+        loss_w, _ = self._base.loss_on(ctx, batch)
         nu = self.perturbation(ctx, loss_w)
         params = ctx.params()
         perturbed = {**params, **{n: params[n] + nu[n].detach() for n in nu}}
-        loss, logits = self._base.loss(_Proxy(ctx, perturbed, rec.recorded), x, y)
+        loss, logits = self._base.loss_on(ctx, batch, perturbed)
         loss.backward()
         return loss.detach(), logits.detach()
 

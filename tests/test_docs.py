@@ -1,15 +1,18 @@
 """The ```python examples of README.md and docs/*.md run as written.
 
 The blocks of one page run in order in one namespace (a later block may use an earlier one's
-names), in a temporary working directory. A block preceded by a `<!-- no-test -->` line is skipped
-(e.g. one that needs a browser or a GPU).
+names), in a fresh interpreter whose working directory is a temporary folder. A block preceded by
+a `<!-- no-test -->` line is skipped (e.g. one that needs a browser or a GPU).
 """
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -29,22 +32,28 @@ def test_block_extraction():
     assert python_blocks(text) == [(3, "a = 1\n", False), (7, "b = 2\n", True), (15, "c = 3\n", True)]
 
 
+RUNNER = """
+import json, sys, traceback
+blocks = json.load(sys.stdin)
+namespace = {"__name__": "__main__"}
+for name, code in blocks:
+    try:
+        exec(compile(code, name, "exec"), namespace)
+    except BaseException:
+        sys.stderr.write("FAILED " + name + "\\n" + traceback.format_exc())
+        sys.exit(1)
+"""
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if p.is_file()], ids=lambda p: p.name)
-def test_examples_run(page, tmp_path, monkeypatch):
-    blocks = [(line, code) for line, code, skip in python_blocks(page.read_text(encoding="utf-8"))
-              if not skip]
+def test_examples_run(page, tmp_path):
+    """A fresh interpreter per page, as a reader would run it; one thread, cwd a temporary folder."""
+    blocks = [(f"{page.relative_to(ROOT)}:{line}", code)
+              for line, code, skip in python_blocks(page.read_text(encoding="utf-8")) if not skip]
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python examples")
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    namespace: dict = {"__name__": f"docs_{page.stem}"}
-    try:
-        for line, code in blocks:
-            try:
-                exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
-            except Exception as e:
-                raise AssertionError(f"{page.relative_to(ROOT)} example at line {line} failed: "
-                                     f"{type(e).__name__}: {e}") from e
-    finally:
-        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), text=True,
+                       capture_output=True, cwd=tmp_path, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]

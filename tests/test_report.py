@@ -103,7 +103,7 @@ def test_provenance_commands_and_versions(workspace):
     page = path.read_text(encoding="utf-8")
     assert "robustlab demo --config everything.yaml" in page
     assert "robustlab train --data synthetic" in page and "--method randbet" in page
-    assert "rl.evaluate.bit_errors(model, test" in page
+    assert "robustlab.evaluate.biterrors.bit_errors(model, test" in page
     assert f"<td>{torch.__version__}</td>" in page
 
 

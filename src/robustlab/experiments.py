@@ -399,6 +399,9 @@ class Workspace:
         return str(self.preset["runs"][name].get("label") or name)
 
 
+_TRAIN_MODEL_FLAGS = ("width", "norm")  # model keyword arguments `robustlab train` has flags for
+
+
 def train_command(settings: dict[str, Any], out: Path) -> str:
     """The `robustlab train` command line that trains the same run."""
     d, m, t = settings["data"], dict(settings["model"]), dict(settings["train"])
@@ -408,8 +411,10 @@ def train_command(settings: dict[str, Any], out: Path) -> str:
     if d.get("val_fraction"):
         parts += ["--val-fraction", str(d["val_fraction"])]
     parts += ["--model", str(m.pop("name", "convnet"))]
+    no_flag = {k: v for k, v in m.items() if k not in _TRAIN_MODEL_FLAGS}
     for k, v in m.items():
-        parts += [f"--{k.replace('_', '-')}", str(v)]
+        if k in _TRAIN_MODEL_FLAGS:
+            parts += [f"--{k.replace('_', '-')}", str(v)]
     parts += ["--method", settings["method"]]
     for k, v in settings["options"].items():
         flag = f"--{k.replace('_', '-')}"
@@ -425,9 +430,10 @@ def train_command(settings: dict[str, Any], out: Path) -> str:
             parts += [f"--{k.replace('_', '-')}", str(v)]
     parts += ["--out", str(out)]
     line = " ".join(parts)
-    if d.get("options"):
-        opts = ", ".join(f"{k}={v}" for k, v in d["options"].items())
-        line += f"  # dataset loader options {opts} (from a preset; no CLI flag)"
+    extra = [f"dataset option {k}={v}" for k, v in (d.get("options") or {}).items()]
+    extra += [f"model option {k}={v}" for k, v in no_flag.items()]
+    if extra:
+        line += f"  # plus {', '.join(extra)} (no command-line flag)"
     return line
 
 
@@ -721,7 +727,7 @@ def _adv_cost(s: dict[str, Any], n: int) -> float:
 def _bit_cost(s: dict[str, Any], n: int) -> float:
     n = min(int(s.get("n") or n), n)
     rates = s.get("rates") or [0] * 10
-    return 0.3 * n * int(s.get("patterns", 50)) * len(rates)
+    return 0.5 * n * int(s.get("patterns", 50)) * len(rates)
 
 
 def _bitattack_cost(s: dict[str, Any], n: int) -> float:
@@ -767,29 +773,33 @@ def register_evaluator(ev: Evaluator) -> Evaluator:
 register_evaluator(Evaluator(
     "clean", "robustlab.evaluate.clean", _eval_clean,
     lambda s, n: 0.3 * min(int(s.get("n") or n), n),
-    lambda s: f"rl.evaluate.clean(model, test[:{s.get('n', 'all')}])"))
+    lambda s: f"robustlab.evaluate.clean.clean(model, test{_first_n(s)})"))
 register_evaluator(Evaluator(
     "adversarial", "robustlab.evaluate.adversarial", _eval_adversarial, _adv_cost,
-    lambda s: f"rl.evaluate.adversarial(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.evaluate.adversarial.adversarial(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
     "patches", "robustlab.attacks.patches", _eval_patches, _patches_cost,
-    lambda s: f"rl.experiments.patches(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.experiments.patches(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
     "biterrors", "robustlab.evaluate.biterrors", _eval_biterrors, _bit_cost,
-    lambda s: f"rl.evaluate.bit_errors(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.evaluate.biterrors.bit_errors(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
     "bitattack", "robustlab.evaluate.bitattack", _eval_bitattack, _bitattack_cost,
-    lambda s: f"rl.evaluate.bit_attack(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.evaluate.bitattack.bit_attack(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
     "flatness", "robustlab.evaluate.flatness", _eval_flatness, _flat_cost,
-    lambda s: f"rl.evaluate.flatness(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.evaluate.flatness.flatness(model, test, {_kw(s)})"))
 register_evaluator(Evaluator(
     "landscape", "robustlab.evaluate.flatness", _eval_landscape, _land_cost,
-    lambda s: f"rl.evaluate.flatness.landscape(model, test, {_kw(s)})"))
+    lambda s: f"robustlab.evaluate.flatness.landscape(model, test, {_kw(s)})"))
 
 
 def _kw(s: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in s.items())
+
+
+def _first_n(s: dict[str, Any]) -> str:
+    return f"[:{s['n']}]" if s.get("n") else ""
 
 
 def _eval_done(path: Path, key: str) -> bool:
@@ -835,7 +845,9 @@ def eval_step(ws: Workspace, run: str, name: str, settings: dict[str, Any], trai
     return Step(f"eval/{run}/{name}", f"{name} of {label}", go, lambda: _eval_done(path, key),
                 cost=ev.cost(cost_settings, n_test),
                 command=f"{ev.describe(cost_settings)}  # model: {ws.run_dir(run)}"
-                + (" (best snapshot)" if s.get("snapshot") == "best" else ""),
+                + (" (best snapshot)" if s.get("snapshot") == "best" else "")
+                + (f", test: the first {n_test} test images"
+                   if (ws.preset.get("data") or {}).get("test_subset") else ""),
                 skip=skip)
 
 
@@ -886,7 +898,7 @@ def calibrate(ws: Workspace) -> float:
             torch.cuda.synchronize()
         if i >= 2:
             times.append(time.perf_counter() - t0)
-    return 1.2 * sorted(times)[len(times) // 2] / len(y)  # + optimizer step and Python overhead
+    return 1.5 * sorted(times)[len(times) // 2] / len(y)  # + optimizer step and Python overhead
 
 
 def build_plan(preset: dict[str, Any], out: str | Path, *, device: str = "auto",

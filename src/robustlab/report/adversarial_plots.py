@@ -16,36 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_write, read_json
-
-Result = Mapping[str, Any] | str | Path
-
-
-def _load(r: Result) -> Mapping[str, Any]:
-    if isinstance(r, Mapping):
-        return r
-    try:
-        return read_json(r)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read result {r}: {e}") from None
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _plt()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
-                                                          bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+from robustlab.report.figures import Result, load_result, pyplot, save
 
 
 def _first_tpr(r: Mapping[str, Any], tpr: str | None) -> str | None:
@@ -66,7 +37,7 @@ def plot_confidence_histograms(result: Result, path: str | Path, *, title: str |
                                tpr: str | None = None, bins: int = 25) -> Path:
     """Per threat model: confidences of the clean attacked examples (correctly classified) and of
     their adversarial versions (those that are misclassified), with τ as a vertical line."""
-    r = _load(result)
+    r = load_result(result)
     threats = [(k, t) for k, t in (r.get("threats") or {}).items()
                if t.get("adv_conf") is not None or t.get("threat") == "distal"]
     if not threats:
@@ -76,7 +47,7 @@ def plot_confidence_histograms(result: Result, path: str | Path, *, title: str |
     c_wrong = clean.get("wrong") or [False] * len(c_conf)
     key = _first_tpr(r, tpr)
     tau = (clean.get("tau") or {}).get(key) if key else None
-    plt = _plt()
+    plt = pyplot()
     cols = min(4, len(threats))
     rows = math.ceil(len(threats) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
@@ -105,7 +76,7 @@ def plot_confidence_histograms(result: Result, path: str | Path, *, title: str |
     fig.suptitle((title + ": " if title else "") + "confidence"
                  + (f" (dashed: τ at {_pct(key)} TPR)" if tau is not None else ""), fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _bar_values(r: Mapping[str, Any], key: str | None) -> dict[str, tuple[float, float]]:
@@ -130,14 +101,14 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     FPR@τ, corruptions the mean Err / Err@τ.
     """
     if isinstance(results, (Mapping, str, Path)):
-        items: list[tuple[str, Mapping[str, Any]]] = [("", _load(results))]
+        items: list[tuple[str, Mapping[str, Any]]] = [("", load_result(results))]
     else:
         items = []
         for i, it in enumerate(results):
             if isinstance(it, tuple):
-                items.append((str(it[0]), _load(it[1])))
+                items.append((str(it[0]), load_result(it[1])))
             else:
-                items.append((f"run {i + 1}", _load(it)))
+                items.append((f"run {i + 1}", load_result(it)))
     if not items:
         raise UserError("no adversarial results to plot")
     key = _first_tpr(items[0][1], tpr)
@@ -145,7 +116,7 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     threats: list[str] = []
     for _, v in values:
         threats += [k for k in v if k not in threats]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(threats) * max(1, len(items))), 3.6))
     width = 0.8 / len(items)
     cmap = plt.get_cmap("tab10")
@@ -164,7 +135,7 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     if any(label for label, _ in items):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | None = None,
@@ -180,7 +151,7 @@ def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | N
     cols = min(max_columns, first["clean"].shape[0])
     rows = [("clean", first["clean"], first.get("y"), None)]
     rows += [(k, v["adv"], v.get("pred"), v.get("conf")) for k, v in ex.items()]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols + 0.8, 1.35 * len(rows)),
                              squeeze=False)
     for i, (name, imgs, labels, confs) in enumerate(rows):
@@ -206,17 +177,17 @@ def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | N
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_epsilon_histograms(result: Result, path: str | Path, *, bins: int = 30) -> Path:
     """Per norm: histogram of the distance of each test image to its nearest training image of
     another class, with the low quantiles and the default radius marked."""
-    r = _load(result)
+    r = load_result(result)
     norms = r.get("norms") or {}
     if not norms:
         raise UserError("the result holds no distances to plot")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(norms), figsize=(3.4 * len(norms), 2.8), squeeze=False)
     for ax, (norm, d) in zip(axes.flat, norms.items()):
         hist = d["histogram"]
@@ -233,7 +204,7 @@ def plot_epsilon_histograms(result: Result, path: str | Path, *, bins: int = 30)
         ax.set_xlabel("distance to nearest other-class training image", fontsize=7)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_epsilon_examples(examples_file: str | Path, path: str | Path) -> Path:
@@ -252,7 +223,7 @@ def plot_epsilon_examples(examples_file: str | Path, path: str | Path) -> Path:
     if not rows:
         raise UserError(f"{examples_file} holds no perturbed images")
     cols = 1 + max(t.shape[0] for k, t in tensors.items() if k != "clean")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 0.8, 1.35 * len(rows)),
                              squeeze=False)
     clean = tensors["clean"]
@@ -276,7 +247,7 @@ def plot_epsilon_examples(examples_file: str | Path, path: str | Path) -> Path:
             if j == 0:
                 ax.set_ylabel(row, fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _with_clean(clean: Any, perturbed: Any) -> Any:

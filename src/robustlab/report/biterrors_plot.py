@@ -11,38 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_write, read_json
-
-Result = Mapping[str, Any] | str | Path
+from robustlab.report.figures import Result, load_result, pyplot, save
 
 
 def _load(r: Result) -> Mapping[str, Any]:
-    if isinstance(r, Mapping):
-        return r
-    try:
-        d = read_json(r)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read bit error result {r}: {e}") from None
-    d.setdefault("label", Path(r).parent.parent.name)
+    d = load_result(r, "bit error result")
+    if not isinstance(r, Mapping):
+        d.setdefault("label", Path(r).parent.parent.name)
     return d
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _plt()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
-                                                          bbox_inches="tight"))
-    finally:
-        plt.close(fig)
 
 
 def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
@@ -55,7 +35,7 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
     rs = [_load(r) for r in ([results] if isinstance(results, (Mapping, str, Path)) else results)]
     if not rs:
         raise UserError("no bit error results to plot")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, r in enumerate(rs):
         try:
@@ -80,7 +60,7 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
     k = rs[0].get("patterns")
     ax.set_title(title or f"robust error under random bit errors (mean, min–max over {k} patterns)",
                  fontsize="medium")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_energy(result: Result, path: str | Path, *, title: str | None = None) -> Path:
@@ -93,7 +73,7 @@ def plot_energy(result: Result, path: str | Path, *, title: str | None = None) -
         energy = [row["relative_energy"] for row in rows]
     except (KeyError, TypeError):
         raise UserError("not an energy result (needs voltages)") from None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(v, rerr, marker="o", ms=3, color="C0", label="RErr (mean)")
     ax.axhline(100 * (r["clean_err"] + r["tolerance"]), color="C0", ls=":", lw=1,
@@ -112,4 +92,4 @@ def plot_energy(result: Result, path: str | Path, *, title: str | None = None) -
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize="small", loc="center left")
     ax.set_title(title or "robust error and energy vs voltage", fontsize="medium")
-    return _save(fig, path)
+    return save(fig, path)

@@ -8,49 +8,29 @@ Every function here is a pure function of result dicts (or result JSON paths) wr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_write, read_json
-
-Result = dict[str, Any] | str | Path
+from robustlab.report.figures import Result, load_result, pyplot, save
 
 
 def _load(r: Result) -> dict[str, Any]:
-    if isinstance(r, dict):
-        return r
-    try:
-        d = read_json(r)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read flatness result {r}: {e}") from None
-    d.setdefault("source", str(r))
+    d = load_result(r, "flatness result")
+    if not isinstance(r, Mapping):
+        d.setdefault("source", str(r))
     return d
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-
-    out = atomic_write(path, write)
-    _figure().close(fig)
-    return out
 
 
 def plot_landscape(result: dict[str, Any], path: str | Path) -> Path:
     """Clean and robust loss along a 1-D direction (two curves) or over a 2-D plane (two
     contour panels) from a `landscape` result."""
-    plt = _figure()
+    plt = pyplot()
     axis = result["axis"]
     what = f"{result['direction']} direction" + (" (+ random)" if result["dims"] == 2 else "")
     if result["dims"] == 1:
@@ -75,7 +55,7 @@ def plot_landscape(result: dict[str, Any], path: str | Path) -> Path:
             ax.set_xlabel("α₁")
             ax.set_ylabel("α₂")
         fig.suptitle(f"loss landscape, {what}")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def points(results: Iterable[Result], *, xi: float | None = None) -> list[dict[str, Any]]:
@@ -128,7 +108,7 @@ def plot_correlation(results: Iterable[Result], path: str | Path, *,
     """Two scatter panels — robust test loss vs flatness and test−train robust loss gap vs
     flatness — titled with Kendall τ; returns the `correlation` dict."""
     c = correlation(results, xi=xi)
-    plt = _figure()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, key, name in ((axes[0], "loss", "robust test loss"),
                           (axes[1], "gap", "test − train robust loss")):
@@ -142,7 +122,7 @@ def plot_correlation(results: Iterable[Result], path: str | Path, *,
         ax.set_title(f"{name}: Kendall τ = {tau:.2f}")
         ax.set_xlabel(f"{c['kind'] or ''}-case flatness")
         ax.set_ylabel(name)
-    _save(fig, path)
+    save(fig, path)
     return c
 
 
@@ -153,7 +133,7 @@ def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
     BFA dash-dotted, random dotted; for a single result the random flips' max is dashed)."""
     rs = [results] if isinstance(results, (dict, str, Path)) else list(results)
     rs = [_load(r) for r in rs]
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     styles = {"attack": "-", "bfa": "-.", "random": ":"}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -175,4 +155,4 @@ def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
     ax.set_ylim(0, 100)
     ax.set_title("adversarial bit errors")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(fig, path)
+    return save(fig, path)

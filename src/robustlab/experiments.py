@@ -449,6 +449,11 @@ def _method_factor(method: Any) -> float:
     return f
 
 
+def train_cfg_quant(settings: dict[str, Any]) -> bool:
+    """Whether a run trains quantization-aware (its own `quant`, or a bit error method)."""
+    return bool(settings["train"].get("quant")) or settings["method"] in ("randbet", "pattbet", "advbet")
+
+
 def _training_done(out: Path, key: str, epochs: int) -> bool:
     from robustlab import checkpoint
 
@@ -482,6 +487,8 @@ def train_step(ws: Workspace, name: str) -> Step:
     if settings["data"].get("val_fraction"):
         n_train = int(n_train * (1 - settings["data"]["val_fraction"]))
     cost = epochs * n_train * _method_factor(method)
+    if train_cfg_quant(settings):
+        cost *= 2.5  # fake quantization of every tensor in every forward pass
     if settings.get("track"):
         cost += epochs * int(settings["track"].get("n", 500)) * (1 + settings["track"].get("steps", 10))
 

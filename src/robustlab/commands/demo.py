@@ -7,13 +7,14 @@ import argparse
 from robustlab.cli import add_device
 
 
-def add_preset_options(p: argparse.ArgumentParser, default_out: str | None) -> None:
+def add_preset_options(p: argparse.ArgumentParser, default_out: str | None,
+                       out_help: str | None = None) -> None:
     """Options shared by `demo` and `reproduce`."""
     p.add_argument("--scale", default=None, choices=["smoke", "small", "full"],
                    help="smoke: a minute or two (tests); small: minutes on a CPU; full: the "
                    "papers' budgets, for a GPU (default: the preset's default)")
     p.add_argument("--out", default=default_out,
-                   help="output folder" + (f" (default: {default_out})" if default_out else ""))
+                   help=out_help or f"output folder (default: {default_out})")
     p.add_argument("--fresh", action="store_true",
                    help="start over instead of reusing finished runs and results")
     p.add_argument("--data", default=None,

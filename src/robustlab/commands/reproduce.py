@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "OUT/table.json and OUT/report.html. Re-running reuses finished steps.")
     p.add_argument("preset", metavar="PRESET",
                    help=f"one of {', '.join(PAPERS)}, or a preset YAML file")
-    add_preset_options(p, None)
+    add_preset_options(p, None, "output folder (default: runs/reproduce/PRESET-SCALE)")
     p.set_defaults(func=run)
 
 

@@ -241,13 +241,15 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
 
 
 def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    from robustlab.report.extra_plots import plot_bit_attack
-
+    plot = _function("robustlab.report.flatness_plots", "plot_bit_attack")
     out = []
     for name, items in _results_of(runs, "bitattack").items():
-        out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model after "
-                             "adversarial bit flips within the budget (at most one per weight).",
-                             lambda p, items=items: plot_bit_attack(items, p)))
+        if plot is not None:
+            out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model "
+                                 "after adversarial bit flips within the budget (at most one per "
+                                 "weight); line styles: projected attack, BFA, random flips.",
+                                 lambda p, items=items: plot([r for _, r in items], p,
+                                                             labels=[lab for lab, _ in items])))
     return [f for f in out if f]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_write
+from robustlab.report.figures import pyplot, save
 
 History = Sequence[dict[str, Any]]
 
@@ -20,15 +20,6 @@ PANELS = [
 ]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_training(histories: Sequence[tuple[str, History]], path: str | Path, *,
                   title: str | None = None) -> Path:
     """Loss, error and (when recorded) robust held-out error per epoch, one colour per run."""
@@ -37,7 +28,7 @@ def plot_training(histories: Sequence[tuple[str, History]], path: str | Path, *,
         raise UserError("no training history to plot")
     panels = [(t, lines) for t, lines in PANELS
               if any(any(k in row for row in h) for _, h in runs for k, _, _ in lines)]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (ptitle, lines) in zip(axes[0], panels):
         for i, (label, h) in enumerate(runs):
@@ -67,8 +58,4 @@ def plot_training(histories: Sequence[tuple[str, History]], path: str | Path, *,
     if title:
         fig.suptitle(title, fontsize="medium")
     fig.tight_layout(rect=(0, 0.08 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
-                                                          bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    return save(fig, path, dpi=110)

@@ -4,8 +4,9 @@ Every library runs L∞ PGD with a random start, --steps iterations of step 2.5�
 restart on the first --n-test Fashion-MNIST test images (digits upsampled to 28×28 when
 Fashion-MNIST is not installed), in batches of --batch-size. Reported per library: seconds per
 batch (median of --repeats timed runs after one warm-up), images per second, and the robust
-error (a fidelity check: all should be close). A library that is not installed is skipped with a
-note. Writes benchmarks/results/attack_speed.json.
+error (a fidelity check: all should be close). `robustlab-fast` adds robustlab's speed options
+(bf16 autocast, channels_last, early exit of already-misclassified examples; verdict in fp32). A
+library that is not installed is skipped with a note. Writes benchmarks/results/attack_speed.json.
 
     python benchmarks/attack_speed.py --device cuda              # the real benchmark
     python benchmarks/attack_speed.py --n-test 64 --epochs 0     # a tiny CPU smoke run
@@ -17,6 +18,7 @@ Install the others with `.venv/bin/pip install foolbox adversarial-robustness-to
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -34,11 +36,25 @@ Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def robustlab_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    """Plain fp32 PGD, no early exit: the like-for-like comparison."""
     g = torch.Generator().manual_seed(0)
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(model, x, y, norm="linf", eps=eps, steps=steps, step_size=alpha, init="cube",
                    generator=g, bf16=a.bf16, channels_last=a.channels_last).x_adv
+
+    return run
+
+
+def robustlab_fast_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    """With the speed options: bf16 autocast, channels_last, and early exit of examples that are
+    already misclassified with wrong-class confidence ≥ --early-stop (verdict in fp32)."""
+    g = torch.Generator().manual_seed(0)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return pgd(fast, x, y, norm="linf", eps=eps, steps=steps, step_size=alpha, init="cube",
+                   generator=g, bf16=True, channels_last=True, early_stop=a.early_stop).x_adv
 
     return run
 
@@ -84,6 +100,7 @@ def art_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
 
 LIBRARIES: dict[str, tuple[str, Callable[..., Runner]]] = {
     "robustlab": ("robustlab", robustlab_runner),
+    "robustlab-fast": ("robustlab", robustlab_fast_runner),
     "torchattacks": ("torchattacks", torchattacks_runner),
     "foolbox": ("foolbox", foolbox_runner),
     "art": ("art", art_runner),
@@ -100,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default="convnet")
-    ap.add_argument("--epochs", type=int, default=1, help="quick training before attacking "
+    ap.add_argument("--epochs", type=int, default=3, help="quick training before attacking "
                     "(0: random weights)")
     ap.add_argument("--subset", type=int, default=10000, help="training images for that")
     ap.add_argument("--n-test", type=int, default=1000)
@@ -111,6 +128,9 @@ def main() -> None:
     ap.add_argument("--libraries", default=",".join(LIBRARIES))
     ap.add_argument("--bf16", action="store_true", help="robustlab with bf16 autocast")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--early-stop", type=float, default=0.0,
+                    help="robustlab-fast: stop attacking an example once it is misclassified with "
+                         "wrong-class confidence ≥ this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/attack_speed.json")
     a = ap.parse_args()

@@ -2,7 +2,7 @@
 
 Same model (convnet, width 32, BN), same data (Fashion-MNIST training images when present, else
 random 28×28 images), same batch size (128), SGD with momentum and weight decay, one epoch over
-`--n` images, best of `--repeats`. Also the trainer with --channels-last --bf16.
+`--n` images, best of `--repeats` interleaved rounds. Also the trainer with --channels-last --bf16.
 Target: the trainer costs ≤ 5% more than the hand loop. Writes benchmarks/results/train_speed.json.
 
     python benchmarks/train_speed.py [--n 8192] [--repeats 3] [--device cpu]
@@ -78,7 +78,11 @@ def main() -> None:
     }
     for fn in variants.values():  # warm-up
         fn()
-    best = {name: min(timed(fn, device) for _ in range(a.repeats)) for name, fn in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(a.repeats):  # interleaved, so a change of machine load hits every variant alike
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    best = {name: min(t) for name, t in times.items()}
     rows = {name: {"seconds": t, "images_per_s": len(ds) / t} for name, t in best.items()}
     overhead = best["trainer"] / best["hand loop"] - 1
     print(f"device {device}, {len(ds)} images ({ds.name}), threads {torch.get_num_threads()}")

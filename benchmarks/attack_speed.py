@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--libraries", default=",".join(LIBRARIES))
     ap.add_argument("--bf16", action="store_true", help="robustlab with bf16 autocast")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--early-stop", type=float, default=0.0,
+    ap.add_argument("--early-stop", type=float, default=0.5,
                     help="robustlab-fast: stop attacking an example once it is misclassified with "
                          "wrong-class confidence ≥ this")
     ap.add_argument("--seed", type=int, default=0)

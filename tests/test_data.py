@@ -589,3 +589,6 @@ def test_cli_json_and_exit_status(iso, capsys, tmp_path):
     assert "published file has" in capsys.readouterr().out
     assert main(["data", "--download"]) == 2
     assert "needs the NAMEs" in capsys.readouterr().err
+    assert main(["data", "nosuch"]) == 2  # an unknown name is bad input: one line, status 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'nosuch'" in err and len(err.strip().splitlines()) == 1

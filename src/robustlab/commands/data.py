@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"downloading {key} ...")
                 print(f"{key}: files in {fetch(key, args.data_dir)}")
     infos = [data.info(n, args.data_dir, verify=not args.no_verify) for n in names]
+    unknown = [d for d in infos if d["status"] == "error" and "unknown dataset" in d.get("error", "")]
+    if unknown:  # a name that means nothing is a usage error, not a missing dataset
+        raise UserError(unknown[0]["error"])
     if args.json:
         print(json.dumps(infos, indent=2))
     else:

@@ -79,9 +79,10 @@ def main() -> None:
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(a.repeats):  # interleaved, so a change of machine load hits every variant alike
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
+    names = list(variants)
+    for r in range(a.repeats):  # interleaved and rotated: load changes and order effects hit all alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timed(variants[name], device))
     best = {name: min(t) for name, t in times.items()}
     rows = {name: {"seconds": t, "images_per_s": len(ds) / t} for name, t in best.items()}
     overhead = best["trainer"] / best["hand loop"] - 1

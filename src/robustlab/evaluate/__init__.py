@@ -1,18 +1,15 @@
 """Evaluation: clean error, adversarial suites, bit error sweeps, flatness.
 
-`rl.evaluate.clean(...)`, `rl.evaluate.adversarial(...)`, `rl.evaluate.bit_errors(...)` and
-`rl.evaluate.flatness(...)` are the functions of the submodules of the same idea, imported lazily.
+`rl.evaluate.clean(...)`, `rl.evaluate.adversarial(...)`, `rl.evaluate.bit_errors(...)`,
+`rl.evaluate.flatness(...)` and `rl.evaluate.bit_attack(...)` are the functions of the submodules
+of the same idea. They are imported eagerly: a lazily looked-up function would be shadowed by its
+submodule (`robustlab.evaluate.clean`) as soon as anything imported that submodule.
 """
 
-from __future__ import annotations
+from robustlab.evaluate.adversarial import adversarial
+from robustlab.evaluate.bitattack import bit_attack
+from robustlab.evaluate.biterrors import bit_errors
+from robustlab.evaluate.clean import clean
+from robustlab.evaluate.flatness import flatness
 
-import importlib
-
-_FUNCTIONS = {"clean": "clean", "adversarial": "adversarial", "bit_errors": "biterrors",
-              "flatness": "flatness", "bit_attack": "bitattack"}
-
-
-def __getattr__(name: str):
-    if name in _FUNCTIONS:
-        return getattr(importlib.import_module(f"robustlab.evaluate.{_FUNCTIONS[name]}"), name)
-    raise AttributeError(f"module 'robustlab.evaluate' has no attribute {name!r}")
+__all__ = ["adversarial", "bit_attack", "bit_errors", "clean", "flatness"]

@@ -117,7 +117,8 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     for _, v in values:
         threats += [k for k in v if k not in threats]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(threats) * max(1, len(items))), 3.6))
+    # about 0.25 in per bar, but never wider than a page (bars get thinner instead)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.25 * len(threats) * len(items) + 1.5)), 3.6))
     width = 0.8 / len(items)
     cmap = plt.get_cmap("tab10")
     for i, (label, v) in enumerate(values):

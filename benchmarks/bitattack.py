@@ -24,6 +24,7 @@ import argparse
 import time
 
 import torch
+from common import bench_data, choose
 
 from robustlab import data, models
 from robustlab.device import resolve_device
@@ -79,18 +80,9 @@ def main() -> None:
         a.epochs, a.n_attack, a.n_test, a.steps, a.model = 1, 64, 128, 3, "mlp"
         a.advbet_budget, a.advbet_steps = 8, 1
         budgets = [b for b in budgets if b <= 20] or [4]
-    names = [m.strip() for m in a.models.split(",") if m.strip()]
-    bad = [m for m in names if m not in MODELS]
-    if bad:
-        raise SystemExit(f"unknown model {bad[0]!r}; choose from {', '.join(MODELS)}")
+    names = choose(a.models, MODELS, "model")
     device = resolve_device(a.device)
-    if a.smoke:
-        train, test = data.synthetic(512, 256, shape=(1, 8, 8), num_classes=4, seed=0)
-    else:
-        train, test = data.load_default("fashion-mnist")
-    if a.subset:
-        train = train.subset(slice(0, a.subset))
-    test = test.subset(slice(0, a.n_test))
+    train, test = bench_data(a.smoke, a.subset, a.n_test)
     print(f"data {train.name}: {len(train)} train, {len(test)} test; device {device}")
     results, t0 = {}, time.perf_counter()
     for name in names:

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import torch
+from common import bench_data, choose
 
 from robustlab import biterrors as be
 from robustlab import data, models
@@ -152,19 +153,9 @@ def main() -> None:
     rates = [float(r) for r in a.rates.split(",")]
     if a.smoke:
         a.epochs, a.patterns, a.model = 1, 3, "mlp"
-    names = [n.strip() for n in a.rows.split(",") if n.strip()]
-    bad = [n for n in names if n not in ROWS]
-    if bad:
-        raise SystemExit(f"unknown row {bad[0]!r}; choose from {', '.join(ROWS)}")
+    names = choose(a.rows, ROWS, "row")
     device = resolve_device(a.device)
-    if a.smoke:
-        train, test = data.synthetic(512, 256, shape=(1, 8, 8), num_classes=4, seed=0)
-    else:
-        train, test = data.load_default("fashion-mnist")
-    if a.subset:
-        train = train.subset(slice(0, a.subset))
-    if a.n_test:
-        test = test.subset(slice(0, a.n_test))
+    train, test = bench_data(a.smoke, a.subset, a.n_test)
     print(f"data {train.name}: {len(train)} train, {len(test)} test; device {device}; "
           f"{a.patterns} patterns × {len(rates)} rates")
 

@@ -139,6 +139,21 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     return save(fig, path)
 
 
+
+def _show(ax: Any, imgs: Any, j: int) -> bool:
+    """Draw image j of `imgs` (C×H×W in [0, 1]) on a bare axis; False (axis off) if there is none."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if j >= imgs.shape[0]:
+        ax.axis("off")
+        return False
+    img = imgs[j].float().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    return True
+
 def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | None = None,
                   max_columns: int = 8) -> Path:
     """A grid: the clean images (top row), then their adversarial versions per threat model, each
@@ -158,16 +173,8 @@ def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | N
     for i, (name, imgs, labels, confs) in enumerate(rows):
         for j in range(cols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= imgs.shape[0]:
-                ax.axis("off")
+            if not _show(ax, imgs, j):
                 continue
-            img = imgs[j].float().clamp(0, 1)
-            if img.shape[0] == 1:
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.permute(1, 2, 0).numpy())
             if labels is not None:
                 c = int(labels[j])
                 name_c = classes[c] if c < len(classes) else str(c)
@@ -234,16 +241,8 @@ def plot_epsilon_examples(examples_file: str | Path, path: str | Path) -> Path:
         rs = [0.0] + list(radii.get(norm, []))
         for j in range(cols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= imgs.shape[0]:
-                ax.axis("off")
+            if not _show(ax, imgs, j):
                 continue
-            img = imgs[j].float().clamp(0, 1)
-            if img.shape[0] == 1:
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_title(f"{rs[j]:g}" if j < len(rs) else "", fontsize=6)
             if j == 0:
                 ax.set_ylabel(row, fontsize=7)

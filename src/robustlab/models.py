@@ -195,6 +195,53 @@ def create(name: str, *, dataset=None, in_shape: tuple[int, int, int] | None = N
     return model
 
 
+class Normalized(nn.Module):
+    """`model((x − mean) / std)`: normalization inside the model, so attacks see inputs in [0, 1].
+
+    The pattern AutoAttack and RobustBench recommend: a model trained on standardized inputs is
+    wrapped once, and every attack, evaluator and bound check works in the [0, 1] pixel space where
+    ε is defined. `mean` and `std` are per channel (a sequence of C numbers, or one number for all
+    channels); they are buffers, never parameters, so quantization, clipping and bit errors leave
+    them alone. The wrapped model's parameters keep their names under the prefix `model.`.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+        >>> m = rl.models.Normalized(net, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+        >>> m(torch.rand(2, 3, 4, 4)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, model: nn.Module, mean: float | list[float] | tuple[float, ...] | torch.Tensor,
+                 std: float | list[float] | tuple[float, ...] | torch.Tensor):
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.numel() == 0 or std_t.numel() == 0:
+            raise UserError("Normalized: mean and std need at least one number each")
+        if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
+            raise UserError(f"Normalized: mean has {mean_t.numel()} numbers but std has "
+                            f"{std_t.numel()}; give one per channel (or one for all)")
+        if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()):
+            raise UserError(f"Normalized: std must be positive and mean finite "
+                            f"(got mean={mean_t.tolist()}, std={std_t.tolist()})")
+        self.model = model
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean, self.std
+        if x.ndim != 4:  # non-image inputs (N×D): normalize along dim 1
+            mean, std = mean.view(1, -1), std.view(1, -1)
+        return self.model((x - mean.to(x.dtype)) / std.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        def fmt(t: torch.Tensor) -> str:
+            return "(" + ", ".join(f"{v:.4g}" for v in t.flatten().tolist()) + ")"
+
+        return f"mean={fmt(self.mean)}, std={fmt(self.std)}"
+
+
 def forward_with(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Run `model` on `x` with some parameters replaced (a partial dict is fine)."""
     return functional_call(model, params, (x,))

@@ -1,6 +1,14 @@
 """The `robustlab` command. Subcommands live in `robustlab.commands.<name>` and are discovered.
 
 User mistakes print one line on stderr and exit with status 2; nothing half-written is left.
+Central behaviour every command gets from `main` (no command needs to do anything):
+
+- output paths (`--out`, `--plot`, `--export`) are checked before any work (`io.check_output_*`),
+  and an OS error on a path later on (permission, read-only, a file where a folder should be…)
+  becomes one line naming the path, exit 2;
+- a command that evaluates a run (a positional RUN) gets `--data` (evaluate on other data of the
+  same shape) and holds a lock on the result it writes, so two writers of the same result of
+  the same run cannot both proceed (`runs.command_context`).
 """
 
 from __future__ import annotations
@@ -77,6 +85,55 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") 
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
 
 
+# commands that write results into the runs they open, and the result they write (the lock label)
+RUN_WRITERS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "eval": lambda a: "eval",
+    "attack": lambda a: f"attack-{getattr(a, 'name', 'attack')}",
+    "biterrors": lambda a: "biterrors",
+    "bitattack": lambda a: "bitattack",
+    "flatness": lambda a: "flatness",
+    "energy": lambda a: "energy",
+    "demo": lambda a: "demo",
+    "reproduce": lambda a: "demo",
+}
+# output options that name a file (every other `out` names a folder)
+_OUTPUT_FILES = {("report", "out"), ("biterrors", "plot"), ("biterrors", "export")}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from robustlab.io import check_output_dir, check_output_file
+
+    for opt in ("out", "plot", "export"):
+        value = getattr(args, opt, None)
+        if value is None:
+            continue
+        what = f"--{opt}"
+        if (args.command, opt) in _OUTPUT_FILES:
+            check_output_file(value, what)
+        else:
+            check_output_dir(value, what)
+
+
+def add_run_data(p: argparse.ArgumentParser) -> None:
+    """`--data` for a command that evaluates runs: other data of the same shape."""
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="evaluate on this dataset (name or .npz path) instead of the run's own; "
+                   "it must have the run's image shape and classes")
+    p.set_defaults(_run_data=True)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Give every command that opens runs (a positional RUN) a `--data` override."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, p in action.choices.items():
+                dests = {a.dest for a in p._actions}
+                if name not in RUN_WRITERS:
+                    continue
+                if dests & {"run", "runs"} and "data" not in dests:
+                    add_run_data(p)
+
+
 def commands() -> list[Any]:
     import robustlab.commands as pkg
 
@@ -94,6 +151,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for mod in commands():
         mod.register(sub)
+    _add_run_options(parser)
     return parser
 
 
@@ -103,14 +161,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from robustlab import runs
+    from robustlab.io import os_error_message
+
+    lock = RUN_WRITERS.get(args.command)
     try:
-        return int(args.func(args) or 0)
+        _check_outputs(args)
+        with runs.command_context(args.command, lock=lock(args) if lock else None,
+                                  data=getattr(args, "data", None)
+                                  if getattr(args, "_run_data", False) else None):
+            return int(args.func(args) or 0)
     except UserError as e:
-        sys.stderr.write(f"robustlab {args.command}: error: {e}\n")
+        sys.stderr.write(f"robustlab {args.command}: error: {_one_line(e)}\n")
+        return EXIT_USAGE
+    except OSError as e:  # a path the user gave (or a folder under it) cannot be used
+        sys.stderr.write(f"robustlab {args.command}: error: {os_error_message(e)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

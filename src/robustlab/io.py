@@ -1,10 +1,19 @@
-"""Atomic file writes, JSON results and environment stamps."""
+"""Atomic file writes, JSON results, output-path checks and environment stamps.
+
+Every file robustlab writes goes through `atomic_write`: a temporary file `.NAME.hHOST.pPID.XXXX.tmp`
+beside the target, fsync'ed, renamed into place, and the folder fsync'ed, so a crash at any moment
+leaves the old file or the new one, never a mix. A temporary file left by a killed process is
+removed by `clean_temp_files` the next time a command opens that folder.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,25 +21,95 @@ from typing import Any
 
 import torch
 
+from robustlab.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TMP_RE = re.compile(r"^\..+\.h(?P<host>[A-Za-z0-9-]+)\.p(?P<pid>\d+)\.[^.]*\.tmp$")
+
+
+def hostname() -> str:
+    """This machine's name as it appears in temp-file and lock-file names."""
+    return _HOST
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _fsync_path(path: str | Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, rename it into place
+    and fsync the folder. The temporary name carries host and pid (see `clean_temp_files`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.h{_HOST}.p{os.getpid()}.",
+                               suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_path(path.parent, directory=True)
     return path
+
+
+def clean_temp_files(folder: str | Path, *, owner_alive: Callable[[], bool] | None = None
+                     ) -> list[Path]:
+    """Remove temporary files (`.*.tmp`) left in `folder` by killed writes; returns them.
+
+    A file named by `atomic_write` is removed when its process (on this host) is gone. An older
+    or foreign-host name is removed only when `owner_alive()` says no writer holds the folder
+    (callers pass a check of the run's locks)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.glob(".*.tmp"))
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP_RE.match(p.name)
+        if m and m["host"] == _HOST:
+            stale = not pid_alive(int(m["pid"]))
+        else:
+            stale = owner_alive is not None and not owner_alive()
+        if stale and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -66,6 +145,23 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def read_result(path: str | Path) -> dict[str, Any]:
+    """A result file, checked: a JSON object whose `kind` (when present) is a string.
+    Anything else is a one-line `UserError` naming the file."""
+    path = Path(path)
+    try:
+        d = read_json(path)
+    except FileNotFoundError:
+        raise UserError(f"result file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"result file {path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"result file {path} must hold a JSON object, not {type(d).__name__}")
+    if "kind" in d and not isinstance(d["kind"], str):
+        raise UserError(f"result file {path}: 'kind' must be a string, not {d['kind']!r}")
+    return d
+
+
 def versions() -> dict[str, str]:
     """Versions of the pieces that determine numbers."""
     import numpy
@@ -77,6 +173,73 @@ def versions() -> dict[str, str]:
 
 
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
-    """Write `run_dir/results/<name>.json`, stamped with versions; returns the path."""
+    """Write `run_dir/results/<name>.json`, stamped with versions; returns the path.
+    Write a result's figures first and this JSON last: the JSON marks the result complete."""
     result = {"kind": name, **result, "versions": versions()}
     return atomic_write_json(Path(run_dir) / "results" / f"{name}.json", result)
+
+
+# ---- output paths: checked up front, before long work --------------------------------------
+
+def _first_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable(folder: Path) -> bool:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:  # os.access ignores read-only mounts for root; statvfs does not
+        return not (os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return True
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Refuse (one-line `UserError`) a folder that cannot be created or written: an existing
+    file, a path under a file, a read-only parent or folder."""
+    text = str(path)
+    if not text.strip():
+        raise UserError(f"{what} is empty; give a folder path")
+    p = Path(text).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is an existing file, not a folder")
+    base = _first_existing(p.absolute())
+    if not base.is_dir():
+        raise UserError(f"{what} {p} cannot be created: {base} is a file, not a folder")
+    if not _writable(base):
+        where = "" if base == p.absolute() else f" (in {base})"
+        raise UserError(f"{what} {p} is not writable{where}: permission denied or read-only")
+    return p
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse (one-line `UserError`) a file path that cannot be written: an existing folder, a
+    path under a file, a read-only folder."""
+    text = str(path)
+    if not text.strip():
+        raise UserError(f"{what} is empty; give a file path")
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {p} is an existing folder; give a file path")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"{what} {p} is not writable: permission denied")
+    check_output_dir(p.parent if str(p.parent) else Path("."), f"folder of {what} {p}")
+    return p
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OS error on a path: what went wrong, and where."""
+    name = e.filename if e.filename is not None else ""
+    reasons = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EISDIR: "is a folder, not a file", errno.ENOTDIR: "a part of the path is a "
+               "file, not a folder", errno.EEXIST: "already exists", errno.ENOENT: "does not exist",
+               errno.EDQUOT: "disk quota exceeded"}
+    reason = reasons.get(e.errno or -1) or (e.strerror or str(e)).strip().splitlines()[0]
+    if name:
+        other = f" → {e.filename2}" if getattr(e, "filename2", None) else ""
+        return f"cannot use {name}{other}: {reason}"
+    return reason

@@ -183,6 +183,7 @@ def create(name: str, *, dataset=None, in_shape: tuple[int, int, int] | None = N
     norm = kwargs.get("norm")
     if norm is not None and norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    check_size(name, in_shape, num_classes, **kwargs)
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -242,6 +243,67 @@ class Normalized(nn.Module):
         return f"mean={fmt(self.mean)}, std={fmt(self.std)}"
 
 
+# ---- resource guard: sizes are checked on the meta device before anything is allocated ----
+
+TRAIN_COPIES = 4  # weights, gradients, optimizer state and a checkpoint copy
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process (Linux MemAvailable; None when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def check_size(name: str, in_shape, num_classes, **kwargs) -> int:
+    """Refuse a model that cannot be built for these images or would not fit in memory; → its
+    number of parameters. The model is built on the meta device (shapes only, no storage)."""
+    try:
+        shape = tuple(int(s) for s in in_shape)
+        k = int(num_classes)
+    except (TypeError, ValueError):
+        raise UserError(f"model {name!r}: image shape {in_shape!r} and class count "
+                        f"{num_classes!r} must be integers") from None
+    if len(shape) != 3 or min(shape) < 1 or k < 1:
+        raise UserError(f"model {name!r}: images {'×'.join(map(str, shape))} with {k} classes; "
+                        f"images must be C×H×W with every size ≥ 1 and at least one class")
+    for key, v in kwargs.items():
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise UserError(f"model {name!r}: {key}={v} must be ≥ 1")
+    try:
+        with torch.device("meta"):
+            meta_model = REGISTRY[name](shape, k, **kwargs)
+    except TypeError as e:
+        raise UserError(f"model {name!r}: {e}") from None
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {name!r} cannot take {'×'.join(map(str, shape))} images "
+                        f"({first})") from None
+    n = count_parameters(meta_model)
+    need = n * 4 * TRAIN_COPIES
+    avail = available_memory()
+    if avail is not None and need > avail:
+        opts = ", ".join(f"{k_}={v}" for k_, v in kwargs.items()) or "default options"
+        raise UserError(f"model {name!r} ({opts}) for {'×'.join(map(str, shape))} images and {k} "
+                        f"classes would have {n:.3g} parameters ({_bytes(n * 4)} of float32 "
+                        f"weights, about {_bytes(need)} to train) but only {_bytes(avail)} of "
+                        f"memory is available; use a smaller width or fewer classes")
+    return n
+
+
 def forward_with(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Run `model` on `x` with some parameters replaced (a partial dict is fine)."""
     return functional_call(model, params, (x,))
@@ -255,6 +317,60 @@ def perturbable_names(model: nn.Module) -> list[str]:
             for pname, _ in mod.named_parameters(recurse=False):
                 out.append(f"{mname}.{pname}" if mname else pname)
     return out
+
+
+# Normalization layers found by module type (BatchNorm*/SyncBatchNorm/InstanceNorm* derive from
+# _NormBase). Their `weight` is a multiplicative scale around 1; the built-in `Norm2d` is not listed:
+# its `weight` already is the offset γ of the scale 1 + γ.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
+def norm_scale_names(model: nn.Module) -> list[str]:
+    """Names of the scale parameters (`weight`) of every normalization layer of `model`, found by
+    module type (BatchNorm, SyncBatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm).
+
+    These scales multiply normalized activations and live around 1: clipping keeps them within
+    w_max of 1 (`clip_`), exactly as the built-in models' 1 + γ parameterization does.
+
+    Example:
+        >>> import torch.nn as nn, robustlab as rl
+        >>> rl.models.norm_scale_names(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+        ['1.weight']
+    """
+    out = []
+    for mname, mod in model.named_modules():
+        if isinstance(mod, NORM_TYPES):
+            w = getattr(mod, "weight", None)
+            if isinstance(w, nn.Parameter):
+                out.append(f"{mname}.weight" if mname else "weight")
+    return out
+
+
+@torch.no_grad()
+def clip_(model: nn.Module, w_max: float) -> None:
+    """Weight clipping (spec §5), in place: every parameter to [−w_max, w_max], except the scales
+    of normalization layers (`norm_scale_names`), which go to [1 − w_max, 1 + w_max].
+
+    A scale s = 1 + γ is thus treated exactly like the built-in models' γ: clipping never caps a
+    norm scale at w_max. Norm biases (shifts) are clipped like any other parameter.
+
+    Example:
+        >>> import torch, torch.nn as nn, robustlab as rl
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+        >>> rl.models.clip_(net, 0.1)
+        >>> float(net[1].weight.max())   # LayerNorm scale stays near 1
+        1.0
+    """
+    scales = set(norm_scale_names(model))
+    for name, p in model.named_parameters():
+        if not torch.is_floating_point(p):
+            continue
+        if name in scales:
+            p.clamp_(1 - w_max, 1 + w_max)
+        else:
+            p.clamp_(-w_max, w_max)
 
 
 def count_parameters(model: nn.Module) -> int:

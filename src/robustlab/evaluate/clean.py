@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from robustlab.data import Dataset
+from robustlab import sources
+from robustlab.device import resolve_device
+from robustlab.errors import UserError
 
 
 @torch.no_grad()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, *, batch_size: int = 512,
-            device: torch.device | str = "cpu") -> torch.Tensor:
+def predict_with_labels(model: Callable[[torch.Tensor], torch.Tensor], data: Any, *,
+                        batch_size: int = 512, device: torch.device | str | None = None,
+                        bounds: Sequence[float] | None = (0.0, 1.0)
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of `model` on every example of `data` (streamed; CPU float32 / int64).
+
+    The model runs in eval mode; the caller's mode is restored afterwards.
+    """
+    ds = sources.as_data(data)
+    dev = sources.model_device(model) if device is None else resolve_device(device)
+    restore = sources.eval_mode(model)
+    try:
+        out, ys = [], []
+        for x, y in sources.batches_of(ds, int(batch_size), dev, bounds):
+            out.append(model(x).float().cpu())
+            ys.append(y.cpu())
+    finally:
+        restore()
+    if not out:
+        raise UserError(f"data {getattr(ds, 'name', '')!r} is empty")
+    return torch.cat(out), torch.cat(ys)
+
+
+def predict(model: Callable[[torch.Tensor], torch.Tensor], ds: Any, *, batch_size: int = 512,
+            device: torch.device | str | None = None) -> torch.Tensor:
     """Logits of `model` on every example of `ds` (on the CPU, float32)."""
-    return torch.cat([model(x).float().cpu() for x, _ in ds.batches(batch_size, device=device)])
+    return predict_with_labels(model, ds, batch_size=batch_size, device=device, bounds=None)[0]
 
 
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -29,10 +54,27 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int)
             "per_class_err": per_class_err.tolist(), "confusion": confusion.tolist()}
 
 
-def clean(model: Callable[[torch.Tensor], torch.Tensor], test: Dataset, *, batch_size: int = 512,
-          device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Err, loss, per-class error and confusion matrix (rows: true class, columns: predicted)."""
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    logits = predict(model, test, batch_size=batch_size, device=device)
-    return {**metrics_from_logits(logits, test.y, test.num_classes), "classes": test.classes}
+def clean(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *, batch_size: int = 512,
+          device: torch.device | str | None = None,
+          bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+    """Err, loss, per-class error and confusion matrix (rows: true class, columns: predicted).
+
+    `test` is a robustlab `Dataset`, an `(x, y)` pair of tensors, a torch `Dataset` or a
+    `DataLoader` (streamed batch by batch). Inputs outside `bounds` are refused (one line);
+    `bounds=None` skips the check. `device` defaults to the model's. The model runs in eval mode
+    and its mode is restored afterwards.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(20, 1, 4, 4), torch.arange(20) % 3
+        >>> r = rl.evaluate.clean(model, (x, y))
+        >>> r["n"], len(r["confusion"])
+        (20, 3)
+    """
+    ds = sources.as_data(test)
+    logits, y = predict_with_labels(model, ds, batch_size=batch_size, device=device, bounds=bounds)
+    known = ds.num_classes if not isinstance(ds, sources.Stream) else ds.known_num_classes()
+    k = max(int(known or 0), logits.shape[1], int(y.max()) + 1 if len(y) else 0)
+    classes = list(ds.classes) if len(ds.classes) == k else [str(i) for i in range(k)]
+    return {**metrics_from_logits(logits, y, k), "classes": classes}

@@ -158,8 +158,10 @@ def _optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def _clip(model: nn.Module, w_max: float) -> None:
-    for p in model.parameters():
-        p.clamp_(-w_max, w_max)
+    """Clip to [−w_max, w_max]; norm-layer scales to [1 − w_max, 1 + w_max] (`models.clip_`)."""
+    from robustlab.models import clip_
+
+    clip_(model, w_max)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from robustlab import biterrors as be
-from robustlab import distributed
+from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
@@ -65,17 +65,28 @@ def stats(values: torch.Tensor) -> dict[str, list[float]]:
 
 
 class _Evaluator:
-    """A model, a test set kept on the device, and fast prediction at given parameters."""
+    """A model, a test set kept on the device (an in-memory `Dataset`) or read again on every pass
+    (a `sources.Stream`: memory does not grow with the test set), and fast prediction at given
+    parameters. Inputs are checked against `bounds` once."""
 
-    def __init__(self, model: nn.Module, test: Dataset, batch_size: int, device: torch.device):
+    def __init__(self, model: nn.Module, test: Dataset | sources.Stream, batch_size: int,
+                 device: torch.device, bounds: Sequence[float] | None = None):
         self.model, self.device = model, device
-        self.batches = [x for x, _ in test.batches(int(batch_size), device=device)]
-        self.y = test.y.to(device)
+        self.stream = test if isinstance(test, sources.Stream) else None
+        self.batch_size, self.bounds = int(batch_size), bounds
+        if self.stream is None:
+            self.batches = [x for x, _ in sources.batches_of(test, self.batch_size, device, bounds)]
+            self.y = test.y.to(device)
         self.n = len(test)
 
     @torch.inference_mode()
     def wrong(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Bool vector: test examples misclassified at `params`."""
+        if self.stream is not None:
+            out = [functional_call(self.model, params, (x,)).argmax(1) != y for x, y in
+                   sources.batches_of(self.stream, self.batch_size, self.device, self.bounds)]
+            self.bounds = None  # checked on the first pass
+            return torch.cat(out)
         pred = torch.cat([functional_call(self.model, params, (x,)).argmax(1) for x in self.batches])
         return pred != self.y
 
@@ -92,35 +103,44 @@ class _Evaluator:
 
 
 def _setup(model: nn.Module, device: str | torch.device | None, scheme: Scheme | None
-           ) -> tuple[torch.device, Scheme, bool]:
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        dev = p.device if p is not None else torch.device("cpu")
-    else:
-        dev = resolve_device(device)
+           ) -> tuple[torch.device, Scheme, Any]:
+    """(device, scheme, restore): the model is moved to the device and put in eval mode; `restore()`
+    gives every submodule back its previous train/eval flag."""
+    dev = sources.model_device(model) if device is None else resolve_device(device)
     model.to(dev)
-    was_training = model.training
-    model.eval()
-    return dev, scheme or RQUANT8, was_training
+    return dev, scheme or RQUANT8, sources.eval_mode(model)
 
 
-def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
+def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
                rates: Sequence[float] | None = None, patterns: int = 50, seed0: int = 100,
                batch_size: int = 1000, device: str | torch.device | None = None,
-               progress: bool | None = None, quantized: Quantized | None = None) -> dict[str, Any]:
+               progress: bool | None = None, quantized: Quantized | None = None,
+               bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Err and RErr of `model` on `test` under K random bit error patterns at each rate.
 
     Pattern k uses seed `seed0 + k`. `scheme` defaults to RQuant 8-bit; pass `quantized` to
     evaluate given codes instead of quantizing the model's parameters. The model is moved to
-    `device` (default: where its parameters are) and evaluated in eval mode.
+    `device` (default: where its parameters are) and evaluated in eval mode; the caller's mode is
+    restored afterwards. `test` is a robustlab `Dataset` or `(x, y)` tensors (kept on the device)
+    or a torch `Dataset`/`DataLoader` (read again on every pass, K·R + 5 passes: memory does not
+    grow with the test set). Inputs outside `bounds` are refused (`bounds=None`: no check).
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(30, 1, 4, 4), torch.arange(30) % 3
+        >>> r = rl.evaluate.bit_errors(model, (x, y), rates=[0.01, 0.1], patterns=3)
+        >>> len(r["rerr"]["mean"])
+        2
     """
+    test = sources.as_data(test)
     rates = _check(patterns, batch_size, default_rates(test.shape) if rates is None else rates)
     be.check_seed(seed0)
     be.check_seed(seed0 + patterns - 1)
     dev, scheme, was_training = _setup(model, device, scheme)
     try:
         t_start = time.perf_counter()
-        ev = _Evaluator(model, test, batch_size, dev)
+        ev = _Evaluator(model, test, batch_size, dev, bounds)
         with torch.no_grad():
             float_wrong = ev.wrong(model_params(model))
             q = (quantized.to(dev) if quantized is not None
@@ -145,7 +165,7 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
         ev._sync()
         total = time.perf_counter() - t_start
     finally:
-        model.train(was_training)
+        was_training()  # restores every submodule's mode
     return {
         "scheme": q.scheme.to_dict(), "rates": rates, "patterns": K, "seeds": [seed0, seed0 + K - 1],
         "n_test": ev.n, "float_err": float(float_wrong.double().mean()),
@@ -157,14 +177,17 @@ def bit_errors(model: nn.Module, test: Dataset, *, scheme: Scheme | None = None,
     }
 
 
-def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Scheme | None = None,
+def chip_errors(model: nn.Module, test: Any, chip: be.ChipMap, *, scheme: Scheme | None = None,
                 offsets: Sequence[int] = (0,), patterns: int = 10, seed0: int = 100,
                 batch_size: int = 1000, device: str | torch.device | None = None,
-                progress: bool | None = None) -> dict[str, Any]:
+                progress: bool | None = None,
+                bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Err and RErr of `model` stored on a profiled chip: per weight-layout offset, K samples.
 
-    Sample k of offset o reads the codes back through `chip.apply(q, seed0 + k, o)`.
+    Sample k of offset o reads the codes back through `chip.apply(q, seed0 + k, o)`. `test`,
+    `device` and `bounds` as for `bit_errors`.
     """
+    test = sources.as_data(test)
     _check(patterns, batch_size, [0.0])
     offsets = [int(o) for o in offsets]
     if not offsets or min(offsets) < 0:
@@ -172,7 +195,7 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
     be.check_seed(seed0 + patterns - 1)
     dev, scheme, was_training = _setup(model, device, scheme)
     try:
-        ev = _Evaluator(model, test, batch_size, dev)
+        ev = _Evaluator(model, test, batch_size, dev, bounds)
         with torch.no_grad():
             q = scheme.quantize({k: v.detach() for k, v in model_params(model).items()})
         clean_wrong = ev.wrong(q.dequantize())
@@ -196,7 +219,7 @@ def chip_errors(model: nn.Module, test: Dataset, chip: be.ChipMap, *, scheme: Sc
         for t in (err, rerr, flipped):
             distributed.all_reduce_sum(t)  # rows of other ranks' samples are 0 here
     finally:
-        model.train(was_training)
+        was_training()  # restores every submodule's mode
     return {"chip": chip.summary(), "scheme": q.scheme.to_dict(), "offsets": offsets,
             "patterns": K, "seeds": [seed0, seed0 + K - 1], "n_test": ev.n,
             "clean_err": float(clean_wrong.double().mean()),
@@ -219,16 +242,20 @@ def _popcount(codes: torch.Tensor) -> torch.Tensor:
     return sum(((c >> j) & 1) for j in range(8))
 
 
-def energy(model: nn.Module, test: Dataset, curve: be.EnergyCurve, *, tolerance: float = 0.01,
+def energy(model: nn.Module, test: Any, curve: be.EnergyCurve, *, tolerance: float = 0.01,
            scheme: Scheme | None = None, patterns: int = 50, seed0: int = 100,
            batch_size: int = 1000, device: str | torch.device | None = None,
-           progress: bool | None = None) -> dict[str, Any]:
+           progress: bool | None = None,
+           bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Lowest safe supply voltage and energy saved: RErr (mean over patterns) at each voltage's bit
-    error rate must stay within `tolerance` (a fraction, 0.01 = 1 point) of the clean error."""
+    error rate must stay within `tolerance` (a fraction, 0.01 = 1 point) of the clean error.
+    `test`, `device` and `bounds` as for `bit_errors`."""
+    test = sources.as_data(test)
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise UserError(f"tolerance {tolerance} must be a number ≥ 0")
     res = bit_errors(model, test, scheme=scheme, rates=curve.bit_error_rate, patterns=patterns,
-                     seed0=seed0, batch_size=batch_size, device=device, progress=progress)
+                     seed0=seed0, batch_size=batch_size, device=device, progress=progress,
+                     bounds=bounds)
     verdict = be.safe_voltage(curve, res["rerr"]["mean"], res["clean_err"], tolerance)
     rows = [{"voltage": v, "bit_error_rate": p, "relative_energy": curve.relative_energy(i),
              "rerr_mean": res["rerr"]["mean"][i], "rerr_max": res["rerr"]["max"][i],

@@ -28,6 +28,8 @@ __all__ = ["ChecksumError", "Dataset", "DatasetNotFound", "LOADERS", "cifar10", 
 
 log = logging.getLogger("robustlab.data")
 
+MAX_CLASSES = 100_000  # more classes than any image benchmark (ImageNet-21k has 21841)
+
 
 @dataclass
 class Dataset:
@@ -43,6 +45,11 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"dataset {self.name}: x must be N×C×H×W with N labels")
+        check_classes(self.num_classes, self.source or self.name)
+        if min(self.x.shape[1:]) < 1:
+            c, h, w = self.x.shape[1:]
+            raise UserError(f"{self.source or self.name}: images are {c}×{h}×{w}; every image "
+                            f"needs at least one channel and one pixel")
         if not self.classes:
             self.classes = [str(k) for k in range(self.num_classes)]
 
@@ -77,12 +84,27 @@ class Dataset:
             yield xb, yb
 
 
+def check_classes(k: object, source: str) -> int:
+    """A class count must be an integer in 1..MAX_CLASSES (checked before anything is sized by it)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_CLASSES:
+        raise UserError(f"{source}: {k!r} classes; a dataset needs 1..{MAX_CLASSES} classes "
+                        f"(labels 0..K-1)")
+    return int(k)
+
+
 def split(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Deterministically split off `fraction` of `ds` (a seeded permutation) → (rest, part)."""
+    """Deterministically split off `fraction` of `ds` (a seeded permutation) → (rest, part).
+
+    A fraction > 0 must leave at least one example on each side.
+    """
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"split fraction {fraction} must be in [0, 1)")
     n = len(ds)
     k = int(round(n * fraction))
+    if fraction > 0 and (k == 0 or k == n):
+        raise UserError(f"split fraction {fraction} of the {n} examples of {ds.name} leaves "
+                        f"{n - k} for training and {k} held out; both parts need at least one "
+                        f"example (use more examples or another fraction)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return ds.subset(perm[k:].sort().values), ds.subset(perm[:k].sort().values, f"{ds.name}-val")
 
@@ -128,7 +150,9 @@ def _make(name: str, x: np.ndarray | torch.Tensor, y: np.ndarray, classes: list[
           source: str, num_classes: int | None = None) -> Dataset:
     xt = x if isinstance(x, torch.Tensor) else _float_images(x)
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
-    k = num_classes or len(classes) or (int(yt.max()) + 1 if len(yt) else 0)
+    k = num_classes if num_classes is not None else (
+        len(classes) or (int(yt.max()) + 1 if len(yt) else 0))
+    check_classes(k, source)
     if len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= k):
         raise UserError(f"{source}: labels must be in 0..{k - 1}, found "
                         f"{int(yt.min())}..{int(yt.max())}")
@@ -137,6 +161,7 @@ def _make(name: str, x: np.ndarray | torch.Tensor, y: np.ndarray, classes: list[
 
 def _from_arrays(name: str, a: files.Arrays, source: str) -> tuple[Dataset, Dataset]:
     k = len(a.classes) or int(max(a.y_train.max(initial=-1), a.y_test.max(initial=-1))) + 1
+    _check_not_empty(len(a.y_train), len(a.y_test), source)
     return (_make(name, a.x_train, a.y_train, a.classes, source, k),
             _make(name, a.x_test, a.y_test, a.classes, source, k))
 
@@ -187,22 +212,59 @@ def load_npz(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0
     if ("x_test" in z) != ("y_test" in z):
         raise UserError(f"{src}: give both 'x_test' and 'y_test', or neither")
     x = files.images_from_array(z["x"], f"{src}:x")
+    _check_image_shape(x.shape, f"{src}:x")
     y = files.labels_from_array(z["y"], len(x), f"{src}:y")
     classes = [str(c) for c in z["classes"].reshape(-1)] if "classes" in z else []
-    k = int(z["num_classes"]) if "num_classes" in z else len(classes) or None
+    k = _npz_num_classes(z, src) if "num_classes" in z else len(classes) or None
     name = path.stem
     if "x_test" in z:
         xt = files.images_from_array(z["x_test"], f"{src}:x_test")
         yt = files.labels_from_array(z["y_test"], len(xt), f"{src}:y_test")
         if xt.shape[1:] != x.shape[1:]:
             raise UserError(f"{src}: x_test images are {xt.shape[1:]}, x images {x.shape[1:]}")
-        k = k or int(max(y.max(initial=-1), yt.max(initial=-1))) + 1
+        _check_not_empty(len(y), len(yt), src)
+        k = k or _inferred_classes(max(y.max(initial=-1), yt.max(initial=-1)), len(y) + len(yt), src)
         return (_make(name, torch.from_numpy(x), y, classes, src, k),
                 _make(name, torch.from_numpy(xt), yt, classes, src, k))
+    if len(y) < 2:
+        raise UserError(f"{src}: {len(y)} example(s) in 'x' and no 'x_test'; a test split needs "
+                        f"at least 2 examples (or give x_test and y_test)")
+    k = k or _inferred_classes(y.max(initial=-1), len(y), src)
     full = _make(name, torch.from_numpy(x), y, classes, src, k)
     train, test = split(full, test_fraction, seed)
     test.name = name
     return train, test
+
+
+def _check_not_empty(n_train: int, n_test: int, source: str) -> None:
+    if n_train == 0 or n_test == 0:
+        raise UserError(f"{source}: {n_train} training and {n_test} test examples; both sets need "
+                        f"at least one example")
+
+
+def _check_image_shape(shape: tuple[int, ...], source: str) -> None:
+    if len(shape) == 4 and min(shape[1:]) < 1:
+        raise UserError(f"{source}: images are {shape[1]}×{shape[2]}×{shape[3]}; every image needs "
+                        f"at least one channel and one pixel")
+
+
+def _npz_num_classes(z: dict[str, np.ndarray], src: str) -> int:
+    v = np.asarray(z["num_classes"])
+    if v.size != 1 or not (np.issubdtype(v.dtype, np.integer)
+                           or (np.issubdtype(v.dtype, np.floating) and np.isfinite(v).all()
+                               and float(v.reshape(-1)[0]).is_integer())):
+        raise UserError(f"{src}: num_classes must be one integer, got {v.reshape(-1)[:3].tolist()}")
+    return check_classes(int(v.reshape(-1)[0]), f"{src}: num_classes")
+
+
+def _inferred_classes(max_label: int, n: int, src: str) -> int:
+    """K = max label + 1 when the file does not say; labels far beyond the number of examples
+    (e.g. up to 1e9 for 5 images) are refused before anything is sized by them."""
+    k = int(max_label) + 1
+    if k > MAX_CLASSES:
+        raise UserError(f"{src}: labels go up to {int(max_label)}, which would make {k} classes; at "
+                        f"most {MAX_CLASSES} are supported (relabel to 0..K-1 or store num_classes)")
+    return k
 
 
 def load_folder(path: str | Path, *, verify: bool = True) -> tuple[Dataset, Dataset]:
@@ -257,6 +319,7 @@ def load(name: str, data_dir: str | Path | None = None, **kwargs: Any
     files where the network allows). Other keyword arguments go to the loader.
     """
     key = canonical(name)
+    check_data_dir(data_dir)
     if key in LOADERS:
         if key in files.FILE_DATASETS:
             return LOADERS[key](data_dir, **kwargs)
@@ -268,6 +331,16 @@ def load(name: str, data_dir: str | Path | None = None, **kwargs: Any
         return load_folder(path, **kwargs)
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(names())}, a .npz "
                     f"file or a folder of dataset files")
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """A given data folder must exist (no silent fall back to the other search folders)."""
+    if data_dir is None:
+        return
+    if not str(data_dir).strip():
+        raise UserError("--data-dir '' is empty; give a folder or leave the option out")
+    if not Path(data_dir).expanduser().is_dir():
+        raise UserError(f"--data-dir {data_dir} does not exist or is not a folder")
 
 
 def load_splits(name: str, val_fraction: float = 0.1, seed: int = 0,
@@ -284,6 +357,7 @@ def load_default(prefer: str = "fashion-mnist", data_dir: str | Path | None = No
     """`prefer` when its files are found, else scikit-learn digits upsampled to 28×28 (32×32
     when `prefer` is a 32×32 dataset), with a logged warning saying so."""
     key = canonical(prefer)
+    check_data_dir(data_dir)
     if key not in files.FILE_DATASETS:
         return load(prefer, data_dir)
     try:

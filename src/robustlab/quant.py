@@ -59,8 +59,12 @@ class Scheme:
         if self.rounding not in ROUNDINGS:
             raise UserError(f"quantization rounding {self.rounding!r} must be one of "
                             f"{', '.join(ROUNDINGS)}")
-        if not self.per_tensor and not (float(self.q_max) > 0 and np.isfinite(self.q_max)):
-            raise UserError(f"global quantization range q_max={self.q_max!r} must be > 0")
+        try:
+            q_max = float(self.q_max)
+        except (TypeError, ValueError):
+            q_max = math.nan
+        if not (q_max > 0 and math.isfinite(q_max)):  # checked even when unused (per tensor)
+            raise UserError(f"quantization range q_max={self.q_max!r} must be a finite number > 0")
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +116,12 @@ class Scheme:
 
     def _offset_codes(self, flat: torch.Tensor, seg: torch.Tensor, lo: torch.Tensor,
                       delta: torch.Tensor) -> torch.Tensor:
-        """c' ∈ [0, 2^m − 1] (integer-valued float64): the offset-binary code of every value."""
-        rnd = torch.round if self.rounding == "round" else torch.trunc
+        """c' ∈ [0, 2^m − 1] (integer-valued float64): the offset-binary code of every value.
+
+        With `trunc`, a quotient within a few float64 ulps of an integer is that integer: x/(x/N)
+        can land just below N, which would give a tensor's own range end the code below the end.
+        """
+        rnd = torch.round if self.rounding == "round" else _trunc_exact
         d = _gather(delta, seg)
         if self.mode == "asymmetric":
             return rnd((flat - _gather(lo, seg)) / d).clamp_(0, 2**self.bits - 1)
@@ -219,6 +227,16 @@ class _Layout:
 
 
 _SEGMENTS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+
+_SNAP_ULPS = 8  # a quotient of two float64 divisions is off by at most a few ulps
+
+
+def _trunc_exact(v: torch.Tensor) -> torch.Tensor:
+    """trunc toward zero, except that values within `_SNAP_ULPS` ulps of an integer snap to it."""
+    r = torch.round(v)
+    tol = _SNAP_ULPS * torch.finfo(v.dtype).eps * r.abs().clamp_min(1.0)
+    return torch.where((v - r).abs() <= tol, r, torch.trunc(v))
 
 
 def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.errors import UserError
 
     names = args.names or data.names()
+    data.check_data_dir(args.data_dir)
     if args.download:
         if not args.names:
             raise UserError("--download needs the NAMEs of the datasets to fetch; downloadable: "
@@ -56,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = [d for d in infos if d["status"] == "error" and "unknown dataset" in d.get("error", "")]
     if unknown:  # a name that means nothing is a usage error, not a missing dataset
         raise UserError(unknown[0]["error"])
+    # a named .npz file or folder that cannot be used as a dataset is a usage error too
+    unusable = [d for d in infos if d["status"] == "error" and d.get("kind") not in ("files",)
+                and data.canonical(d["name"]) not in data.LOADERS]
+    if unusable:
+        raise UserError(f"{unusable[0]['name']} is not a usable dataset: {unusable[0]['error']}")
     if args.json:
         print(json.dumps(infos, indent=2))
     else:

@@ -56,10 +56,34 @@ def command_line(args: argparse.Namespace, *positional: str) -> str:
     return " ".join(parts)
 
 
+def check_preset_args(args: argparse.Namespace) -> None:
+    """Refuse empty paths before anything is read or written."""
+    from robustlab.errors import UserError
+
+    for opt in ("out", "config", "data_dir"):
+        v = getattr(args, opt, None)
+        if v is not None and not str(v).strip():
+            raise UserError(f"--{opt.replace('_', '-')} '' is empty; give a path or leave the "
+                            f"option out")
+
+
+def load_preset(name: str, args: argparse.Namespace) -> dict:
+    """`experiments.load_preset` with a file that is not UTF-8 text reported on one line."""
+    from robustlab import experiments
+    from robustlab.errors import UserError
+
+    check_preset_args(args)
+    try:
+        return experiments.load_preset(name, args.scale, preset_overrides(args))
+    except UnicodeDecodeError as e:
+        raise UserError(f"preset file {name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                        f"offset {e.start}); save it as UTF-8 YAML") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from robustlab import experiments
 
-    preset = experiments.load_preset(args.config or "demo", args.scale, preset_overrides(args))
+    preset = load_preset(args.config or "demo", args)
     res = experiments.run_preset(preset, args.out, fresh=args.fresh, device=args.device,
                                  data_dir=args.data_dir, progress=False if args.quiet else None,
                                  report=not args.no_report, command=command_line(args))

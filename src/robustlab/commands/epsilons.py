@@ -38,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import data
     from robustlab.attacks.threat import check_norm
     from robustlab.device import resolve_device
+    from robustlab.errors import UserError
     from robustlab.evaluate.epsilons import epsilons
     from robustlab.io import write_result
 
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out '' is empty; give a folder or leave --out out")
+    if args.seed >= 2**64:
+        raise UserError(f"--seed {args.seed} is out of range; it must be an integer in 0..2^64−1")
     for norm in args.norms:
         check_norm(norm)
     device = resolve_device(args.device)

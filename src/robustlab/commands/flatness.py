@@ -6,6 +6,7 @@ Under `torchrun` average-case samples and landscape points are split across rank
 from __future__ import annotations
 
 import argparse
+import math
 
 from robustlab.cli import add_device, list_of, nonneg_float, nonneg_int, positive_float, positive_int
 
@@ -67,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.weights import select
 
     xis = args.xi if args.xi is not None else [0.5 if args.kind == "average" else 0.003]
+    _check_finite_options(args, xis)
     device = distributed.init(args.device)  # joins the process group under torchrun
     main = distributed.is_main()
     r = open_run(args.run, device=device, data_dir=args.data_dir, best=args.best)
-    select(r.model, args.params)  # bad selections fail before any work
+    names = select(r.model, args.params)  # bad selections fail before any work
+    _check_radius(r.params(), names, xis, args.extent)
     progress = False if args.quiet else None
     settings = {"norm": args.norm, "steps": args.attack_steps}
     if args.eps is not None:
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, device=r.device, progress=progress,
                    return_nu=want_nu)
     nus = res.pop("nu", None)
+    _check_result(res, xis)
     name = f"flatness-{args.kind}" + ("-clean" if args.clean else "")
     snapshot = "best" if args.best else "last"
     if main:
@@ -113,3 +117,46 @@ def run(args: argparse.Namespace) -> int:
         png = plot_landscape(land, Path(lpath).with_suffix(".png"))
         print(f"landscape written to {lpath} and {png}")
     return 0
+
+
+F32_MAX = 3.4028234663852886e38
+
+
+def _check_finite_options(args: argparse.Namespace, xis: list[float]) -> None:
+    """Radii, step sizes and extents must be finite numbers; seeds fit 64 bits."""
+    from robustlab.errors import UserError
+
+    for opt, values in (("xi", xis), ("eps", [args.eps]), ("step_size", [args.step_size]),
+                        ("extent", [args.extent])):
+        for v in values:
+            if v is not None and not (math.isfinite(v) and v <= F32_MAX):
+                raise UserError(f"--{opt.replace('_', '-')} {v} is invalid; it must be a finite "
+                                f"number")
+    if args.seed >= 2**64:
+        raise UserError(f"--seed {args.seed} is out of range; it must be an integer in 0..2^64−1")
+
+
+def _check_radius(params: dict, names, xis: list[float], extent: float | None) -> None:
+    """ξ·‖w_l‖ (and the landscape's extent·‖w_l‖) must be representable in float32."""
+    import torch
+
+    from robustlab.errors import UserError
+
+    selected = [params[n] for n in (names or params) if n in params]
+    if not selected:
+        return
+    norm = max(float(torch.linalg.vector_norm(w.detach().double())) for w in selected)
+    for v in [*xis, *([extent] if extent is not None else [])]:
+        if not v * max(norm, 1.0) <= F32_MAX:
+            raise UserError(f"--xi {v:g} is too large: a perturbation of {v:g}·‖w‖ (‖w‖ up to "
+                            f"{norm:.3g}) overflows float32; relative radii are usually ≤ 1")
+
+
+def _check_result(res: dict, xis: list[float]) -> None:
+    """A perturbed loss that overflowed is reported, not written."""
+    from robustlab.errors import UserError
+
+    values = [res.get("loss"), *res.get("flatness", [])]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise UserError(f"--xi {','.join(f'{x:g}' for x in xis)}: the perturbed loss is not finite "
+                        f"(flatness {res.get('flatness')}); use a smaller --xi")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from robustlab.commands.demo import add_preset_options, command_line, preset_overrides
+from robustlab.commands.demo import add_preset_options, command_line, load_preset
 
 PAPERS = ("bit-errors", "ccat", "flatness", "patches")
 
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from robustlab import experiments
 
-    preset = experiments.load_preset(args.config or args.preset, args.scale, preset_overrides(args))
+    preset = load_preset(args.config or args.preset, args)
     out = args.out or f"runs/reproduce/{preset['name']}-{preset['scale'] or 'default'}"
     res = experiments.run_preset(preset, out, fresh=args.fresh, device=args.device,
                                  data_dir=args.data_dir, progress=False if args.quiet else None,

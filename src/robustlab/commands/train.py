@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import types
 import typing
@@ -110,11 +111,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, _method_options=add_method_options(p))
 
 
+# Options that may differ on --resume: --epochs extends a run; the rest do not change its weights.
+RESUME_SAFE = {"epochs", "resume", "quiet", "device", "out", "data_dir"}
+F32_MAX = 3.4028234663852886e38
+
+
+def _check_method_options(method_opts: dict[str, object]) -> None:
+    for k, v in sorted(method_opts.items()):
+        if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= F32_MAX):
+            raise UserError(f"--{k.replace('_', '-')} {v} is invalid; it must be a finite number")
+
+
 def run(args: argparse.Namespace) -> int:
     from robustlab import checkpoint, distributed, runs
     from robustlab.train import fit
 
     # Validate everything before anything is written.
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out '' is empty; give a run directory (or leave --out out for the "
+                        "default runs/DATA-MODEL-METHOD-sSEED)")
     method_opts = {k: getattr(args, k) for k in set().union(*args._method_options.values())
                    if hasattr(args, k)}
     if args.method not in args._method_options:
@@ -123,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     foreign = sorted(set(method_opts) - args._method_options[args.method])
     if foreign:
         raise UserError(f"--{foreign[0].replace('_', '-')} does not apply to method {args.method!r}")
+    _check_method_options(method_opts)
     method = method_registry.create(args.method, **method_opts)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          optimizer=args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
@@ -131,23 +147,32 @@ def run(args: argparse.Namespace) -> int:
                          label_smoothing=args.label_smoothing, clip=args.clip,
                          channels_last=args.channels_last, bf16=args.bf16)
     config.validate()
-    owns_group = not distributed.is_initialized()
-    device = distributed.init(args.device)  # joins the process group under torchrun
     quant = None
     if args.quant:
         from robustlab import quant as quant_mod
 
         quant = quant_mod.parse(args.quant)
+    from robustlab import data as data_mod
+
+    data_mod.check_data_dir(args.data_dir)  # a missing folder is an error, not a fall back
+    out = Path(args.out or f"runs/{Path(args.data).stem}-{args.model}-{args.method}-s{args.seed}")
+    runs.claim(out)  # a second writer of `out` exits 2 naming this one; removes stale temp files
+    fresh_start = False  # --resume of a run interrupted before its first epoch finished
+    if args.resume:
+        fresh_start = _check_resume(out, args)
+    elif (out / checkpoint.META).exists():
+        raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
+    owns_group = not distributed.is_initialized()
+    device = distributed.init(args.device)  # joins the process group under torchrun
     spec = runs.data_spec(args.data, data_dir=args.data_dir, subset=args.subset,
                           val_fraction=args.val_fraction)
     train, val, _test = runs.load_data(spec)
+    if len(train) == 0:
+        raise UserError(f"--data {args.data}: the training set is empty")
     kwargs = {k: v for k, v in (("norm", args.norm), ("width", args.width)) if v is not None}
     model = models.create(args.model, dataset=train, seed=args.seed, **kwargs)
-    out = Path(args.out or f"runs/{Path(args.data).stem}-{args.model}-{args.method}-s{args.seed}")
-    if args.resume and not checkpoint.has_state(out):
-        raise UserError(f"--resume: {out} holds no interrupted run to continue")
-    if not args.resume and (out / checkpoint.META).exists():
-        raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
+    if args.resume and (out / checkpoint.META).is_file():
+        _check_resume_meta(out, model, method, config, spec, quant)
 
     distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
     main = distributed.is_main()
@@ -156,12 +181,15 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     try:
         if main:
-            atomic_write_text(out / "config.yaml", _yaml(vars(args)))
+            _write_config(out, args)
+        if fresh_start and main:
+            print(f"{out}: no epoch had finished; training it from the start")
         fit(model, train, method=method, config=config, val=val, quant=quant, out=out,
-            resume=args.resume, device=device, meta={"data": spec},
+            resume=args.resume and not fresh_start, device=device, meta={"data": spec},
             progress=False if args.quiet else None)
     except UserError:
-        if created and main:
+        # remove only what this invocation created and that holds no finished epoch
+        if created and main and not checkpoint.has_state(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
@@ -170,6 +198,118 @@ def run(args: argparse.Namespace) -> int:
     if main:
         print(f"run written to {out}")
     return 0
+
+
+def _recorded_options(out: Path) -> dict | None:
+    """The options `robustlab train` recorded in OUT/config.yaml (None: not written by train)."""
+    import yaml
+
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        rec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"--resume: {path} is unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(rec, dict) or rec.get("command") != "train" or "method" not in rec:
+        return None  # written by a preset (demo/reproduce): model.json is compared instead
+    return rec
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _differences(recorded: dict, now: dict) -> list[str]:
+    return [f"{_flag(k)} {now.get(k)!r} (recorded {recorded.get(k)!r})"
+            for k in sorted(set(recorded) | set(now))
+            if k not in RESUME_SAFE and not k.startswith("_") and k != "func"
+            and recorded.get(k) != now.get(k)]
+
+
+def _check_resume(out: Path, args: argparse.Namespace) -> bool:
+    """Refuse --resume when there is nothing to resume or the options differ from the recorded
+    ones; True when the run never finished an epoch (it is then trained from the start)."""
+    from robustlab import checkpoint
+
+    rec = _recorded_options(out)
+    if rec is not None:
+        now = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
+        diff = _differences(rec, now)
+        if diff:
+            raise UserError(f"--resume: options differ from the ones {out} was started with: "
+                            f"{'; '.join(diff)}; only --epochs (to extend), --device, --data-dir "
+                            f"and --quiet may change")
+    if checkpoint.has_state(out):  # the state itself is validated when fit loads it
+        _check_epochs_left(out, args.epochs)
+        return False
+    if rec is not None and not (out / checkpoint.META).exists():
+        return True  # interrupted during its first epoch: only config.yaml was written
+    raise UserError(f"--resume: {out} holds no interrupted run to continue")
+
+
+def _check_epochs_left(out: Path, epochs: int) -> None:
+    from robustlab import checkpoint
+
+    info = checkpoint.read_state_info(out)
+    done = info.get("epoch") if isinstance(info, dict) else None
+    if isinstance(done, int) and not isinstance(done, bool) and done == epochs:
+        raise UserError(f"--resume: {out} already completed its {done} epochs; pass a larger "
+                        f"--epochs to train it further")
+
+
+def _check_resume_meta(out: Path, model, method, config: TrainConfig, spec: dict,
+                       quant) -> None:
+    """Compare what determines the weights with the run's model.json (preset runs, or a missing
+    config.yaml): architecture, data, method, training settings other than epochs, quantization."""
+    from robustlab import checkpoint
+    from robustlab.train.trainer import _jsonable_config
+
+    meta = checkpoint.read_meta(out)
+    if not isinstance(meta, dict):
+        raise UserError(f"--resume: {out / checkpoint.META} is not a JSON object")
+    diff = []
+    rec_kwargs = meta.get("kwargs") if isinstance(meta.get("kwargs"), dict) else {}
+    spec_now = model.robustlab_spec
+    if meta.get("architecture") != spec_now["name"]:
+        diff.append(f"--model {spec_now['name']!r} (recorded {meta.get('architecture')!r})")
+    for k, v in spec_now["kwargs"].items():
+        if k not in ("in_shape", "num_classes") and rec_kwargs.get(k, v) != v:
+            diff.append(f"{_flag(k)} {v!r} (recorded {rec_kwargs.get(k)!r})")
+    rec_data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    for k, flag in (("name", "--data"), ("subset", "--subset"), ("val_fraction", "--val-fraction")):
+        if rec_data.get(k) != spec.get(k):
+            diff.append(f"{flag} {spec.get(k)!r} (recorded {rec_data.get(k)!r})")
+    rec_cfg = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    for k, v in _jsonable_config(config).items():
+        if k != "epochs" and k in rec_cfg and rec_cfg[k] != v:
+            diff.append(f"{_flag(k)} {v!r} (recorded {rec_cfg[k]!r})")
+    rec_method = meta.get("method") if isinstance(meta.get("method"), dict) else {}
+    for k, v in method.config().items():
+        if rec_method.get(k) != v:
+            diff.append(f"{'--method' if k == 'name' else _flag(k)} {v!r} "
+                        f"(recorded {rec_method.get(k)!r})")
+    q_now = quant.to_dict() if quant is not None else None
+    if q_now is not None and meta.get("quant") != q_now:
+        diff.append(f"--quant {q_now!r} (recorded {meta.get('quant')!r})")
+    if diff:
+        raise UserError(f"--resume: options differ from the ones {out} was trained with: "
+                        f"{'; '.join(diff)}; only --epochs (to extend), --device, --data-dir and "
+                        f"--quiet may change")
+
+
+def _write_config(out: Path, args: argparse.Namespace) -> None:
+    """OUT/config.yaml: the options of the run. A resumed run keeps its recorded options; only
+    an extended --epochs is updated."""
+    import yaml
+
+    now = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
+    rec = _recorded_options(out) if args.resume else None
+    if rec is None:
+        atomic_write_text(out / "config.yaml", _yaml(now))
+    elif rec.get("epochs") != args.epochs:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump({**rec, "epochs": args.epochs},
+                                                              sort_keys=True))
 
 
 def _yaml(options: dict) -> str:

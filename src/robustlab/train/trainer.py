@@ -40,6 +40,7 @@ from robustlab.train.methods import Method
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "exponential")
 EpochHook = Callable[["TrainContext"], dict[str, float]]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclasses.dataclass
@@ -64,18 +65,37 @@ class TrainConfig:
     bf16: bool = False
 
     def validate(self) -> None:
-        checks = [("epochs", self.epochs >= 1, "≥ 1"), ("lr", self.lr > 0, "> 0"),
+        """Refuse settings that cannot give a finite run (one `UserError` line naming the value).
+
+        Factors that multiply float32 weights or gradients (lr, weight decay, the schedule's
+        largest learning rate) must be finite and at most the float32 maximum; seeds are integers
+        in 0..2^64−1 (what `torch.Generator.manual_seed` takes).
+        """
+        f32 = FLOAT32_MAX
+        checks = [("epochs", self.epochs >= 1, "≥ 1"),
+                  ("lr", 0 < self.lr <= f32, f"a finite number > 0 (at most {f32:.3g})"),
                   ("batch_size", self.batch_size >= 1, "≥ 1"),
                   ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-                  ("weight_decay", self.weight_decay >= 0, "≥ 0"),
-                  ("gamma", self.gamma > 0, "> 0"),
+                  ("weight_decay", 0 <= self.weight_decay <= f32,
+                   f"a finite number ≥ 0 (at most {f32:.3g})"),
+                  ("gamma", 0 < self.gamma <= f32, "a finite number > 0"),
                   ("step_size", self.step_size >= 1, "≥ 1"),
                   ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-                  ("clip", self.clip is None or self.clip > 0, "> 0")]
+                  ("clip", self.clip is None or self.clip > 0, "> 0"),
+                  ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                   and 0 <= self.seed < 2**64, "an integer in 0..2^64−1")]
         for name, ok, allowed in checks:
             if not ok:
                 raise UserError(f"{name.replace('_', '-')} = {getattr(self, name)} is invalid; "
                                 f"it must be {allowed}")
+        try:  # the schedule's extremes (exponential/step decay with gamma > 1 grows)
+            peak = max(self.lr_at(0.0), self.lr_at(max(0.0, self.epochs - 1e-9)))
+        except OverflowError:
+            peak = math.inf
+        if not peak <= f32:
+            raise UserError(f"gamma = {self.gamma} makes the learning rate of the {self.schedule} "
+                            f"schedule overflow ({peak:.3g} after {self.epochs} epochs); use a "
+                            f"gamma ≤ 1 or fewer epochs")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -96,7 +116,8 @@ class TrainConfig:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    """The generator of an epoch (its data order and method randomness); any seed < 2^64 works."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
 
 
 def rank_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -256,8 +277,10 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
                 quant=quant.to_dict() if quant is not None else None)
     if world > 1:
         meta["world_size"] = world  # method randomness depends on it (docs/distributed.md)
+    if len(train) == 0:
+        raise UserError(f"training set {train.name!r} is empty: nothing to train on")
     if run is not None and resume and checkpoint.has_state(run):
-        start_epoch, history, method_state = checkpoint.load_state(run, model, opt, dev)
+        start_epoch, history, method_state = load_resume_point(run, model, opt, dev, config.epochs)
         _load_method_state(method, method_state)
         if history:
             ctx.last_epoch = history[-1]
@@ -275,6 +298,7 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=dev)
         err_sum = torch.zeros((), device=dev)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite loss step
         seen = 0
         batches = (train.batches(config.batch_size, shuffle=True, generator=ctx.generator, device=dev)
                    if world == 1 else _shard_batches(ctx, train, config.batch_size))
@@ -298,12 +322,17 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
                 distributed.broadcast_buffers(model)
             loss_sum += loss * len(y)
             err_sum += (logits.argmax(1) != y).sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
             seen += len(y)
             ctx.step += 1
-            if main and i % 20 == 19:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                                acc=f"{1 - err_sum.item() / seen:.3f}")
+            if i % 20 == 19:
+                if main:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                    acc=f"{1 - err_sum.item() / seen:.3f}")
+                if world == 1 and int(first_bad) >= 0:  # stop early (one sync per 20 steps)
+                    break
         bar.close()
+        _check_finite(model, first_bad, epoch, steps_per_epoch, run, world)
         if world > 1:
             totals = torch.stack([loss_sum.double(), err_sum.double(),
                                   torch.tensor(float(seen), dtype=torch.float64, device=dev)])
@@ -334,6 +363,82 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
                                                              for h in history))
         distributed.barrier()
     return history
+
+
+def _check_finite(model: nn.Module, first_bad: torch.Tensor, epoch: int, steps_per_epoch: int,
+                  run: Path | None, world: int) -> None:
+    """Stop a diverged run (non-finite loss or weights) before anything of the epoch is written."""
+    ok = [torch.isfinite(p).all() for p in model.parameters()]
+    bad_weights = ~torch.stack(ok).all() if ok else torch.zeros((), dtype=torch.bool)
+    flags = torch.stack([(first_bad >= 0).double(), bad_weights.double().to(first_bad.device)])
+    if world > 1:  # every rank stops together
+        distributed.all_reduce_sum(flags)
+    bad_loss, bad_w = bool(flags[0] > 0), bool(flags[1] > 0)
+    if not (bad_loss or bad_w):
+        return
+    step = int(first_bad)
+    if bad_loss and step >= 0:
+        what = f"the training loss became non-finite at epoch {epoch + 1}, step {step + 1} of " \
+               f"{steps_per_epoch}"
+    else:
+        what = f"the weights became non-finite in epoch {epoch + 1} (by step {steps_per_epoch})"
+    kept = (f"; {run} keeps the last good checkpoint (epoch {epoch})" if run is not None and epoch > 0
+            else "; no epoch was saved")
+    raise UserError(f"training diverged: {what}{kept}; lower --lr (or --weight-decay, a method "
+                    f"weight such as --beta) or add --clip")
+
+
+def load_resume_point(run: str | Path, model: nn.Module, opt: torch.optim.Optimizer,
+                      device: torch.device, epochs: int | None = None
+                      ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """Validate and load a run's resume point → (epochs done, history, method state).
+
+    Every defect of the stored state (wrong types, a history that disagrees with the epoch, an
+    optimizer state missing or of the wrong shape, non-finite tensors, more epochs done than
+    `epochs`) is one `UserError` line; the model and optimizer are only changed when it is valid.
+    """
+    info = checkpoint.read_state_info(run)
+    where = f"cannot resume {run}: {checkpoint.STATE}"
+    epoch = info.get("epoch") if isinstance(info, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise UserError(f"{where} records epoch {epoch!r}, not an integer")
+    if epoch < 0:
+        raise UserError(f"{where} records epoch {epoch}, which is negative")
+    history = info.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history) \
+            or len(history) != epoch:
+        n = len(history) if isinstance(history, list) else type(history).__name__
+        raise UserError(f"{where} records epoch {epoch} but a history of {n} epochs")
+    optim = info.get("optimizer")
+    if not isinstance(optim, dict) or not isinstance(optim.get("param_groups"), list) \
+            or not isinstance(optim.get("scalars"), dict):
+        raise UserError(f"{where} has no valid optimizer state (param_groups and scalars)")
+    method_state = info.get("method_state", {})
+    if not isinstance(method_state, dict):
+        raise UserError(f"{where} has a method state that is not a mapping")
+    if epochs is not None and epoch > epochs:
+        raise UserError(f"{where} records {epoch} finished epochs, more than --epochs {epochs}")
+    try:
+        start, history, method_state = checkpoint.load_state(run, model, opt, device)
+    except UserError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{where} is inconsistent ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+    params = dict(model.named_parameters())
+    by_id = {id(p): n for n, p in params.items()}
+    for p, st in opt.state.items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor) and val.ndim > 0 and val.shape != p.shape:
+                raise UserError(f"{where}: optimizer {key} of {by_id.get(id(p), '?')} has shape "
+                                f"{tuple(val.shape)}, the weight {tuple(p.shape)}")
+            if isinstance(val, torch.Tensor) and val.is_floating_point() \
+                    and not bool(torch.isfinite(val).all()):
+                raise UserError(f"{where}: optimizer {key} of {by_id.get(id(p), '?')} is not finite")
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: weight {name} is not finite")
+    return start, history, method_state
 
 
 def _jsonable_config(c: TrainConfig) -> dict[str, Any]:

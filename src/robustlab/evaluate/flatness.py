@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab import distributed
+from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.weights import (
@@ -103,9 +103,28 @@ def _dealt(call: Callable[[Any, bool | None], Any], objective: Any, progress: bo
     return call(dealt, False)
 
 
-def _first(ds: Dataset, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _first(ds: Dataset | sources.Stream, n: int | None,
+           bounds: Sequence[float] | None = None) -> Dataset | sources.Stream:
+    """The first `n` examples (all for None) as a source the objective reads batch by batch:
+    a view of an in-memory `Dataset`, or a stream that is read again on every evaluation.
+    Inputs are checked against `bounds` (once in memory; on every batch read for a stream)."""
     n = len(ds) if n is None else min(int(n), len(ds))
-    return ds.x[:n], ds.y[:n]
+    part = ds if n == len(ds) else ds.subset(slice(0, n))
+    if bounds is not None:
+        if isinstance(part, sources.Stream):
+            part.bounds = sources.check_bounds_arg(bounds)
+        else:
+            sources.check_bounds(part.x, bounds, f"images of {ds.name!r}")
+    return part
+
+
+def _attack_overrides(attack_settings: dict[str, Any] | None,
+                      bounds: Sequence[float] | None) -> dict[str, Any]:
+    """The default attack's settings; non-default `bounds` become the attack's box."""
+    s = dict(attack_settings or {})
+    if bounds is not None and tuple(float(b) for b in bounds) != sources.DEFAULT_BOUNDS:
+        s.setdefault("bounds", tuple(float(b) for b in bounds))
+    return s
 
 
 def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: Any,
@@ -118,14 +137,15 @@ def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: 
     return base, names
 
 
-def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
+def flatness(model: nn.Module, test: Any, *, kind: str = "average",
              xi: float | Sequence[float] = 0.5, clean: bool = False,
              attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
              n: int | None = 1000, samples: int = 10, steps: int = 20, restarts: int = 1,
              step_size: float | None = None, selection: Any = "default",
-             params: dict[str, torch.Tensor] | None = None, train: Dataset | None = None,
+             params: dict[str, torch.Tensor] | None = None, train: Any = None,
              seed: int = 0, batch_size: int = 256, device: torch.device | str | None = None,
-             progress: bool | None = None, return_nu: bool = False) -> dict[str, Any]:
+             progress: bool | None = None, return_nu: bool = False,
+             bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Flatness of the robust (or clean) loss at the model's weights for each ξ.
 
     kind: "average" (mean over `samples` random ν on the sphere of B_ξ) or "worst" (projected
@@ -133,7 +153,20 @@ def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
     attack: `attack(model_fn, x, y, generator) -> x_adv`; default PGD-L∞ (`attack_settings`
     override its options). `params` replaces the model's weights (e.g. dequantized ones).
     With `train`, the same robust loss on as many training examples gives the test−train gap.
+    `test`/`train`: a robustlab `Dataset`, `(x, y)` tensors, a torch `Dataset` or a `DataLoader`
+    (streamed: the first `n` examples are read again for every loss evaluation, never held).
+    Inputs outside `bounds` are refused; the default attack stays within them. The model runs in
+    eval mode; its mode and buffers are left as they were.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(20, 1, 4, 4), torch.arange(20) % 3
+        >>> r = rl.evaluate.flatness(model, (x, y), xi=[0.0, 0.5], clean=True, samples=2)
+        >>> r["flatness"][0]
+        0.0
     """
+    test = sources.as_data(test)
     if kind not in KINDS:
         raise UserError(f"unknown flatness kind {kind!r}; choose one of {', '.join(KINDS)}")
     xis = _xis(xi)
@@ -146,17 +179,18 @@ def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
     settings: dict[str, Any] = {"variant": "clean"}
     if not clean:
         if attack is None:
-            attack, settings = default_attack(test.shape, **(attack_settings or {}))
+            attack, settings = default_attack(test.shape, **_attack_overrides(attack_settings,
+                                                                              bounds))
         else:
             settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
         settings = {"variant": "robust", **settings}
     inner = None if clean else attack
-    x, y = _first(test, n)
+    part = _first(test, n, bounds)
     fixed = {k: v for k, v in base.items() if k not in names}
-    objective = ModelObjective(model, x, y, inner, batch_size=batch_size, fixed=fixed)
+    objective = ModelObjective(model, part, None, inner, batch_size=batch_size, fixed=fixed)
     ref = objective.evaluate({k: base[k] for k in names}, seed)
     result: dict[str, Any] = {
-        "flatness_kind": kind, "variant": "clean" if clean else "robust", "n": int(len(y)),
+        "flatness_kind": kind, "variant": "clean" if clean else "robust", "n": int(len(part)),
         "seed": seed, "attack": settings, "parameters": names,
         "loss": float(ref["loss"]), "err": float(ref["err"]), "clean_err": float(ref["clean_err"]),
         "config": {"samples": samples} if kind == "average" else
@@ -165,8 +199,8 @@ def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
     if not clean:
         result["robust_err"] = float(ref["robust_err"])
     if train is not None:
-        xt, yt = _first(train, len(y))
-        tr = ModelObjective(model, xt, yt, inner, batch_size=batch_size, fixed=fixed)
+        tpart = _first(sources.as_data(train), len(part), bounds)
+        tr = ModelObjective(model, tpart, None, inner, batch_size=batch_size, fixed=fixed)
         tr_ref = tr.evaluate({k: base[k] for k in names}, seed)
         result["train_loss"] = float(tr_ref["loss"])
         result["train_err"] = float(tr_ref["err"])
@@ -191,21 +225,32 @@ def flatness(model: nn.Module, test: Dataset, *, kind: str = "average",
     return result
 
 
-def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str = "random",
+def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "random",
               xi: float = 0.5, extent: float | None = None, points: int = 21,
               attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
               n: int | None = 1000, selection: Any = "default",
               params: dict[str, torch.Tensor] | None = None, nu: dict[str, torch.Tensor] | None = None,
               steps: int = 20, seed: int = 0, batch_size: int = 256,
               device: torch.device | str | None = None,
-              progress: bool | None = None) -> dict[str, Any]:
+              progress: bool | None = None,
+              bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Clean and robust loss along 1-D or 2-D directions through the weights.
 
     Directions: "random" (filter-normalized Gaussian: coordinate α perturbs every filter by α
     times its norm) or "adversarial" (the worst-case ν of B_ξ divided by ξ, so α = ξ is the ball's
     boundary; a given `nu` is reused, else it is computed). In 2-D the second direction is random.
-    Coordinates run over [−extent, extent] (default 2ξ, or 0.5 when ξ = 0).
+    Coordinates run over [−extent, extent] (default 2ξ, or 0.5 when ξ = 0). `test` and `bounds`
+    as for `flatness`.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(20, 1, 4, 4), torch.arange(20) % 3
+        >>> r = rl.evaluate.landscape(model, (x, y), points=3, attack_settings={"steps": 2})
+        >>> len(r["clean_loss"]), len(r["robust_loss"])
+        (3, 3)
     """
+    test = sources.as_data(test)
     if dims not in (1, 2):
         raise UserError(f"landscape dims={dims} must be 1 or 2")
     if direction not in DIRECTIONS:
@@ -218,10 +263,10 @@ def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str 
         raise UserError(f"landscape extent {extent} must be > 0")
     base, names = _setup(model, params, selection, device)
     if attack is None:
-        attack, settings = default_attack(test.shape, **(attack_settings or {}))
+        attack, settings = default_attack(test.shape, **_attack_overrides(attack_settings, bounds))
     else:
         settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
-    x, y = _first(test, n)
+    part = _first(test, n, bounds)
     fixed = {k: v for k, v in base.items() if k not in names}
     gen = torch.Generator().manual_seed(seed)
     perturbed = {k: base[k] for k in names}
@@ -230,7 +275,8 @@ def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str 
         if nu is None:
             if xi == 0:
                 raise UserError("an adversarial landscape direction needs xi > 0")
-            robust = ModelObjective(model, x, y, attack, batch_size=batch_size, fixed=fixed)
+            robust = ModelObjective(model, part, None, attack, batch_size=batch_size,
+                                    fixed=fixed)
             nu = worst_case(robust, RelativeBall(base, names, xi), steps=steps, generator=gen,
                             seed=seed, progress=progress)["nu"]
         scale = 1.0 / xi if xi > 0 else 1.0
@@ -248,10 +294,10 @@ def landscape(model: nn.Module, test: Dataset, *, dims: int = 1, direction: str 
         a, b = torch.meshgrid(axis, axis, indexing="ij")
         coords = torch.stack([a.flatten(), b.flatten()], 1)
     out: dict[str, Any] = {"dims": dims, "direction": direction, "xi": xi, "extent": extent,
-                           "points": points, "axis": axis.tolist(), "n": int(len(y)),
+                           "points": points, "axis": axis.tolist(), "n": int(len(part)),
                            "attack": settings, "seed": seed}
     for variant, inner in (("clean", None), ("robust", attack)):
-        obj = ModelObjective(model, x, y, inner, batch_size=batch_size, fixed=fixed)
+        obj = ModelObjective(model, part, None, inner, batch_size=batch_size, fixed=fixed)
         losses = _dealt(lambda o, prog: loss_along(o, perturbed, dirs, coords.float(), seed=seed,
                                                    progress=prog), obj, progress)
         out[f"{variant}_loss"] = (losses.tolist() if dims == 1

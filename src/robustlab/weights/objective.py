@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +69,22 @@ class ModelObjective:
     """Mean cross-entropy of `model` on (x, y), on inputs from `attack` recomputed for the given
     weights (robust loss), or on clean inputs when `attack` is None. Evaluated in eval mode;
     norm-layer parameters and buffers are never touched. `fixed` holds constant replacements for
-    parameters that are not perturbed (e.g. the dequantized weights of a quantized run)."""
+    parameters that are not perturbed (e.g. the dequantized weights of a quantized run).
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    With `y=None`, `x` is a data source instead of a tensor: a robustlab `Dataset` or a
+    `robustlab.sources.Stream`, read batch by batch on every evaluation (a streamed test set is
+    never held in memory)."""
+
+    def __init__(self, model: nn.Module, x: Any, y: torch.Tensor | None = None,
                  attack: Attack | None = None, *, batch_size: int = 256,
                  fixed: Params | None = None) -> None:
-        self.model, self.x, self.y, self.attack = model, x, y, attack
+        self.model, self.attack = model, attack
+        if y is None:
+            self.data, self.x, self.y = x, None, None
+            self.n = len(x)
+        else:
+            self.data, self.x, self.y = None, x, y
+            self.n = int(x.shape[0])
         self.batch_size = int(batch_size)
         self.fixed = {n: p.detach() for n, p in (fixed or {}).items()}
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -87,6 +97,9 @@ class ModelObjective:
         return fn
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.data is not None:
+            yield from self.data.batches(self.batch_size, device=self.device)
+            return
         for s in range(0, self.x.shape[0], self.batch_size):
             yield (self.x[s:s + self.batch_size].to(self.device),
                    self.y[s:s + self.batch_size].to(self.device))
@@ -118,7 +131,7 @@ class ModelObjective:
                     wrong += w_adv.sum()
                     wrong_clean += w_clean.sum()
                     wrong_any += (w_adv | w_clean).sum()
-        n = max(self.x.shape[0], 1)
+        n = max(self.n, 1)
         return {"loss": (loss / n).float(), "err": (wrong / n).float(),
                 "clean_err": (wrong_clean / n).float(), "robust_err": (wrong_any / n).float()}
 
@@ -131,7 +144,7 @@ class ModelObjective:
         gen = torch.Generator().manual_seed(int(seed))
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         grads = {n: torch.zeros_like(p) for n, p in detached.items()}
-        n_total = max(self.x.shape[0], 1)
+        n_total = max(self.n, 1)
         with eval_mode(self.model):
             for x, y in self._batches():
                 xa = self._inputs(detached, x, y, gen)

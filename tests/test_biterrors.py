@@ -82,6 +82,25 @@ def test_nested_across_rates():
         assert torch.equal(ms[r], be.random_masks(20_000, 8, 9, [p])[0])
 
 
+def test_single_rate_mask_is_nested_across_rates():
+    # RandBET and `perturb` use the single-rate `mask()`: its pattern at p′ < p must be a subset
+    # of the one at p, and equal the row of the multi-rate call
+    from robustlab.quant import quantize_model
+
+    q = quantize_model(_NetA(0))
+    rates = [0.001, 0.01, 0.05, 0.1, 0.3, 0.6]
+    ms = [be.mask(q, 7, p) for p in rates]
+    for small, big in zip(ms[:-1], ms[1:]):
+        assert int((small & ~big).sum()) == 0
+        assert int(small.ne(0).sum()) < int(big.ne(0).sum())
+    assert torch.equal(torch.stack(ms), be.masks(q, 7, rates))
+    assert torch.equal(ms[3], be.random_masks(q.numel, q.scheme.bits, 7, [0.1])[0])
+    # and `perturb` injects exactly that mask
+    pert = be.perturb(q, 7, 0.1)
+    ref = q.dequantize(be.inject(q.codes, ms[3]))
+    assert all(torch.equal(pert[k], v) for k, v in ref.items())
+
+
 def test_independent_of_chunking_and_seeds_independent():
     a = be.random_masks(70_000, 8, 3, [0.01, 0.3], chunk=1024)
     b = be.random_masks(70_000, 8, 3, [0.01, 0.3], chunk=1 << 20)

@@ -27,7 +27,10 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, tiny):
     with pytest.raises(Stop):
         fit(_model(train), train, epochs=3, batch_size=32, out=tmp_path / "b", progress=False,
             epoch_hooks=[interrupt])
-    assert checkpoint.load_state.__name__  # state of epoch 1 exists on disk
+    # the interrupted run left the resume point of epoch 1 (and only its history) on disk
+    assert checkpoint.has_state(tmp_path / "b")
+    info = checkpoint.read_state_info(tmp_path / "b")
+    assert info["epoch"] == 1 and [h["epoch"] for h in info["history"]] == [1]
     hist = fit(_model(train, seed=99), train, epochs=3, batch_size=32, out=tmp_path / "b",
                resume=True, progress=False)
     assert [h["epoch"] for h in hist] == [1, 2, 3]

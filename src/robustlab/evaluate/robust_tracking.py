@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from robustlab.data import Dataset
+from robustlab import sources
 from robustlab.errors import UserError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -51,7 +51,7 @@ def make_attack(settings: dict[str, Any] | None, shape: Sequence[int]
     return attack, {"attack": "pgd", **s}
 
 
-def robust_metrics(model_fn: Model, dataset: Dataset, attack_settings: dict[str, Any] | Attack | None,
+def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any] | Attack | None,
                    generator: torch.Generator, *, batch_size: int = 256,
                    device: torch.device | str | None = None, n: int | None = None
                    ) -> dict[str, float]:
@@ -62,6 +62,7 @@ def robust_metrics(model_fn: Model, dataset: Dataset, attack_settings: dict[str,
     at the spec's ε), or an attack callable. robust_err counts an example wrong clean or attacked
     (spec §2); robust_loss is the mean cross-entropy on the attacked inputs.
     """
+    dataset = sources.as_data(dataset)
     if callable(attack_settings):
         attack = attack_settings
     else:
@@ -84,12 +85,14 @@ def robust_metrics(model_fn: Model, dataset: Dataset, attack_settings: dict[str,
     return {"robust_loss": acc[0], "robust_err": acc[1], "clean_loss": acc[2], "clean_err": acc[3]}
 
 
-def epoch_hook(dataset: Dataset, attack_settings: dict[str, Any] | Attack | None = None, *,
+def epoch_hook(dataset: Any, attack_settings: dict[str, Any] | Attack | None = None, *,
                seed: int = 0, prefix: str = "val_", n: int | None = None,
                batch_size: int = 256) -> Callable[[Any], dict[str, float]]:
     """A trainer epoch hook: `robust_metrics` of the training model (in eval mode, through
     `ctx.forward`, i.e. quantized when the run is) with a generator reseeded to `seed` every epoch,
-    so epochs are compared on identical attack randomness. Keys get `prefix`."""
+    so epochs are compared on identical attack randomness. Keys get `prefix`. `dataset`: anything
+    `robustlab.sources.as_data` takes (a `DataLoader` is streamed every epoch)."""
+    dataset = sources.as_data(dataset)
     if not callable(attack_settings):
         attack, _ = make_attack(attack_settings, dataset.shape)
     else:

@@ -1,4 +1,5 @@
-"""Input attacks: PGD for L∞/L2/L1/L0, frames, location-optimized patches, distal inputs, corruptions.
+"""Input attacks: PGD (L∞/L2/L1/L0), APGD (L∞/L2/L1; CE, DLR, APGD-T, conf), Square, frames,
+location-optimized patches, distal inputs, corruptions.
 
 Every attack is a function (and a frozen dataclass callable) over a model `x -> logits` that
 returns an `AttackResult(x_adv, logits, y, info)`; `worst_case` merges several per example.
@@ -8,10 +9,14 @@ returns an `AttackResult(x_adv, logits, y, info)`; `worst_case` merges several p
     res.success, res.conf   # misclassified? confidence at x_adv
 """
 
+from robustlab.attacks.apgd import APGD, apgd
 from robustlab.attacks.base import (
                                     AttackResult,
+                                    check_bounds,
                                     confidence,
+                                    eval_mode,
                                     evaluate_logits,
+                                    target_key,
                                     worst_case,
                                     worst_case_key,
                                     wrong_confidence,
@@ -24,8 +29,9 @@ from robustlab.attacks.pgd import INITS, OBJECTIVES, PGD, lp_norm, pgd, project,
 from robustlab.attacks.threat import NORMS, THREATS, Threat, default_eps
 
 __all__ = [
-    "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "THREATS", "AttackResult",
-    "Distal", "Frames", "Patch", "Threat", "allowed_corners", "confidence", "corrupt",
+    "APGD", "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "THREATS",
+    "AttackResult", "Distal", "Frames", "Patch", "Threat", "allowed_corners", "apgd",
+    "check_bounds", "confidence", "corrupt", "eval_mode", "target_key",
     "default_eps", "distal", "evaluate_logits", "frame_mask", "frames", "lp_norm", "patch_attack",
     "pgd", "place", "project", "project_l0", "project_l1", "worst_case", "worst_case_key",
     "wrong_confidence",

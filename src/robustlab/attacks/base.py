@@ -1,17 +1,24 @@
 """The one result type of every input attack, confidences, and the per-example worst case.
 
-A *model* is any callable `x -> logits` (N×K). Attacks never need the class behind it; they
-also never switch it to eval mode — callers do (the suite, the training methods).
+A *model* is any callable `x -> logits` (N×K). Attacks never need the class behind it; when it
+is an `nn.Module` they run it in eval mode and restore every submodule's mode afterwards
+(`eval_mode`), so no attack changes a model's buffers. Inputs are validated against the box
+`bounds` (default [0, 1]) by `check_bounds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from robustlab.errors import UserError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -25,6 +32,12 @@ def wrong_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """max_{k≠y} softmax_k, per example: the confidence in the most likely wrong class."""
     p = F.softmax(logits.float(), dim=1)
     return p.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+
+
+def target_key(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The worst-case key of a targeted attack: softmax_t, plus 1 when classified as the target t."""
+    p = F.softmax(logits.float(), dim=1).gather(1, target.view(-1, 1)).squeeze(1)
+    return p + (logits.argmax(1) == target).float()
 
 
 def worst_case_key(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -44,14 +57,17 @@ def worst_case_key(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor
 class AttackResult:
     """Adversarial inputs of one attack (or the worst case of several) on a batch.
 
-    `logits` are recomputed in float32 at `x_adv` (also after bf16 attacks): they give the
-    verdict. `info` holds attack-specific tensors (e.g. patch positions), batched along dim 0.
+    `logits` are float32 logits computed at exactly `x_adv` (also after bf16 attacks): they give
+    the verdict. `info` holds attack-specific tensors (e.g. patch positions), batched along dim 0.
+    `target` (targeted attacks only) holds each example's target class: then `success` means
+    "classified as the target" and `key()` ranks by the target's confidence (`target_key`).
     """
 
     x_adv: torch.Tensor
     logits: torch.Tensor
     y: torch.Tensor | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    target: torch.Tensor | None = None
 
     @property
     def pred(self) -> torch.Tensor:
@@ -64,7 +80,9 @@ class AttackResult:
 
     @property
     def success(self) -> torch.Tensor | None:
-        """Misclassified at `x_adv` (None without integer labels)."""
+        """Misclassified at `x_adv` (targeted: classified as the target; None without labels)."""
+        if self.target is not None:
+            return self.pred == self.target
         if self.y is None or self.y.dtype.is_floating_point:
             return None
         return self.pred != self.y
@@ -76,16 +94,20 @@ class AttackResult:
         return wrong_confidence(self.logits, self.y)
 
     def key(self) -> torch.Tensor:
+        if self.target is not None:
+            return target_key(self.logits, self.target)
         labels = None if self.y is None or self.y.dtype.is_floating_point else self.y
         return worst_case_key(self.logits, labels)
 
     def detach(self) -> AttackResult:
-        return AttackResult(self.x_adv.detach(), self.logits.detach(), self.y, dict(self.info))
+        return AttackResult(self.x_adv.detach(), self.logits.detach(), self.y, dict(self.info),
+                            self.target)
 
     def to(self, device: torch.device | str) -> AttackResult:
         info = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
         y = None if self.y is None else self.y.to(device)
-        return AttackResult(self.x_adv.to(device), self.logits.to(device), y, info)
+        t = None if self.target is None else self.target.to(device)
+        return AttackResult(self.x_adv.to(device), self.logits.to(device), y, info, t)
 
 
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -109,7 +131,7 @@ def worst_case(results: Sequence[AttackResult]) -> AttackResult:
                 if isinstance(v, torch.Tensor) and isinstance(r.info.get(name), torch.Tensor)
                 and r.info[name].shape == v.shape}
         best = AttackResult(_select(take, r.x_adv, best.x_adv), _select(take, r.logits, best.logits),
-                            best.y, info)
+                            best.y, info, best.target)
         best_key = torch.where(take, k, best_key)
     return best
 
@@ -129,7 +151,7 @@ def merge_into(base: AttackResult, index: torch.Tensor, part: AttackResult) -> A
             v = v.clone()
             v[idx] = pv[take]
         info[name] = v
-    return AttackResult(x_adv, logits, base.y, info)
+    return AttackResult(x_adv, logits, base.y, info, base.target)
 
 
 @torch.no_grad()
@@ -140,3 +162,42 @@ def evaluate_logits(model: Model, x: torch.Tensor, batch_size: int | None = None
             return model(x).float()
         return torch.cat([model(x[i:i + batch_size]).float()
                           for i in range(0, x.shape[0], batch_size)])
+
+
+def check_bounds(x: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """Validate the box `bounds` = (lo, hi) and that every entry of `x` lies in it; returns it.
+
+    An input outside the box is a one-line `UserError` naming the range found (attacks never
+    clamp a user's inputs silently).
+    """
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise UserError(f"bounds {bounds!r} are invalid; give two numbers (lo, hi)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise UserError(f"bounds ({lo:g}, {hi:g}) are invalid; they must be finite with lo < hi")
+    if x.numel() == 0:
+        return lo, hi
+    mn, mx = torch.aminmax(x.detach().float())
+    mn_f, mx_f = float(mn), float(mx)
+    if not (math.isfinite(mn_f) and math.isfinite(mx_f)):
+        raise UserError("inputs contain NaN or infinite values; attacks need finite inputs")
+    if mn_f < lo or mx_f > hi:
+        raise UserError(f"inputs lie in [{mn_f:.3g}, {mx_f:.3g}], outside the bounds [{lo:g}, {hi:g}]; "
+                        "normalize inside the model (rl.models.Normalized) or pass bounds=")
+    return lo, hi
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run an `nn.Module` in eval mode and restore each submodule's own mode afterwards."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

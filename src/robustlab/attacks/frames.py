@@ -1,6 +1,6 @@
 """Adversarial frames: a border of the image whose pixels are free in [0, 1] (spec §3).
 
-A frame attack is PGD with L∞ radius 1 (so only the box binds) restricted to the border by a
+A frame attack is PGD with L∞ radius hi − lo (so only the box `bounds` binds) restricted to the border by a
 mask, with sign steps. The default width is ⌊0.1·H⌋: 2 px on 28×28, 3 px on 32×32.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model
+from robustlab.attacks.base import AttackResult, Model, check_bounds
 from robustlab.attacks.pgd import pgd
 from robustlab.attacks.threat import frame_width
 from robustlab.errors import UserError
@@ -34,14 +34,19 @@ def frames(model: Model, x: torch.Tensor, y: Any, *, width: int | None = None, s
            step_size: float | None = None, objective: str = "ce", init: str = "box",
            restarts: int = 1, momentum: float = 0.0, backtrack: bool = False,
            early_stop: float | None = None, generator: torch.Generator | None = None,
-           bf16: bool = False, channels_last: bool = False) -> AttackResult:
-    """Frame attack on `x`: returns an `AttackResult` whose x_adv differs from x only on the frame."""
+           bf16: bool = False, channels_last: bool | None = None,
+           bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """Frame attack on `x`: returns an `AttackResult` whose x_adv differs from x only on the frame.
+
+    The frame's pixels are free in the box `bounds` (default [0, 1]).
+    """
     width = frame_width(int(x.shape[-2])) if width is None else int(width)
     mask = frame_mask(tuple(x.shape[1:]), width, device=x.device)
-    res = pgd(model, x, y, norm="linf", eps=1.0, steps=steps, step_size=step_size,
+    lo, hi = check_bounds(x, bounds)
+    res = pgd(model, x, y, norm="linf", eps=hi - lo, steps=steps, step_size=step_size,
               objective=objective, init=init, restarts=restarts, momentum=momentum,
               backtrack=backtrack, mask=mask, early_stop=early_stop, generator=generator,
-              bf16=bf16, channels_last=channels_last)
+              bf16=bf16, channels_last=channels_last, bounds=(lo, hi))
     res.info["width"] = width
     return res
 
@@ -60,7 +65,8 @@ class Frames:
     backtrack: bool = False
     early_stop: float | None = None
     bf16: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
                  generator: torch.Generator | None = None) -> AttackResult:

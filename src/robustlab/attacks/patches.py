@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, evaluate_logits, merge_into
-from robustlab.attacks.pgd import _bview, _stopped, objective_fn
+from robustlab.attacks.base import AttackResult, Model, check_bounds, eval_mode, evaluate_logits, merge_into
+from robustlab.attacks.pgd import _bview, _stopped, objective_fn, resolve_channels_last
 from robustlab.attacks.threat import patch_size
 from robustlab.errors import UserError
 
@@ -105,6 +105,7 @@ class _PatchCfg:
     early_stop: float | None
     bf16: bool
     channels_last: bool
+    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 def _forward(model: Model, x: torch.Tensor, cfg: _PatchCfg) -> torch.Tensor:
@@ -179,7 +180,7 @@ def _patch_once(model: Model, x: torch.Tensor, y: Any, cfg: _PatchCfg, allowed: 
                 idx = None
         xs = x if idx is None else x[idx]
         ys = y if idx is None or y is None else y[idx]
-        st["content"] = (st["content"] + cfg.step_size * st["grad"].sign()).clamp(0, 1)
+        st["content"] = (st["content"] + cfg.step_size * st["grad"].sign()).clamp(*cfg.bounds)
         if cfg.location.startswith("optimized"):
             pick = None
             if cfg.location == "optimized-random":  # drawn for all, then indexed: see pgd
@@ -207,12 +208,26 @@ def patch_attack(model: Model, x: torch.Tensor, y: Any, *, size: int | tuple[int
                  position: tuple[int, int] | None = None, restarts: int = 1,
                  objective: str = "ce", early_stop: float | None = None,
                  generator: torch.Generator | None = None, bf16: bool = False,
-                 channels_last: bool = False) -> AttackResult:
+                 channels_last: bool | None = None,
+                 bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
     """A patch per image; `info` holds the final `position` (N×2) and `content` (N×C×h×w).
 
     Defaults follow the spec's evaluation setting (100 steps of 0.05, optimized locations, a
     7×7 patch on 28×28 and 8×8 on 32×32 images). Restarts keep the per-example worst case.
+    The patch content lies in the box `bounds` (default [0, 1]); an `nn.Module` runs in eval mode.
     """
+    bounds = check_bounds(x, bounds)
+    with eval_mode(model):
+        return _patch_attack(model, x, y, size, steps, step_size, location, stride, exclude,
+                             position, restarts, objective, early_stop, generator, bf16,
+                             resolve_channels_last(channels_last, x), bounds)
+
+
+def _patch_attack(model: Model, x: torch.Tensor, y: Any, size: int | tuple[int, int] | None,
+                  steps: int, step_size: float, location: str, stride: int,
+                  exclude: int | tuple[int, int], position: tuple[int, int] | None, restarts: int,
+                  objective: str, early_stop: float | None, generator: torch.Generator | None,
+                  bf16: bool, channels_last: bool, bounds: tuple[float, float]) -> AttackResult:
     H, W = int(x.shape[-2]), int(x.shape[-1])
     hw = check_size((H, W), size if size is not None else patch_size(tuple(x.shape[1:])))
     loc = parse_location(location)
@@ -237,7 +252,7 @@ def patch_attack(model: Model, x: torch.Tensor, y: Any, *, size: int | tuple[int
         start = torch.tensor([[r, c]], device=x.device)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     cfg = _PatchCfg(hw, int(steps), float(step_size), loc, int(stride), objective_fn(objective),
-                    early_stop, bool(bf16), bool(channels_last))
+                    early_stop, bool(bf16), bool(channels_last), bounds)
     x = x.detach()
     labels = y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
     result: AttackResult | None = None
@@ -253,6 +268,7 @@ def patch_attack(model: Model, x: torch.Tensor, y: Any, *, size: int | tuple[int
         pos0 = (start.expand(n, 2).clone() if start is not None
                 else _sample_corners(allowed, n, generator, x.device))[idx]
         content0 = torch.rand((n, c, *hw), generator=generator, device=generator.device).to(x)[idx]
+        content0 = bounds[0] + (bounds[1] - bounds[0]) * content0
         xs = x[idx]
         ys = None if y is None else y[idx]
         content, pos = _patch_once(model, xs, ys, cfg, allowed, pos0, content0, generator)
@@ -281,7 +297,8 @@ class Patch:
     objective: str = "ce"
     early_stop: float | None = None
     bf16: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
                  generator: torch.Generator | None = None) -> AttackResult:

@@ -1,48 +1,69 @@
-"""Projected gradient descent for L∞, L2, L1 and L0 balls intersected with the box [0, 1] (spec §3).
+"""Projected gradient descent for L∞, L2, L1 and L0 balls intersected with a box (spec §3, §3a).
 
 PGD maximizes a per-example loss L(δ) (= −e(δ) in the spec's notation) over x + δ with ‖δ‖ ≤ ε and
-x + δ ∈ [0, 1]:
+x + δ ∈ [lo, hi] (`bounds`, default [0, 1]):
 
 - objectives `ce` (cross-entropy), `conf` (max_{k≠y} softmax_k, against CCAT), `distal`
   (max_k log softmax_k, no labels), `dlr` (difference of logits ratio), or any callable
   `(logits, target) -> per-example loss` (the target is indexed along with x);
 - step directions: L∞ sign(g); L2 g/‖g‖₂; L1 the top-q fraction of |g| (by magnitude), signed and
   L1-normalized; L0 g/‖g‖₁. For the sparse norms (and L2) gradient entries that push a pixel
-  already at 0 or 1 further out are zeroed first, so the step is not wasted on the box;
+  already at the box boundary further out are zeroed first, so the step is not wasted on the box;
 - projections: L∞ clamp, L2 rescale, L1 exact (sort-based, batched) projection, L0 keep the ⌈ε⌉
   largest |δ| entries (or pixels), then the box;
-- initializations `zero`, `cube` (uniform in the L∞ cube of half-width min(ε, 1), projected),
+- initializations `zero`, `cube` (uniform in the L∞ cube of half-width min(ε, hi − lo), projected),
   `norm` (a random direction of the norm times ε·U(0, 1)), `tiny` (0.001·N(0, 1), TRADES),
-  `box` (x + δ uniform in [0, 1], projected; for frames), or a comma-separated list for a
+  `box` (x + δ uniform in the box, projected; for frames), or a comma-separated list for a
   per-example random choice ("zero,norm");
 - momentum (β: exponential average of L1-normalized gradients) and backtracking (a step that
   does not increase the loss is rejected for that example, whose step size is divided by 1.5);
-- the best iterate per example (initialization included); restarts keep the per-example worst
-  case (`robustlab.attacks.base.worst_case_key`);
+- the best iterate per example (initialization included), ranked by the worst-case key of
+  spec §2 (`robustlab.attacks.base.worst_case_key`: misclassified first, then the highest
+  wrong-class confidence; the loss breaks ties), never by the loss alone; restarts keep the
+  per-example worst case. Without integer labels (distal inputs, soft labels) the loss ranks;
 - optional early exit (evaluation): an example misclassified with wrong-class confidence
   ≥ `early_stop` stops iterating and skips later restarts.
+
+The engine (`run_engine`) is shared with APGD (`robustlab.attacks.apgd`): a *step rule* proposes
+the next iterate and updates its own per-example state; the engine evaluates, keeps the best
+iterate and runs the early exit. Exactness of the early exit: every key, stop test and returned
+verdict uses float32 logits (with `bf16` the gradient comes from a bfloat16 autocast pass and a
+float32 forward gives the logits), and the model always sees batches of one fixed number of
+rows (`block_rows`; the still-running examples are packed and padded), so an example's
+trajectory does not depend on which other examples are still running: early exit gives exactly
+the verdicts of a run without it.
 
 All state is batched; no Python loop runs per example.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.base import AttackResult, Model, evaluate_logits, merge_into, wrong_confidence
+from robustlab.attacks.base import (
+    AttackResult,
+    Model,
+    check_bounds,
+    eval_mode,
+    merge_into,
+    target_key,
+    worst_case_key,
+    wrong_confidence,
+)
 from robustlab.attacks.threat import NORMS, check_norm, default_eps
 from robustlab.errors import UserError
 
 OBJECTIVES = ("ce", "conf", "distal", "dlr")
 INITS = ("zero", "cube", "norm", "tiny", "box")
+TARGETS = ("random", "least-likely")
 Objective = Callable[[torch.Tensor, Any], torch.Tensor]
+Bounds = tuple[float, float]
 
 
 # ---------------------------------------------------------------- objectives (to maximize)
@@ -60,6 +81,7 @@ def _distal(logits: torch.Tensor, y: Any) -> torch.Tensor:
 
 
 def _dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(max_{k≠y} z_k − z_y)/(z_π1 − z_π3): −DLR, maximized by the attack (needs K ≥ 3)."""
     z_sorted = logits.sort(dim=1, descending=True).values
     z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
     z_other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
@@ -67,7 +89,29 @@ def _dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (z_other - z_y) / (z_sorted[:, 0] - third + 1e-12)
 
 
+def _dlr_targeted(logits: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+    """(z_t − z_y)/(z_π1 − (z_π3 + z_π4)/2) for `yt` = N×2 (true class y, target t); K ≥ 4."""
+    y, t = yt[:, 0], yt[:, 1]
+    z_sorted = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    z_t = logits.gather(1, t.view(-1, 1)).squeeze(1)
+    k = logits.shape[1]
+    third, fourth = z_sorted[:, min(2, k - 1)], z_sorted[:, min(3, k - 1)]
+    return (z_t - z_y) / (z_sorted[:, 0] - 0.5 * (third + fourth) + 1e-12)
+
+
+def _ce_to_target(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(logits, t, reduction="none")
+
+
+def _conf_of_target(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits, 1).gather(1, t.view(-1, 1)).squeeze(1)
+
+
 _OBJECTIVES: dict[str, Objective] = {"ce": _ce, "conf": _conf, "distal": _distal, "dlr": _dlr}
+# Targeted attacks (`target=`): the objective receives the target class t (`dlr`: the pair (y, t)).
+_TARGETED: dict[str, Objective] = {"ce": _ce_to_target, "conf": _conf_of_target,
+                                   "dlr": _dlr_targeted}
 
 
 def objective_fn(objective: str | Objective) -> Objective:
@@ -121,6 +165,40 @@ def project_l1(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     return torch.where(inside[:, None], v, shrunk).view_as(delta)
 
 
+def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float,
+                   bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
+    """Exact Euclidean projection of δ onto {‖δ‖₁ ≤ ε} ∩ {lo ≤ x + δ ≤ hi} (batched).
+
+    The solution is δ_i(λ) = sign(v_i)·clip(|v_i| − λ, 0, c_i), c_i the room in v_i's direction
+    (hi − x_i or x_i − lo), with the smallest λ ≥ 0 giving ‖δ(λ)‖₁ ≤ ε. S(λ) = ‖δ(λ)‖₁ is
+    piecewise linear with breakpoints |v_i| − c_i (slope −1 starts) and |v_i| (it ends): sort them,
+    accumulate S at every breakpoint and interpolate on the segment that crosses ε (L1-APGD's
+    projection, Croce & Hein 2021). Computed in float64.
+    """
+    lo, hi = bounds
+    shape, dtype = delta.shape, delta.dtype
+    v = delta.flatten(1).double()
+    xf = x.flatten(1).double().expand_as(v)
+    cap = torch.where(v >= 0, hi - xf, xf - lo).clamp(min=0)
+    m = v.abs()
+    s0 = torch.minimum(m, cap).sum(1)
+    n, d = v.shape
+    bp = torch.cat([(m - cap).clamp(min=0), m], 1)
+    w = torch.cat([-torch.ones_like(m), torch.ones_like(m)], 1)
+    bs, order = bp.sort(1)
+    slope = w.gather(1, order).cumsum(1)  # slope of S on [bs_j, bs_{j+1}]
+    gain = slope[:, :-1] * bs.diff(dim=1)
+    s_at = s0[:, None] + torch.cat([torch.zeros_like(s0[:, None]), gain.cumsum(1)], 1)
+    j = (s_at > eps).sum(1).clamp(1, 2 * d - 1)  # first breakpoint with S ≤ ε
+    b0 = bs.gather(1, (j - 1)[:, None]).squeeze(1)
+    s_b0 = s_at.gather(1, (j - 1)[:, None]).squeeze(1)
+    sl = slope.gather(1, (j - 1)[:, None]).squeeze(1)
+    lam = b0 + (s_b0 - eps) / (-sl).clamp(min=1.0)
+    lam = torch.where(s0 <= eps, torch.zeros_like(lam), lam)
+    out = v.sign() * torch.minimum((m - lam[:, None]).clamp(min=0), cap)
+    return out.to(dtype).view(shape)
+
+
 def project_l0(delta: torch.Tensor, k: int, *, pixels: bool = False) -> torch.Tensor:
     """Keep the k entries (or pixels, across channels) of largest |δ| per example; zero the rest."""
     if pixels and delta.ndim == 4:
@@ -137,8 +215,9 @@ def project_l0(delta: torch.Tensor, k: int, *, pixels: bool = False) -> torch.Te
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float, *,
-            mask: torch.Tensor | None = None, pixels: bool = False) -> torch.Tensor:
-    """Onto {δ : ‖δ‖ ≤ ε, x + δ ∈ [0, 1], δ = 0 outside `mask`}: norm projection, then the box.
+            mask: torch.Tensor | None = None, pixels: bool = False,
+            bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
+    """Onto {δ : ‖δ‖ ≤ ε, x + δ ∈ [lo, hi], δ = 0 outside `mask`}: norm projection, then the box.
 
     The box clamp only shrinks |δ| entry-wise, so the result stays inside the ball.
     """
@@ -153,7 +232,7 @@ def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float, *,
         delta = project_l1(delta, eps)
     elif norm == "l0":
         delta = project_l0(delta, l0_budget(eps), pixels=pixels)
-    return (x + delta).clamp(0, 1) - x
+    return (x + delta).clamp(*bounds) - x
 
 
 def l0_budget(eps: float) -> int:
@@ -175,9 +254,21 @@ def direction(g: torch.Tensor, norm: str, *, l1_fraction: float = 0.025) -> torc
     return g / _bview(flat.abs().sum(1).clamp(min=1e-12), g)  # l0
 
 
-def _inward(g: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+def sparse_direction(g: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """sign(g) on the k_n entries of largest |g| (k per example, nonzero entries only), L1-normalized."""
+    flat = g.flatten(1)
+    mag = flat.abs()
+    srt = mag.sort(dim=1, descending=True).values
+    kth = srt.gather(1, (k.long().clamp(1, flat.shape[1]) - 1)[:, None])
+    keep = (mag >= kth) & (mag > 0)
+    step = flat.sign() * keep
+    return (step / step.abs().sum(1, keepdim=True).clamp(min=1.0)).view_as(g)
+
+
+def _inward(g: torch.Tensor, x_adv: torch.Tensor, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
     """Zero gradient entries that push a pixel at the box boundary further out."""
-    out = ((x_adv <= 0) & (g < 0)) | ((x_adv >= 1) & (g > 0))
+    lo, hi = bounds
+    out = ((x_adv <= lo) & (g < 0)) | ((x_adv >= hi) & (g > 0))
     return g.masked_fill(out, 0.0)
 
 
@@ -194,16 +285,17 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor
 
 
 def _init_one(kind: str, x: torch.Tensor, norm: str, eps: float, generator: torch.Generator,
-              pixels: bool) -> torch.Tensor:
+              pixels: bool, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
     n = x.shape[0]
+    lo, hi = bounds
     if kind == "zero":
         return torch.zeros_like(x)
     if kind == "tiny":
         return 0.001 * _rand(x.shape, generator, x, "normal")
     if kind == "box":
-        return _rand(x.shape, generator, x, "uniform") - x
+        return lo + (hi - lo) * _rand(x.shape, generator, x, "uniform") - x
     if kind == "cube":
-        half = min(eps, 1.0)
+        half = min(eps, hi - lo)
         return (2 * _rand(x.shape, generator, x, "uniform") - 1) * half
     # "norm": a random direction of the norm times ε·U(0, 1)
     radius = _rand((n,), generator, x, "uniform") * eps
@@ -236,125 +328,349 @@ def parse_init(init: str) -> list[str]:
 
 
 def init_delta(x: torch.Tensor, norm: str, eps: float, init: str, generator: torch.Generator, *,
-               pixels: bool = False) -> torch.Tensor:
+               pixels: bool = False, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
     """A starting δ (before projection); a list of kinds picks one per example at random."""
     kinds = parse_init(init)
     if len(kinds) == 1:
-        return _init_one(kinds[0], x, norm, eps, generator, pixels)
+        return _init_one(kinds[0], x, norm, eps, generator, pixels, bounds)
     choice = torch.randint(len(kinds), (x.shape[0],), generator=generator,
                            device=generator.device).to(x.device)
-    cands = torch.stack([_init_one(k, x, norm, eps, generator, pixels) for k in kinds])
+    cands = torch.stack([_init_one(k, x, norm, eps, generator, pixels, bounds) for k in kinds])
     return cands.gather(0, choice.view(1, -1, *([1] * (x.ndim - 1))).expand(1, *x.shape)).squeeze(0)
 
 
 # ---------------------------------------------------------------- the engine
 
+BLOCK_ROWS = {"cpu": 128}
+DEFAULT_BLOCK_ROWS = 1024
+
+
+def block_rows(n: int, device: torch.device | str) -> int:
+    """Rows per model call for a batch of n: n up to the device's block, else n in equal blocks.
+
+    It depends only on n and the device, never on which examples still run: the running examples
+    are packed and the last block is padded to this size, so float results per example (and with
+    them sign steps and trajectories) are the same with and without early exit.
+    """
+    b = BLOCK_ROWS.get(torch.device(device).type, DEFAULT_BLOCK_ROWS)
+    if n <= b:
+        return max(n, 1)
+    return math.ceil(n / math.ceil(n / b))
+
+
+def resolve_channels_last(channels_last: bool | None, x: torch.Tensor) -> bool:
+    """`None` means on for 4-D inputs on the CPU (where it is faster), off otherwise."""
+    if channels_last is None:
+        return x.ndim == 4 and x.device.type == "cpu"
+    return bool(channels_last)
+
+
 @dataclasses.dataclass(frozen=True)
-class _Cfg:
+class EngineCfg:
+    """What the engine needs besides the step rule."""
+
     norm: str
     eps: float
     steps: int
-    step_size: float
     objective: Objective
-    init: str
-    momentum: float
-    backtrack: bool
-    l1_fraction: float
-    pixels: bool
-    early_stop: float | None
-    bf16: bool
-    channels_last: bool
+    early_stop: float | None = None
+    bf16: bool = False
+    channels_last: bool = False
+    bounds: Bounds = (0.0, 1.0)
+    pixels: bool = False
+    l1_box: bool = False  # L1: exact projection onto the L1 ball ∩ box (APGD), not L1 then box
 
 
-def _loss_grad(model: Model, x: torch.Tensor, delta: torch.Tensor, y: Any, cfg: _Cfg
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    delta = delta.detach().requires_grad_(True)
-    inp = x + delta
-    if cfg.channels_last and inp.ndim == 4:
-        inp = inp.contiguous(memory_format=torch.channels_last)
-    ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.bf16
-           else contextlib.nullcontext())
-    with torch.enable_grad(), ctx:
-        logits = model(inp)
-    logits = logits.float()
-    with torch.enable_grad():
-        loss = cfg.objective(logits, y)
-        (g,) = torch.autograd.grad(loss.sum(), delta)
-    return loss.detach(), g.detach(), logits.detach()
+@dataclasses.dataclass
+class Labels:
+    """Per-example labels: what the objective receives, and what ranks and stops iterates.
+
+    `key`: integer true labels (untargeted worst-case key and stop test), `target`: the classes a
+    targeted attack must reach (key and stop test by the target). Neither: the loss ranks.
+    """
+
+    obj: Any
+    key: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+    def index(self, idx: torch.Tensor) -> Labels:
+        return Labels(_take(self.obj, idx), _take(self.key, idx), _take(self.target, idx))
+
+
+def _take(y: Any, idx: torch.Tensor) -> Any:
+    return y[idx] if isinstance(y, torch.Tensor) else y
+
+
+def iterate_key(logits: torch.Tensor, labels: Labels) -> torch.Tensor | None:
+    """Worst-case key of iterates (float32 logits); None when only the loss can rank."""
+    if labels.target is not None:
+        return target_key(logits, labels.target)
+    if labels.key is not None:
+        return worst_case_key(logits, labels.key)
+    return None
+
+
+def stop_test(logits: torch.Tensor, labels: Labels, threshold: float) -> torch.Tensor:
+    """Decided examples: misclassified (targeted: classified as the target; no labels: any class)
+    with that class's confidence ≥ threshold."""
+    p = F.softmax(logits.float(), 1)
+    if labels.target is not None:
+        t = labels.target.view(-1, 1)
+        return (logits.argmax(1) == labels.target) & (p.gather(1, t).squeeze(1) >= threshold)
+    if labels.key is not None:
+        y = labels.key
+        return (logits.argmax(1) != y) & (p.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+                                          >= threshold)
+    return p.amax(1) >= threshold
 
 
 def _stopped(logits: torch.Tensor, y: Any, threshold: float) -> torch.Tensor:
-    if y is None or not isinstance(y, torch.Tensor) or y.dtype.is_floating_point:
-        return F.softmax(logits, 1).amax(1) >= threshold
-    return (logits.argmax(1) != y) & (wrong_confidence(logits, y) >= threshold)
+    """Stop test with plain labels (None or soft labels: confidence in any class)."""
+    lab = y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
+    return stop_test(logits, Labels(y, lab), threshold)
 
 
-def _index(y: Any, idx: torch.Tensor | None) -> Any:
-    if idx is None or y is None:
-        return y
-    return y[idx]
+def _grad_of(loss: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(loss.sum(), xa, allow_unused=True)
+    return torch.zeros_like(xa) if g is None else g
 
 
-def _attack_once(model: Model, x: torch.Tensor, y: Any, cfg: _Cfg, delta0: torch.Tensor,
-                 mask: torch.Tensor | None) -> torch.Tensor:
-    """One PGD run from the starting point δ₀; returns the best δ per example."""
+def _layout(xa: torch.Tensor, cfg: EngineCfg) -> torch.Tensor:
+    if cfg.channels_last and xa.ndim == 4:
+        return xa.contiguous(memory_format=torch.channels_last)
+    return xa
+
+
+def _forward_grad(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, gradient w.r.t. the input, float32 logits) at the points `xa`."""
+    xa = xa.detach().requires_grad_(True)
+    dev = xa.device.type
+    inp = _layout(xa, cfg)
+    if cfg.bf16:
+        with torch.enable_grad():
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                low = model(inp)
+            g = _grad_of(cfg.objective(low.float(), yo), xa)
+        with torch.no_grad(), torch.autocast(dev, enabled=False):
+            logits = model(_layout(xa.detach(), cfg)).float()
+            loss = cfg.objective(logits, yo)
+    else:
+        with torch.enable_grad(), torch.autocast(dev, enabled=False):
+            logits = model(inp).float()
+            loss = cfg.objective(logits, yo)
+            g = _grad_of(loss, xa)
+    return loss.detach(), g.detach(), logits.detach()
+
+
+@torch.no_grad()
+def _forward_plain(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.autocast(xa.device.type, enabled=False):
+        logits = model(_layout(xa, cfg)).float()
+        return cfg.objective(logits, yo), logits
+
+
+def eval_rows(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg, rows: int, *,
+              grad: bool = True) -> tuple[torch.Tensor, ...]:
+    """Evaluate `xa` in model calls of exactly `rows` rows (the last one padded with its last row).
+
+    Returns (loss, gradient, logits) with `grad`, else (loss, logits).
+    """
+    fn = _forward_grad if grad else _forward_plain
+    r = xa.shape[0]
+    if r == rows:
+        return fn(model, xa, yo, cfg)
+    parts = []
+    for s in range(0, r, rows):
+        k = min(rows, r - s)
+        sel = torch.arange(s, s + rows, device=xa.device).clamp(max=r - 1)
+        out = fn(model, xa[sel], _take(yo, sel), cfg)
+        parts.append([t[:k] for t in out])
+    return tuple(torch.cat(ts) for ts in zip(*parts))
+
+
+def project_point(xa: torch.Tensor, x: torch.Tensor, cfg: EngineCfg,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The feasible point nearest to `xa`: x + δ with δ projected onto the ball (∩ box), in the box."""
+    delta = xa - x
+    if cfg.l1_box and cfg.norm == "l1":
+        if mask is not None:
+            delta = delta * mask
+        delta = project_l1_box(delta, x, cfg.eps, cfg.bounds)
+    else:
+        delta = project(delta, x, cfg.norm, cfg.eps, mask=mask, pixels=cfg.pixels, bounds=cfg.bounds)
+    return (x + delta).clamp(*cfg.bounds)
+
+
+def keep_best(st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
+              logits: torch.Tensor, labels: Labels) -> None:
+    """Replace each example's best iterate where `cand` ranks higher (key, then loss)."""
+    key = iterate_key(logits, labels)
+    if key is None:
+        better = loss > st["best_obj"]
+    else:
+        better = (key > st["best_key"]) | ((key == st["best_key"]) & (loss > st["best_obj"]))
+        st["best_key"] = torch.where(better, key, st["best_key"])
+    st["best"] = torch.where(_bview(better, cand), cand, st["best"])
+    st["best_logits"] = torch.where(better[:, None], logits, st["best_logits"])
+    st["best_obj"] = torch.where(better, loss, st["best_obj"])
+
+
+class StepRule(Protocol):
+    """How the engine moves: per-example state lives in the engine's dict `st` (n rows each)."""
+
+    def init(self, st: dict[str, torch.Tensor], x: torch.Tensor, cfg: EngineCfg) -> None: ...
+
+    def propose(self, st: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor | None,
+                step: int, cfg: EngineCfg) -> torch.Tensor: ...
+
+    def update(self, st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
+               grad: torch.Tensor, step: int, cfg: EngineCfg) -> None: ...
+
+
+def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0: torch.Tensor,
+               rule: StepRule, *, mask: torch.Tensor | None = None, rows: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Iterate `rule` from the start `x0` (projected); returns (best x_adv, its float32 logits, state).
+
+    The start counts as an iterate. An example is decided (early exit) once `stop_test` holds at
+    an iterate; that iterate has been offered to `keep_best` first, so it (or a higher-ranked
+    one) is the result.
+    """
     n = x.shape[0]
-    delta = project(delta0, x, cfg.norm, cfg.eps, mask=mask, pixels=cfg.pixels)
-    loss, grad, logits = _loss_grad(model, x, delta, y, cfg)
-    s: dict[str, torch.Tensor] = {
-        "delta": delta, "loss": loss, "grad": grad, "best": delta.clone(), "best_loss": loss.clone(),
-        "lr": torch.full((n,), cfg.step_size, device=x.device, dtype=x.dtype)}
-    if cfg.momentum > 0:
-        s["m"] = torch.zeros_like(x)
+    rows = rows or block_rows(n, x.device)
+    xa = project_point(x0, x, cfg, mask)
+    loss, grad, logits = eval_rows(model, xa, labels.obj, cfg, rows)
+    st: dict[str, torch.Tensor] = {"xa": xa, "loss": loss, "grad": grad, "best": xa.clone(),
+                                   "best_logits": logits, "best_obj": loss.clone()}
+    key = iterate_key(logits, labels)
+    if key is not None:
+        st["best_key"] = key
+    rule.init(st, x, cfg)
     stopping = cfg.early_stop is not None
     if stopping:
-        s["done"] = _stopped(logits, y, cfg.early_stop)
-    x_full, y_full, mask_full = x, y, mask
-    for _ in range(cfg.steps):
-        idx = None
-        st = s
+        st["done"] = stop_test(logits, labels, cfg.early_stop)
+    for step in range(cfg.steps):
+        idx, sv = None, st
         if stopping:
-            idx = (~s["done"]).nonzero().squeeze(1)  # one sync per iteration, not per example
+            idx = (~st["done"]).nonzero().squeeze(1)  # one sync per iteration, not per example
             if idx.numel() == 0:
                 break
             if idx.numel() < n:
-                st = {k: v[idx] for k, v in s.items()}
+                sv = {k: v[idx] for k, v in st.items()}
             else:
                 idx = None
-        xs, ys = _index(x_full, idx), _index(y_full, idx)
-        ms = mask_full if mask_full is None or mask_full.shape[0] == 1 else _index(mask_full, idx)
+        xs = x if idx is None else x[idx]
+        ls = labels if idx is None else labels.index(idx)
+        ms = mask if mask is None or mask.shape[0] == 1 or idx is None else mask[idx]
+        cand = rule.propose(sv, xs, ms, step, cfg)
+        loss_c, grad_c, logits_c = eval_rows(model, cand, ls.obj, cfg, rows)
+        keep_best(sv, cand, loss_c, logits_c, ls)
+        if stopping:
+            sv["done"] = sv["done"] | stop_test(logits_c, ls, cfg.early_stop)
+        rule.update(sv, cand, loss_c, grad_c, step + 1, cfg)
+        if idx is not None:
+            for k, v in sv.items():
+                st[k][idx] = v
+    return st["best"], st["best_logits"], st
+
+
+def pending(result: AttackResult | None, labels: Labels, early_stop: float | None, n: int,
+            device: torch.device) -> torch.Tensor:
+    """Indices of the examples a further run must attack (all, or those not yet decided)."""
+    if result is None or early_stop is None:
+        return torch.arange(n, device=device)
+    return (~stop_test(result.logits, labels, early_stop)).nonzero().squeeze(1)
+
+
+def run_part(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0: torch.Tensor,
+             rule: StepRule, idx: torch.Tensor, rows: int, result: AttackResult | None,
+             mask: torch.Tensor | None = None, info: dict[str, Any] | None = None,
+             state_info: tuple[str, ...] = ()) -> AttackResult:
+    """One engine run on the examples `idx`, merged into `result` (per-example worst case).
+
+    `info` tensors (n rows) and the final engine state entries named in `state_info` are
+    attached per example.
+    """
+    xs = x[idx]
+    ls = labels.index(idx)
+    ms = mask if mask is None or mask.shape[0] == 1 else mask[idx]
+    best, logits, st = run_engine(model, xs, ls, cfg, x0[idx], rule, mask=ms, rows=rows)
+    part_info = {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == x.shape[0]
+                     else v) for k, v in (info or {}).items()}
+    part_info.update({k: st[k] for k in state_info})
+    part = AttackResult(best, logits, ls.key, part_info, ls.target)
+    return part if result is None else merge_into(result, idx, part)
+
+
+@dataclasses.dataclass
+class PGDRule:
+    """PGD's step: x ← P(x + lr·s(g)), with optional momentum and backtracking."""
+
+    step_size: float
+    momentum: float = 0.0
+    backtrack: bool = False
+    l1_fraction: float = 0.025
+
+    def init(self, st: dict[str, torch.Tensor], x: torch.Tensor, cfg: EngineCfg) -> None:
+        st["lr"] = torch.full((x.shape[0],), self.step_size, device=x.device, dtype=x.dtype)
+        if self.momentum > 0:
+            st["m"] = torch.zeros_like(x)
+
+    def propose(self, st: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor | None,
+                step: int, cfg: EngineCfg) -> torch.Tensor:
         g = st["grad"]
         if mask is not None:
-            g = g * ms
+            g = g * mask
         if cfg.norm != "linf":
-            g = _inward(g, xs + st["delta"])
-        if cfg.momentum > 0:
+            g = _inward(g, st["xa"], cfg.bounds)
+        if self.momentum > 0:
             gn = g / _bview(g.flatten(1).abs().sum(1).clamp(min=1e-12), g)
-            st["m"] = cfg.momentum * st["m"] + (1 - cfg.momentum) * gn
+            st["m"] = self.momentum * st["m"] + (1 - self.momentum) * gn
             g = st["m"]
-        step = direction(g, cfg.norm, l1_fraction=cfg.l1_fraction)
-        cand = project(st["delta"] + _bview(st["lr"], step) * step, xs, cfg.norm, cfg.eps,
-                       mask=ms, pixels=cfg.pixels)
-        loss_c, grad_c, logits_c = _loss_grad(model, xs, cand, ys, cfg)
-        if cfg.backtrack:
-            accept = loss_c > st["loss"]
+        d = direction(g, cfg.norm, l1_fraction=self.l1_fraction)
+        return project_point(st["xa"] + _bview(st["lr"], d) * d, x, cfg, mask)
+
+    def update(self, st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
+               grad: torch.Tensor, step: int, cfg: EngineCfg) -> None:
+        if self.backtrack:
+            accept = loss > st["loss"]
             st["lr"] = torch.where(accept, st["lr"], st["lr"] / 1.5)
-            st["delta"] = torch.where(_bview(accept, cand), cand, st["delta"])
-            st["grad"] = torch.where(_bview(accept, cand), grad_c, st["grad"])
-            st["loss"] = torch.where(accept, loss_c, st["loss"])
+            st["xa"] = torch.where(_bview(accept, cand), cand, st["xa"])
+            st["grad"] = torch.where(_bview(accept, cand), grad, st["grad"])
+            st["loss"] = torch.where(accept, loss, st["loss"])
         else:
-            st["delta"], st["grad"], st["loss"] = cand, grad_c, loss_c
-        better = loss_c > st["best_loss"]
-        if stopping:
-            done_c = _stopped(logits_c, ys, cfg.early_stop)
-            better = better | done_c
-            st["done"] = st["done"] | done_c
-        st["best"] = torch.where(_bview(better, cand), cand, st["best"])
-        st["best_loss"] = torch.where(better, loss_c, st["best_loss"])
-        if idx is not None:
-            for k, v in st.items():
-                s[k][idx] = v
-    return s["best"]
+            st["xa"], st["grad"], st["loss"] = cand, grad, loss
+
+
+# ---------------------------------------------------------------- targets, checks, entry points
+
+def resolve_target(target: Any, x: torch.Tensor, y: torch.Tensor | None, clean_logits: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Per-example target classes from an int, a tensor, "random" (a class ≠ y drawn from
+    `generator`) or "least-likely" (the class of the lowest clean logit)."""
+    n, k = clean_logits.shape
+    dev = x.device
+    if isinstance(target, str):
+        if target == "least-likely":
+            return clean_logits.argmin(1)
+        if target == "random":
+            if y is None:
+                return torch.randint(k, (n,), generator=generator, device=generator.device).to(dev)
+            shift = torch.randint(1, k, (n,), generator=generator, device=generator.device).to(dev)
+            return (y + shift) % k
+        raise UserError(f"unknown target {target!r}; give a class, a tensor of classes, "
+                        f"or one of {', '.join(TARGETS)}")
+    t = torch.as_tensor(target, device=dev)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise UserError(f"target {target!r} is invalid; classes are integers in [0, {k - 1}]")
+    t = t.long().expand(n) if t.ndim == 0 else t.long()
+    if t.shape != (n,):
+        raise UserError(f"target has shape {tuple(t.shape)}; give one class per input ({n})")
+    if bool(((t < 0) | (t >= k)).any()):
+        raise UserError(f"target classes must lie in [0, {k - 1}] (the model has {k} classes)")
+    return t.clone()
 
 
 def _check(norm: str, eps: float, steps: int, restarts: int, step_size: float | None,
@@ -388,61 +704,93 @@ def default_step_size(eps: float, steps: int, norm: str = "linf") -> float:
     return 2.5 * eps / max(steps, 1)
 
 
+def int_labels(y: Any) -> torch.Tensor | None:
+    return y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
+
+
 def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
         eps: float | None = None, steps: int = 40, step_size: float | None = None,
         objective: str | Objective = "ce", init: str = "norm", restarts: int = 1,
         momentum: float = 0.0, backtrack: bool = False, l1_fraction: float = 0.025,
         l0_pixels: bool = False, mask: torch.Tensor | None = None,
         early_stop: float | None = None, generator: torch.Generator | None = None,
-        bf16: bool = False, channels_last: bool = False) -> AttackResult:
+        bf16: bool = False, channels_last: bool | None = None,
+        bounds: Bounds = (0.0, 1.0), target: Any = None) -> AttackResult:
     """PGD on `model` at inputs `x` (labels `y`; None for `distal`) within the `norm` ball of `eps`.
 
     `eps=None` takes the spec default for the image size; `step_size=None` is
-    `default_step_size` (2.5·ε/steps, L0: 5·ε). `mask` (broadcastable to x, 0/1)
-    restricts δ to its support (adversarial frames). Random starts draw from `generator`
-    (default: a generator seeded 0). With `bf16` the iterations run under bfloat16 autocast; the
-    returned logits are always recomputed in float32 at the final x_adv.
+    `default_step_size` (2.5·ε/steps, L0: 5·ε). `mask` (broadcastable to x, 0/1) restricts δ to
+    its support (adversarial frames). Random starts draw from `generator` (default: a generator
+    seeded 0). `bounds` is the box of valid inputs (x outside it is a `UserError`). With `bf16`
+    gradients come from bfloat16 autocast; every key, stop test and the returned logits are
+    float32. `channels_last=None`: on for 4-D inputs on the CPU. An `nn.Module` runs in eval mode
+    (its modes are restored afterwards).
+
+    `target` makes the attack targeted: a class, a tensor of classes, "random" or "least-likely";
+    success then means "classified as the target" (`result.target`), the objective pulls towards
+    it (`ce`: −CE to the target, `conf`: its softmax, `dlr`: targeted DLR) and the best iterate
+    ranks by the target's confidence.
+
+    Example:
+        >>> res = pgd(model, x, y, norm="l2", eps=1.5, steps=40)  # doctest: +SKIP
+        >>> res.success.float().mean()                            # doctest: +SKIP
     """
     if eps is None:
         eps = default_eps(norm, tuple(x.shape[1:]))
     _check(norm, eps, steps, restarts, step_size, momentum, l1_fraction, early_stop)
     parse_init(init)
-    obj = objective_fn(objective)
-    if y is None and not callable(objective) and objective != "distal":
-        raise UserError(f"objective {objective!r} needs labels; only 'distal' works without")
+    bounds = check_bounds(x, bounds)
+    labels_int = int_labels(y)
+    if target is not None:
+        if callable(objective):
+            obj = objective
+        elif objective in _TARGETED:
+            obj = _TARGETED[objective]
+        else:
+            raise UserError(f"objective {objective!r} cannot be targeted; choose one of "
+                            f"{', '.join(_TARGETED)}")
+    else:
+        obj = objective_fn(objective)
+        if y is None and not callable(objective) and objective != "distal":
+            raise UserError(f"objective {objective!r} needs labels; only 'distal' works without")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     x = x.detach()
-    cfg = _Cfg(norm, float(eps), int(steps),
-               float(step_size) if step_size is not None else default_step_size(eps, steps, norm),
-               obj, init, float(momentum), bool(backtrack), float(l1_fraction), bool(l0_pixels),
-               early_stop, bool(bf16), bool(channels_last))
-    labels = y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
-    result: AttackResult | None = None
     n = x.shape[0]
-    for _ in range(restarts):
-        if result is None:
-            idx = torch.arange(n, device=x.device)
-        else:
-            if early_stop is not None:
-                idx = (~_stopped(result.logits, labels, early_stop)).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-            else:
-                idx = torch.arange(n, device=x.device)
-        # Draw the start for every example, so that the random numbers do not depend on
-        # which examples an early exit has already removed.
-        delta0 = init_delta(x, norm, float(eps), init, generator, pixels=l0_pixels)[idx]
-        xs = x[idx]
-        m = mask if mask is None or mask.shape[0] == 1 else mask[idx]
-        delta = _attack_once(model, xs, _index(y, idx), cfg, delta0, m)
-        x_adv = (xs + delta).clamp(0, 1)
-        part = AttackResult(x_adv, evaluate_logits(model, x_adv), _index(labels, idx))
-        result = part if result is None else merge_into(result, idx, part)
+    cfg = EngineCfg(norm, float(eps), int(steps), obj, early_stop, bool(bf16),
+                    resolve_channels_last(channels_last, x), bounds, bool(l0_pixels))
+    rule = PGDRule(float(step_size) if step_size is not None else default_step_size(eps, steps, norm),
+                   float(momentum), bool(backtrack), float(l1_fraction))
+    with eval_mode(model):
+        labels = Labels(y, labels_int)
+        if target is not None:
+            clean = eval_rows(model, x, None, dataclasses.replace(cfg, objective=_zero_loss),
+                              block_rows(n, x.device), grad=False)[1]
+            t = resolve_target(target, x, labels_int, clean, generator)
+            yo = torch.stack([labels_int, t], 1) if obj is _dlr_targeted and labels_int is not None \
+                else t
+            if obj is _dlr_targeted and labels_int is None:
+                raise UserError("a targeted dlr attack needs the true labels y")
+            labels = Labels(yo, labels_int, t)
+        rows = block_rows(n, x.device)
+        result: AttackResult | None = None
+        for r in range(restarts):
+            idx = pending(result, labels, early_stop, n, x.device)
+            if idx.numel() == 0:
+                break
+            # Draw the start for every example, so that the random numbers do not depend on
+            # which examples an early exit has already removed.
+            x0 = x + init_delta(x, norm, float(eps), init, generator, pixels=l0_pixels, bounds=bounds)
+            info = {"restart": torch.full((n,), r, dtype=torch.long, device=x.device)}
+            result = run_part(model, x, labels, cfg, x0, rule, idx, rows, result, mask, info)
     assert result is not None
-    result.y = labels
+    result.y = labels_int
     result.info["eps"] = float(eps)
     return result
+
+
+def _zero_loss(logits: torch.Tensor, y: Any) -> torch.Tensor:
+    return logits.new_zeros(logits.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,7 +810,9 @@ class PGD:
     l0_pixels: bool = False
     early_stop: float | None = None
     bf16: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
+    bounds: Bounds = (0.0, 1.0)
+    target: Any = None
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any = None, *,
                  generator: torch.Generator | None = None,

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from robustlab import distributed
+from robustlab import distributed, sources
 from robustlab.attacks import corruptions as corr
 from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, worst_case
 from robustlab.attacks.distal import distal
@@ -239,6 +239,7 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
     relative to the result's folder when the file is saved beside it).
     """
+    test = sources.as_data(test)  # tensors, torch Dataset, DataLoader: rows read only as sliced
     items = parse_suite(suite)
     eps_over = parse_eps(eps)
     if restarts < 1:

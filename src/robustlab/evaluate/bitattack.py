@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from robustlab import distributed
+from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
@@ -72,6 +72,8 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
                device: torch.device | str | None = None,
                progress: bool | None = None) -> dict[str, Any]:
     """RErr of `model` on `test` under adversarial bit flips for each budget (module docstring)."""
+    test = sources.as_data(test)  # tensors, torch Dataset, DataLoader (see robustlab.sources)
+    attack_data = None if attack_data is None else sources.as_data(attack_data)
     budgets = [wb.check_budget(b) for b in budgets]
     if not budgets:
         raise UserError("no bit budgets given")

@@ -33,69 +33,158 @@ def _pct(key: str | None) -> str:
         return str(key)
 
 
+def _hist_data(r: Mapping[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[float],
+                                                list[bool], float | None, str | None]:
+    threats = [(k, t) for k, t in (r.get("threats") or {}).items()
+               if t.get("adv_conf") is not None or t.get("threat") == "distal"]
+    clean = r.get("clean") or {}
+    c_conf = clean.get("conf") or []
+    c_wrong = clean.get("wrong") or [False] * len(c_conf)
+    return threats, c_conf, c_wrong, None, None
+
+
+def _hist_panel(ax: Any, t: dict[str, Any], c_conf: list[float], c_wrong: list[bool],
+                tau: float | None, edges: list[float]) -> None:
+    ok_conf = [c for c, w in zip(c_conf, c_wrong) if not w]
+    ax.hist(ok_conf, bins=edges, alpha=0.55, color="tab:green", label="clean (correct)",
+            density=True)
+    if t.get("threat") == "distal":
+        adv, lab = t.get("conf") or [], "distal input"
+    else:
+        wrong = t.get("adv_wrong") or [True] * len(t["adv_conf"])
+        adv = [c for c, w, cw in zip(t["adv_conf"], wrong, c_wrong) if w and not cw]
+        lab = "adversarial (wrong)"
+    if adv:
+        ax.hist(adv, bins=edges, alpha=0.55, color="tab:red", label=lab, density=True)
+    if tau is not None:
+        ax.axvline(tau, color="k", lw=1.2, ls="--", label="τ")
+    ax.set_xlim(0, 1)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _threat_title(key: str, t: dict[str, Any]) -> str:
+    from robustlab.report.summary import threat_label
+
+    return threat_label(key, t)
+
+
 def plot_confidence_histograms(result: Result, path: str | Path, *, title: str | None = None,
                                tpr: str | None = None, bins: int = 25) -> Path:
     """Per threat model: confidences of the clean attacked examples (correctly classified) and of
     their adversarial versions (those that are misclassified), with τ as a vertical line."""
     r = load_result(result)
-    threats = [(k, t) for k, t in (r.get("threats") or {}).items()
-               if t.get("adv_conf") is not None or t.get("threat") == "distal"]
+    threats, c_conf, c_wrong, _, _ = _hist_data(r)
     if not threats:
         raise UserError("the result holds no adversarial confidences to plot")
-    clean = r.get("clean") or {}
-    c_conf = clean.get("conf") or []
-    c_wrong = clean.get("wrong") or [False] * len(c_conf)
     key = _first_tpr(r, tpr)
-    tau = (clean.get("tau") or {}).get(key) if key else None
+    tau = ((r.get("clean") or {}).get("tau") or {}).get(key) if key else None
     plt = pyplot()
     cols = min(4, len(threats))
     rows = math.ceil(len(threats) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows + 0.6), squeeze=False,
+                             sharex=True)
     edges = [i / bins for i in range(bins + 1)]
-    ok_conf = [c for c, w in zip(c_conf, c_wrong) if not w]
     for ax, (k, t) in zip(axes.flat, threats):
-        ax.hist(ok_conf, bins=edges, alpha=0.6, color="tab:green", label="clean (correct)",
-                density=True)
-        if t.get("threat") == "distal":
-            adv, lab = t.get("conf") or [], "distal"
-        else:
-            wrong = t.get("adv_wrong") or [True] * len(t["adv_conf"])
-            adv = [c for c, w, cw in zip(t["adv_conf"], wrong, c_wrong) if w and not cw]
-            lab = "adversarial (wrong)"
-        if adv:
-            ax.hist(adv, bins=edges, alpha=0.6, color="tab:red", label=lab, density=True)
-        if tau is not None:
-            ax.axvline(tau, color="k", lw=1, ls="--")
-        ax.set_title(k, fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_yticks([])
-        ax.tick_params(labelsize=7)
+        _hist_panel(ax, t, c_conf, c_wrong, tau, edges)
+        ax.set_title(_threat_title(k, t))
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("density")
     for ax in list(axes.flat)[len(threats):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle((title + ": " if title else "") + "confidence"
-                 + (f" (dashed: τ at {_pct(key)} TPR)" if tau is not None else ""), fontsize=10)
-    fig.tight_layout()
+                 + (f" (dashed: τ at {_pct(key)} TPR)" if tau is not None else ""))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save(fig, path)
 
 
-def _bar_values(r: Mapping[str, Any], key: str | None) -> dict[str, tuple[float, float]]:
-    """{threat: (error without rejection, error at τ)}: RErr, FPR for distal, Err for corrupt."""
-    out = {}
+def plot_confidence_grid(results: Sequence[tuple[str, Result]], path: str | Path, *,
+                         tpr: str | None = None, bins: int = 20) -> Path:
+    """Every model (rows) × every threat (columns): confidence histograms of the correctly
+    classified clean examples and of the successful adversarial (or distal) inputs, τ dashed.
+    One figure, so that models can be compared column by column."""
+    items = [(label, load_result(r)) for label, r in results]
+    items = [(label, r) for label, r in items if _hist_data(r)[0]]
+    if not items:
+        raise UserError("no adversarial confidences to plot")
+    keys: list[str] = []
+    info: dict[str, dict[str, Any]] = {}
+    for _, r in items:
+        for k, t in _hist_data(r)[0]:
+            if k not in keys:
+                keys.append(k)
+                info[k] = t
+    plt = pyplot()
+    pw = min(2.2, 12.5 / len(keys))
+    fig, axes = plt.subplots(len(items), len(keys), figsize=(pw * len(keys) + 0.9,
+                                                              1.55 * len(items) + 1.0),
+                             squeeze=False, sharex=True)
+    edges = [i / bins for i in range(bins + 1)]
+    for i, (label, r) in enumerate(items):
+        threats, c_conf, c_wrong, _, _ = _hist_data(r)
+        by_key = dict(threats)
+        key = _first_tpr(r, tpr)
+        tau = ((r.get("clean") or {}).get("tau") or {}).get(key) if key else None
+        for j, k in enumerate(keys):
+            ax = axes[i, j]
+            if k in by_key:
+                _hist_panel(ax, by_key[k], c_conf, c_wrong, tau, edges)
+            else:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes,
+                        color="0.5")
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(_threat_title(k, info[k]), fontsize=9.5)
+            if j == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9.5)
+            if i == len(items) - 1:
+                ax.set_xlabel("confidence", fontsize=9)
+                ax.tick_params(axis="x", labelsize=8)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.supylabel("density (per panel)", fontsize=9, x=0.002)
+    fig.tight_layout(rect=(0.01, 0.4 / (1.55 * len(items) + 1.0), 1, 1))
+    return save(fig, path, dpi=100)
+
+
+def _bar_values(r: Mapping[str, Any], key: str | None) -> dict[str, tuple[Any, Any]]:
+    """{threat: (metric without rejection, metric at τ)} as `summary.Metric`s (value and 95 %
+    interval): RErr, FPR for distal (100 % without rejection), Err for corruptions."""
+    from robustlab.report.summary import Metric, result_values
+
+    vals = result_values("adversarial", {k: v for k, v in r.items() if k != "evaluator"}
+                         | {"evaluator": "adversarial"})
+    tk = _pct(key) if key else ""
+    out: dict[str, tuple[Any, Any]] = {}
     for k, t in (r.get("threats") or {}).items():
-        at = (t.get("at") or {}).get(key, {}) if key else {}
         if t.get("threat") == "distal":
-            out[k] = (1.0, at.get("fpr", math.nan))  # without rejection every distal input counts
+            out[k] = (Metric(1.0), vals.get(f"FPR@{tk} {k}"))
         elif t.get("threat") == "corrupt":
-            out[k] = (t.get("mean_err", math.nan), at.get("err", math.nan))
+            out[k] = (vals.get(f"Err {k}"), vals.get(f"Err@{tk} {k}"))
         else:
-            out[k] = (t.get("rerr", math.nan), at.get("rerr", math.nan))
+            out[k] = (vals.get(f"RErr {k}"), vals.get(f"RErr@{tk} {k}"))
     return out
+
+
+def _bar(m: Any) -> tuple[float, float, float]:
+    """(value, lower, upper error) in % of a Metric (NaN when missing)."""
+    if m is None:
+        return math.nan, 0.0, 0.0
+    if m.interval is None:
+        return 100 * m.value, 0.0, 0.0
+    return 100 * m.value, 100 * max(0.0, m.value - m.lo), 100 * max(0.0, m.hi - m.value)
 
 
 def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Result],
                    path: str | Path, *, tpr: str | None = None, title: str | None = None) -> Path:
-    """Grouped bars per threat model: RErr (light) and RErr@τ (dark) for every run.
+    """Grouped bars per threat model: RErr (light) and RErr@τ (dark) for every run, each with
+    its 95 % interval as an error bar.
 
     `results` is one result, a list of results, or a list of (label, result). Distal inputs show
     FPR@τ, corruptions the mean Err / Err@τ.
@@ -114,30 +203,37 @@ def plot_rerr_bars(results: Result | Sequence[tuple[str, Result]] | Sequence[Res
     key = _first_tpr(items[0][1], tpr)
     values = [(label, _bar_values(r, key)) for label, r in items]
     threats: list[str] = []
-    for _, v in values:
-        threats += [k for k in v if k not in threats]
+    info: dict[str, dict[str, Any]] = {}
+    for _, r in items:
+        for k, t in (r.get("threats") or {}).items():
+            if k not in threats:
+                threats.append(k)
+                info[k] = t
     plt = pyplot()
-    # about 0.25 in per bar, but never wider than a page (bars get thinner instead)
-    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.25 * len(threats) * len(items) + 1.5)), 3.6))
+    fig, ax = plt.subplots(figsize=(min(11.5, max(5.5, 0.32 * len(threats) * len(items) + 2.0)),
+                                    3.9))
     width = 0.8 / len(items)
     cmap = plt.get_cmap("tab10")
     for i, (label, v) in enumerate(values):
         xs = [j + (i - (len(items) - 1) / 2) * width for j in range(len(threats))]
-        plain = [100 * v.get(t, (math.nan, math.nan))[0] for t in threats]
-        at = [100 * v.get(t, (math.nan, math.nan))[1] for t in threats]
-        ax.bar(xs, plain, width * 0.95, color=cmap(i % 10), alpha=0.35)
-        ax.bar(xs, at, width * 0.95, color=cmap(i % 10), label=label or None)
+        plain = [_bar(v.get(t, (None, None))[0]) for t in threats]
+        at = [_bar(v.get(t, (None, None))[1]) for t in threats]
+        ax.bar(xs, [p[0] for p in plain], width * 0.95, color=cmap(i % 10), alpha=0.3)
+        ax.bar(xs, [p[0] for p in at], width * 0.95, color=cmap(i % 10), label=label or None,
+               yerr=[[p[1] for p in at], [p[2] for p in at]], error_kw={"lw": 0.8, "capsize": 1.5})
+        ax.errorbar(xs, [p[0] for p in plain], yerr=[[p[1] for p in plain], [p[2] for p in plain]],
+                    fmt="none", ecolor="0.45", lw=0.8, capsize=1.5)
     ax.set_xticks(range(len(threats)))
-    ax.set_xticklabels(threats, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([_threat_title(t, info[t]) for t in threats], rotation=25, ha="right")
     ax.set_ylabel("error (%)")
     ax.set_ylim(0, 100)
-    ax.set_title((title + ": " if title else "") + f"RErr (light) and RErr@τ {_pct(key)} TPR "
-                 "(dark); distal: FPR@τ; corrupt: Err", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title((title + ": " if title else "") + f"light: without rejection; dark: at τ "
+                 f"({_pct(key)} TPR)")
     if any(label for label, _ in items):
-        ax.legend(fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return save(fig, path)
-
 
 
 def _show(ax: Any, imgs: Any, j: int) -> bool:
@@ -156,8 +252,9 @@ def _show(ax: Any, imgs: Any, j: int) -> bool:
 
 def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | None = None,
                   max_columns: int = 8) -> Path:
-    """A grid: the clean images (top row), then their adversarial versions per threat model, each
-    titled with the predicted class and confidence."""
+    """A grid: the clean images (top row, titled with the true class), then their adversarial
+    versions per threat model, titled with the predicted class and confidence; a red frame marks
+    an attack that succeeded (prediction ≠ true class), a green one an attack that failed."""
     from robustlab.evaluate.adversarial import load_examples
 
     ex, classes = load_examples(examples_file)
@@ -165,25 +262,34 @@ def plot_examples(examples_file: str | Path, path: str | Path, *, title: str | N
         raise UserError(f"{examples_file} holds no examples")
     first = next(iter(ex.values()))
     cols = min(max_columns, first["clean"].shape[0])
-    rows = [("clean", first["clean"], first.get("y"), None)]
+    truth = first.get("y")
+    rows = [("clean", first["clean"], truth, None)]
     rows += [(k, v["adv"], v.get("pred"), v.get("conf")) for k, v in ex.items()]
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols + 0.8, 1.35 * len(rows)),
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols + 1.0, 1.45 * len(rows) + 0.3),
                              squeeze=False)
     for i, (name, imgs, labels, confs) in enumerate(rows):
         for j in range(cols):
             ax = axes[i, j]
             if not _show(ax, imgs, j):
                 continue
+            color = "black"
             if labels is not None:
                 c = int(labels[j])
                 name_c = classes[c] if c < len(classes) else str(c)
                 text = name_c if confs is None else f"{name_c} {float(confs[j]):.2f}"
-                ax.set_title(text[:14], fontsize=6)
+                if i > 0 and truth is not None and j < len(truth):
+                    ok = c == int(truth[j])
+                    color = "#1a7f37" if ok else "#c62828"
+                    for sp in ax.spines.values():
+                        sp.set_visible(True)
+                        sp.set_color(color)
+                        sp.set_linewidth(2.5)
+                ax.set_title(text[:14], fontsize=8, color=color)
             if j == 0:
-                ax.set_ylabel(name, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle((title + ": " if title else "") + "red frame: attack succeeded, green: failed",
+                 fontsize=9.5)
     fig.tight_layout()
     return save(fig, path)
 

@@ -50,17 +50,41 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
         if not pts:
             continue
         x, m, lo, hi = (list(v) for v in zip(*pts))
+        ci = _intervals(r, [p for p in rates if p > 0])
         (line,) = ax.plot(x, m, marker="o", ms=3, label=f"{label} (Err {100 * r['clean_err']:.2f}%)")
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        if ci:
+            ax.errorbar(x, m, yerr=[[max(0.0, a - b) for a, (b, _) in zip(m, ci)],
+                                    [max(0.0, c - a) for a, (_, c) in zip(m, ci)]],
+                        fmt="none", ecolor=line.get_color(), lw=1, capsize=2.5)
     ax.set_xscale("log")
-    ax.set_xlabel("bit error rate p (%)")
+    ticks = sorted({100 * p for r in rs for p in (r.get("rates") or []) if p > 0})
+    if ticks:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("bit error rate p (%, log scale)")
     ax.set_ylabel("RErr (%)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     k = rs[0].get("patterns")
-    ax.set_title(title or f"robust error under random bit errors (mean, min–max over {k} patterns)",
-                 fontsize="medium")
+    ax.set_title(title or f"robust error under random bit errors ({k} patterns)")
+    fig.tight_layout()
     return save(fig, path)
+
+
+def _intervals(r: Mapping[str, Any], rates: list[float]) -> list[tuple[float, float]] | None:
+    """95 % intervals (in %) of the mean RErr per rate, as in the summary table."""
+    from robustlab.report.summary import rate_label, result_values
+
+    vals = result_values("biterrors", dict(r) | {"evaluator": "biterrors"})
+    out = []
+    for p in sorted(rates):
+        m = vals.get(f"RErr p={rate_label(p)}")
+        if m is None or m.interval is None:
+            return None
+        out.append((100 * m.lo, 100 * m.hi))  # type: ignore[operator]
+    return out
 
 
 def plot_energy(result: Result, path: str | Path, *, title: str | None = None) -> Path:

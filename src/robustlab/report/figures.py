@@ -12,14 +12,39 @@ from robustlab.io import atomic_write, read_json
 Result = Mapping[str, Any] | str | Path
 
 
+# Sizes chosen so that text stays at 11-14 px when a figure is shown at the report's width.
+STYLE = {"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11}
+
+
 def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    """matplotlib.pyplot on the Agg backend (no display needed), with the report's font sizes."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
+
+
+def wilson_bars(rates: Any, ns: Any) -> list[list[float]]:
+    """Matplotlib error bars (2×N, in %) of rates with Wilson 95 % intervals over n examples
+    each (0 where n or the rate is unknown)."""
+    import math
+
+    from robustlab.report.stats import wilson
+
+    lo, hi = [], []
+    for r, n in zip(rates, ns):
+        if not isinstance(n, (int, float)) or n <= 0 or r is None or math.isnan(r):
+            lo.append(0.0)
+            hi.append(0.0)
+            continue
+        a, b = wilson(min(n, max(0, round(r * n))), n)
+        lo.append(100 * max(0.0, r - a))
+        hi.append(100 * max(0.0, b - r))
+    return [lo, hi]
 
 
 def save(fig: Any, path: str | Path, dpi: int = 120) -> Path:

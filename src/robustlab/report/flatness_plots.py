@@ -58,6 +58,36 @@ def plot_landscape(result: dict[str, Any], path: str | Path) -> Path:
     return save(fig, path)
 
 
+def plot_landscapes(items: Sequence[tuple[str, dict[str, Any]]], path: str | Path) -> Path:
+    """1-D landscapes of several models side by side on one shared y-axis (clean and robust loss
+    along each model's direction), so that their heights can be compared."""
+    items = [(lab, r) for lab, r in items if r.get("dims") == 1]
+    if not items:
+        raise UserError("no 1-D landscape results to plot")
+    plt = pyplot()
+    cols = min(4, len(items))
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows + 0.5), squeeze=False,
+                             sharey=True)
+    for ax, (label, r) in zip(axes.flat, items):
+        ax.plot(r["axis"], r["clean_loss"], label="clean loss", color="tab:blue", marker="o", ms=3)
+        ax.plot(r["axis"], r["robust_loss"], label="robust loss", color="tab:red", marker="s", ms=3)
+        if r.get("direction") == "adversarial" and r.get("xi"):
+            for sgn in (-1, 1):
+                ax.axvline(sgn * r["xi"], color="gray", lw=0.8, ls=":")
+        ax.set_title(f"{label} ({r.get('direction', '?')})")
+        ax.set_xlabel("α (relative weight step)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("cross-entropy")
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save(fig, path, dpi=100)
+
+
 def points(results: Iterable[Result], *, xi: float | None = None) -> list[dict[str, Any]]:
     """One point per result (run or snapshot): label, kind, ξ, flatness, robust test loss and
     test−train robust loss gap (None when the result has no train loss). `xi` picks the entry of
@@ -103,56 +133,99 @@ def correlation(results: Iterable[Result], *, xi: float | None = None) -> dict[s
             "p_loss": p_l, "tau_gap": tau_g, "p_gap": p_g, "points": pts}
 
 
+def _label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float, float]]:
+    """Text offsets (points) that spread the labels of nearby points: alternate sides along y."""
+    order = sorted(range(len(xs)), key=lambda i: (ys[i], xs[i]))
+    out = [(0.0, 0.0)] * len(xs)
+    for rank, i in enumerate(order):
+        out[i] = (8.0 if rank % 2 == 0 else -8.0, 6.0 if (rank // 2) % 2 == 0 else -10.0)
+    return out
+
+
 def plot_correlation(results: Iterable[Result], path: str | Path, *,
                      xi: float | None = None, annotate: bool = True) -> dict[str, Any]:
     """Two scatter panels — robust test loss vs flatness and test−train robust loss gap vs
-    flatness — titled with Kendall τ; returns the `correlation` dict."""
+    flatness — titled with Kendall τ and its two-sided p-value; returns the `correlation` dict."""
     c = correlation(results, xi=xi)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
     for ax, key, name in ((axes[0], "loss", "robust test loss"),
                           (axes[1], "gap", "test − train robust loss")):
         pts = [p for p in c["points"] if p[key] is not None]
-        ax.scatter([p["flatness"] for p in pts], [p[key] for p in pts], s=18)
+        xs, ys = [p["flatness"] for p in pts], [p[key] for p in pts]
+        ax.scatter(xs, ys, s=30, zorder=3)
         if annotate:
-            for p in pts:
-                ax.annotate(Path(str(p["label"])).name, (p["flatness"], p[key]), fontsize=6,
-                            alpha=0.7)
+            for p, (dx, dy) in zip(pts, _label_offsets(xs, ys)):
+                ax.annotate(Path(str(p["label"])).name, (p["flatness"], p[key]), fontsize=9,
+                            xytext=(dx, dy), textcoords="offset points",
+                            ha="left" if dx > 0 else "right", annotation_clip=False)
         tau = c["tau_loss"] if key == "loss" else c["tau_gap"]
-        ax.set_title(f"{name}: Kendall τ = {tau:.2f}")
-        ax.set_xlabel(f"{c['kind'] or ''}-case flatness")
+        pv = c["p_loss"] if key == "loss" else c["p_gap"]
+        ax.set_title(f"{name}\nKendall τ = {tau:.2f} (p = {pv:.2g}, {len(pts)} models)")
+        ax.set_xlabel(f"{c['kind'] or ''}-case flatness (loss increase)")
         ax.set_ylabel(name)
+        ax.margins(0.25)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
     save(fig, path)
     return c
+
+
+METHOD_NAMES = {"attack": "projected attack", "bfa": "BFA", "random": "random flips"}
+METHOD_STYLES = {"attack": "-", "bfa": "-.", "random": ":"}
+
+
+def _wilson_err(vals: Sequence[float], n: Any) -> list[list[float]]:
+    from robustlab.report.figures import wilson_bars
+
+    return wilson_bars(list(vals), [n] * len(vals))
 
 
 def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
                     labels: Sequence[str] | None = None) -> Path:
     """RErr (%) against the bit budget (log x) for every method of one or several `bitattack`
-    results on the same axes (one color per result, one line style per method: attack solid,
-    BFA dash-dotted, random dotted; for a single result the random flips' max is dashed)."""
+    results: one colour per result (model), one line style per method that was run (projected
+    attack solid, BFA dash-dotted, random flips dotted, other methods dashed), 95 % Wilson
+    intervals over the test examples as error bars; legends for models and methods outside."""
     rs = [results] if isinstance(results, (dict, str, Path)) else list(results)
     rs = [_load(r) for r in rs]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    styles = {"attack": "-", "bfa": "-.", "random": ":"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods: list[str] = []
+    model_handles = []
     for i, r in enumerate(rs):
         if "results" not in r or "budgets" not in r:
             raise UserError(f"{r.get('source', 'result')} is not a bitattack result")
-        tag = labels[i] if labels else (Path(str(r["run"])).name if len(rs) > 1 and "run" in r
-                                        else "")
-        b = [max(v, 0.5) for v in r["budgets"]]  # budget 0 sits at 0.5 on the log axis
-        for j, (m, vals) in enumerate(r["results"].items()):
-            color = colors[(i if len(rs) > 1 else j) % len(colors)]
-            ax.plot(b, [100 * v for v in vals["rerr"]], marker="o", ms=3, color=color,
-                    ls=styles.get(m, "-"), label=f"{tag} {m}".strip())
-            if "rerr_max" in vals and len(rs) == 1:
-                ax.plot(b, [100 * v for v in vals["rerr_max"]], ls="--", lw=0.8, color=color)
+        tag = labels[i] if labels else (Path(str(r["run"])).name if "run" in r else f"run {i + 1}")
+        color = colors[i % len(colors)]
+        for m, vals in r["results"].items():
+            if not isinstance(vals, dict) or not vals.get("rerr"):
+                continue
+            if m not in methods:
+                methods.append(m)
+            bud = vals.get("budget") or r["budgets"]
+            b = [max(v, 0.5) for v in bud]  # budget 0 sits at 0.5 on the log axis
+            y = [100 * v for v in vals["rerr"]]
+            ax.errorbar(b, y, yerr=_wilson_err(vals["rerr"], r.get("n_test")), marker="o", ms=3.5,
+                        color=color, ls=METHOD_STYLES.get(m, "--"), lw=1.5, capsize=2,
+                        elinewidth=0.8)
+        model_handles.append(plt.Line2D([], [], color=color, lw=2, label=tag))
     ax.set_xscale("log")
-    ax.set_xlabel("flipped bits (budget)")
+    ticks = sorted({max(b, 0.5) for r in rs for b in r["budgets"]})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" if t >= 1 else "0" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("flipped bits (budget, log scale)")
     ax.set_ylabel("RErr (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("adversarial bit errors")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(True, alpha=0.3)
+    ax.set_title("robust error under adversarial bit flips")
+    leg = ax.legend(handles=model_handles, title="model", loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.add_artist(leg)
+    ax.legend(handles=[plt.Line2D([], [], color="0.3", ls=METHOD_STYLES.get(m, "--"), lw=1.5,
+                                  label=METHOD_NAMES.get(m, m)) for m in methods],
+              title="method", loc="lower left", bbox_to_anchor=(1.02, 0.0), frameon=False)
+    fig.tight_layout()
     return save(fig, path)

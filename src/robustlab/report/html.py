@@ -15,7 +15,6 @@ import html
 import importlib
 import json
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,8 @@ from typing import Any
 
 from robustlab.errors import UserError
 from robustlab.io import atomic_write_text, read_json, versions
-from robustlab.report import summary
+from robustlab.report import headline, summary
+from robustlab.report import rows as rows_mod
 
 log = logging.getLogger("robustlab.report")
 
@@ -51,6 +51,13 @@ th { background: var(--band); }
 td.name, th.name { text-align: left; }
 tr.group td { background: #e8edf5; font-weight: 600; text-align: left; }
 td.best { font-weight: 700; color: #0b6b2e; }
+td .iv { display: block; font-size: 11px; color: var(--muted); font-weight: 400; }
+td.dir { text-align: center; color: var(--muted); } td.n { color: var(--muted); font-size: 12px; }
+tr.group .setting { font-weight: 400; color: var(--muted); font-size: 12px; margin-left: 8px; }
+tr.flat td { color: #9aa1ad; background: #fafafa; } tr.flat td.best { color: #9aa1ad; }
+.rownote { display: block; font-size: 11px; font-style: italic; color: #8a6d1d; }
+ul.story li { margin: 3px 0; } .setting-note { color: var(--muted); font-size: 13px; }
+table.flags td { text-align: left; vertical-align: top; }
 .figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff;
          max-width: 100%; }
@@ -166,15 +173,30 @@ def _results_of(runs: list[dict[str, Any]], *kinds: str
 
 
 def training_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    from robustlab.report.training_plots import plot_training
+    from robustlab.report.training_plots import drawn, plot_training
 
     hist = [(r["label"], r["history"]) for r in runs if r["history"]]
     if not hist:
         return []
-    f = figs.make("Training curves", "Per-epoch training loss and error of every run (dashed: held-out "
-                  "split when the run had one); robust held-out error when robust overfitting was "
-                  "tracked.", lambda p: plot_training(hist, p))
+    what = drawn(hist)
+    names = {"train": "training split", "val": "held-out validation split",
+             "test": "held-out test split"}
+    parts = []
+    for panel, suffixes in what.items():
+        styles = ", ".join(f"{'solid' if i == 0 else 'dashed'}: {names.get(sfx, sfx)}"
+                           for i, sfx in enumerate(suffixes))
+        parts.append(f"{panel} ({styles})")
+    f = figs.make("Training curves", "Per epoch, one colour and marker per run: "
+                  + "; ".join(parts) + ". The robust error on held-out data appears only for runs "
+                  "that tracked robust overfitting.", lambda p: plot_training(hist, p))
     return [f] if f else []
+
+
+def _wilson_note(items: list[tuple[str, dict[str, Any]]], key: str = "n_test") -> str:
+    ns = sorted({r.get(key) for _, r in items if isinstance(r.get(key), int)})
+    if not ns:
+        return ""
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
 
 
 def biterror_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
@@ -185,8 +207,10 @@ def biterror_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str
             break
         k = items[0][1].get("patterns")
         f = figs.make(f"RErr vs bit error rate ({name})",
-                      f"Mean robust error over {k} random bit error patterns per rate, with the "
-                      "min–max band; the legend gives each model's quantized clean error.",
+                      f"Mean robust error over {k} random bit error patterns per rate on "
+                      f"{_wilson_note(items)} test images; error bars: 95 % interval of the mean "
+                      "(t over patterns, never narrower than Wilson over images); shaded: min–max "
+                      "over patterns. The legend gives each model's quantized clean error.",
                       lambda p, items=items: plot([r for _, r in items], p,
                                                   labels=[lab for lab, _ in items]))
         out.append(f)
@@ -203,7 +227,7 @@ def biterror_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str
 def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
     mod = "robustlab.report.adversarial_plots"
     bars = _function(mod, "plot_rerr_bars")
-    hist = _function(mod, "plot_confidence_histograms")
+    hist = _function(mod, "plot_confidence_grid")
     grid = _function(mod, "plot_examples")
     from robustlab.report.extra_plots import plot_patch_locations
 
@@ -211,43 +235,61 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
     for name, items in _results_of(runs, "patches").items():
         patch_bars.append(figs.make(f"RErr per patch location mode ({name})",
                                     "Robust error under adversarial patches whose location is fixed, "
-                                    "random or optimized during the attack (black: clean Err).",
+                                    "random or optimized during the attack, with 95 % Wilson "
+                                    f"intervals over the {_wilson_note(items, 'n')} attacked images "
+                                    "(black bar: clean Err of those images).",
                                     lambda p, items=items: plot_patch_locations(items, p)))
     for name, items in _results_of(runs, "adversarial", "patches").items():
         kind = summary.kind_of(name, items[0][1])
-        if bars is not None and kind == "adversarial":
-            out.append(figs.make(f"RErr per threat model ({name})",
-                                 "Robust error without rejection (light) and at the confidence "
-                                 "threshold τ of 99% TPR (dark), per threat model and model.",
-                                 lambda p, items=items: bars(items, p)))
-        for label, r in items:
-            if hist is not None and kind == "adversarial":
+        if kind == "adversarial":
+            ns = [{"n": (r.get("config") or {}).get("n")} for _, r in items]
+            note = _wilson_note([("", x) for x in ns], "n")
+            if bars is not None:
+                out.append(figs.make(
+                    f"RErr per threat model ({name})",
+                    "Per threat model and model: light bars without rejection (RErr; distal: "
+                    "every input counts, 100 %; corruptions: mean Err), dark bars with inputs of "
+                    "confidence below τ rejected, τ at 99 % TPR (RErr@τ; distal: FPR@τ; "
+                    f"corruptions: Err@τ). Error bars: 95 % Wilson intervals over the {note} "
+                    "attacked images (RErr@τ: over those not rejected).",
+                    lambda p, items=items: bars(items, p)))
+            if hist is not None:
                 hists.append(figs.make(
-                    f"Confidence of {label} ({name})", "Confidence of correctly classified clean "
-                    "test examples against that of successful adversarial examples per threat "
-                    "model; dashed: τ at 99% TPR.", lambda p, r=r, label=label: hist(r, p, title=label),
-                    size="half"))
+                    f"Confidence per model and threat ({name})",
+                    "Rows: models; columns: threat models. Green: confidence of the correctly "
+                    "classified clean images; red: confidence of the adversarial inputs that are "
+                    "misclassified (distal: of every distal input); dashed: τ at 99 % TPR. Each "
+                    "panel is a density histogram on its own y-scale.",
+                    lambda p, items=items: hist(items, p)))
+        for label, r in items:
             if grid is not None and r.get("examples_file"):
                 f = Path(r["examples_file"])
                 ex_path = f if f.is_absolute() else Path(r["_dir"]) / f
                 if ex_path.is_file():
                     grids.append(figs.make(
-                        f"Adversarial examples for {label} ({name})", "Clean test images (top row) "
-                        "and their adversarial versions per threat model (frames and patches "
-                        "included), titled with the predicted class and confidence.",
+                        f"Adversarial examples for {label} ({name})", "Clean test images (top "
+                        "row, titled with the true class) and their adversarial versions per "
+                        "threat model, titled with the predicted class and confidence; red frame: "
+                        "the attack succeeded (misclassified), green: it failed.",
                         lambda p, e=ex_path, label=label: grid(e, p, title=label, max_columns=4),
                         size="third"))
     return [f for f in out + patch_bars + hists + grids if f]
 
 
 def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    from robustlab.report.flatness_plots import METHOD_NAMES
+
     plot = _function("robustlab.report.flatness_plots", "plot_bit_attack")
     out = []
     for name, items in _results_of(runs, "bitattack").items():
+        methods = list(dict.fromkeys(m for _, r in items for m in (r.get("results") or {})))
+        styles = {"attack": "solid", "bfa": "dash-dotted", "random": "dotted"}
+        what = ", ".join(f"{METHOD_NAMES.get(m, m)} ({styles.get(m, 'dashed')})" for m in methods)
         if plot is not None:
             out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model "
-                                 "after adversarial bit flips within the budget (at most one per "
-                                 "weight); line styles: projected attack, BFA, random flips.",
+                                 "(colour) after bit flips within the budget (at most one per "
+                                 f"weight), per method (line style): {what}. Error bars: 95 % "
+                                 f"Wilson intervals over the {_wilson_note(items)} test images.",
                                  lambda p, items=items: plot([r for _, r in items], p,
                                                              labels=[lab for lab, _ in items])))
     return [f for f in out if f]
@@ -259,26 +301,46 @@ def flatness_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str
     out = []
     corr = _function("robustlab.report.flatness_plots", "plot_correlation")
     for name, items in _results_of(runs, "flatness").items():
+        samples = sorted({len(d.get("perturbed_losses") or []) for _, r in items
+                          for d in r.get("details") or []} - {0})
+        xis = sorted({d["xi"] for _, r in items for d in r.get("details") or []})
+        err = (f"Error bars: 95 % t interval of the mean over the {samples[-1]} random "
+               "perturbations." if samples and samples[-1] > 1 else
+               "No error bars: one random perturbation (or a worst case) per model.")
         out.append(figs.make(f"Flatness per model ({name})",
-                             "Increase of the loss under relative weight perturbations "
-                             "‖ν_l‖ ≤ ξ‖w_l‖ (adversarial examples recomputed per perturbed model).",
+                             "Increase of the robust loss under relative weight perturbations "
+                             f"‖ν_l‖ ≤ ξ‖w_l‖, ξ = {', '.join(f'{x:g}' for x in xis)} "
+                             f"(adversarial examples recomputed per perturbed model). {err}",
                              lambda p, items=items: plot_flatness_bars(items, p)))
         with_gap = [r for _, r in items if r.get("gap") is not None]
         if corr is not None and len(with_gap) >= 3:
             labelled = [{**r, "label": lab} for lab, r in items]
             out.append(figs.make(f"Flatness vs robust generalization ({name})",
                                  "Robust test loss and test−train robust loss gap against flatness, "
-                                 "with Kendall τ.",
+                                 "one point per model, with Kendall τ and its two-sided p-value "
+                                 "(few models: a weak test).",
                                  lambda p, labelled=labelled: corr(labelled, p)))
-    land = _function("robustlab.report.flatness_plots", "plot_landscape")
+    from robustlab.report.flatness_plots import plot_landscape, plot_landscapes
+
     for name, items in _results_of(runs, "landscape").items():
+        one_d = [(lab, r) for lab, r in items if r.get("dims") == 1]
+        if one_d:
+            out.append(figs.make(f"Loss landscapes ({name})",
+                                 "Clean (blue) and robust (red) loss along a weight direction "
+                                 "through each model (α: step relative to each filter's norm; "
+                                 "dotted: ±ξ for adversarial directions); one shared y-axis.",
+                                 lambda p, one_d=one_d: plot_landscapes(one_d, p)))
         for label, r in items:
-            if land is not None:
+            if r.get("dims") != 1:
                 out.append(figs.make(f"Loss landscape of {label} ({name})",
-                                     "Clean and robust loss along weight directions.",
-                                     lambda p, r=r: land(r, p)))
+                                     "Clean and robust loss over a 2-D plane of weight directions.",
+                                     lambda p, r=r: plot_landscape(r, p)))
     return [f for f in out if f]
 
+
+SECTION_GROUPS = {"adversarial": ("input attacks",), "biterrors": ("random bit errors",),
+                  "bitattack": ("adversarial bit errors",), "flatness": ("flatness",),
+                  "training": ("training",)}
 
 SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[dict[str, Any]]]]] = [
     ("adversarial", "Input attacks", adversarial_figures),
@@ -293,43 +355,100 @@ SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[di
 # tables
 # ---------------------------------------------------------------------------------------------
 
-_HIGHER_BETTER = ("AUC", "energy saved")
-
-
-def _fmt(metric: str, v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if any(t in metric for t in ("Err", "FPR", "AUC", "energy saved")):
-        return f"{100 * v:.1f}"
-    return f"{v:.3g}"
-
-
-def summary_table(runs: list[dict[str, Any]]) -> str:
-    """Metrics as rows (grouped by capability), models as columns; the best value per row in bold."""
+def summary_table(runs: list[dict[str, Any]], table: rows_mod.Table | None = None) -> str:
+    """Metrics as rows (grouped by capability), models as columns, each cell with its 95 %
+    interval; the best model of a row in bold only where its interval is separated from the
+    runner-up's; rows that cannot discriminate greyed with a note (`rows.build_table`)."""
     if not runs:
         return '<p class="muted">No runs found.</p>'
-    groups: dict[str, list[str]] = {}
-    for r in runs:
-        for g, metrics in r["groups"].items():
-            names = groups.setdefault(g, [])
-            for m in metrics:
-                if m not in names:
-                    names.append(m)
-    head = "".join(f"<th>{_esc(r['label'])}</th>" for r in runs)
-    rows = [f'<table class="summary"><thead><tr><th class="name">metric</th>{head}</tr></thead><tbody>']
-    for g, names in groups.items():
-        rows.append(f'<tr class="group"><td colspan="{len(runs) + 1}">{_esc(g)}</td></tr>')
-        for m in names:
-            vals = [r["groups"].get(g, {}).get(m) for r in runs]
-            finite = [v for v in vals if isinstance(v, (int, float)) and not math.isnan(v)]
-            best = None
-            if len(finite) > 1 and max(finite) != min(finite):
-                best = max(finite) if any(t in m for t in _HIGHER_BETTER) else min(finite)
-            cells = "".join(f'<td{" class=best" if v is not None and v == best else ""}>'
-                            f"{_fmt(m, v)}</td>" for v in vals)
-            rows.append(f'<tr><td class="name">{_esc(m)}</td>{cells}</tr>')
-    rows.append("</tbody></table>")
-    return "\n".join(rows)
+    table = table or rows_mod.build_table(runs)
+    notes = rows_mod.group_settings(table)
+    head = "".join(f"<th>{_esc(m)}</th>" for m in table.models)
+    ncol = len(table.models) + 3
+    out = ['<table class="summary"><thead><tr><th class="name">metric</th><th title="better">'
+           f'↓↑</th><th>n</th>{head}</tr></thead><tbody>']
+    for g in table.groups():
+        note = notes.get(g, "")
+        out.append(f'<tr class="group"><td colspan="{ncol}">{_esc(g)}'
+                   + (f' <span class="setting">{_esc(note)}</span>' if note else "") + "</td></tr>")
+        for r in (r for r in table.rows if r.group == g):
+            cells = []
+            for i in range(len(table.models)):
+                v, iv = rows_mod.cell_text(r, i)
+                cls = ' class="best"' if r.best == i else ""
+                tip = f' title="95 % interval {_esc(iv)}"' if iv else ""
+                cells.append(f'<td{cls}{tip} data-model="{i}"><span class="v">{_esc(v)}</span>'
+                             + (f'<span class="iv">{_esc(iv)}</span>' if iv else "") + "</td>")
+            flat = ' class="flat"' if r.note else ""
+            note_html = f'<span class="rownote">{_esc(r.note)}</span>' if r.note else ""
+            unit = " (%)" if r.unit == "%" else ""
+            out.append(f'<tr{flat} data-key="{_esc(r.key)}"><td class="name" title="key: '
+                       f'{_esc(r.key)}; {_esc(r.setting)}">{_esc(r.label)}{unit}{note_html}</td>'
+                       f'<td class="dir">{rows_mod.ARROW.get(r.better, "")}</td>'
+                       f'<td class="n">{_esc(r.n)}</td>{"".join(cells)}</tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def headline_html(runs: list[dict[str, Any]], table: rows_mod.Table, figs: Figures) -> str:
+    """The story first: clean vs robust error per threat, who is most robust to what at which
+    clean-error cost (only where the intervals say so), the attack evaluation's sanity flags,
+    and the rows that cannot tell the models apart."""
+    rows = headline.headline_rows(table)
+    parts = []
+    fig = None
+    if rows and headline.clean_row(table) is not None:
+        labels = "; ".join(r.label for r in rows)
+        fig = figs.make("Clean error vs robust error", "One point per model and threat: clean test "
+                        "error (x) against the robust error of that threat (y), with 95 % Wilson "
+                        "intervals over the evaluated examples as error bars (random bit errors: "
+                        "over patterns). Filled markers joined by the dashed line form the Pareto "
+                        "front: no other model has both lower clean and lower robust error. "
+                        f"Panels: {labels}.",
+                        lambda p: headline.plot_tradeoff(table, rows, p))
+    if fig:
+        parts.append(f'<div class="figures">{_figure_html(fig)}</div>')
+    story = headline.threat_summary(table, rows)
+    if story:
+        parts.append("<h3>Who is most robust to what</h3><ul class=story>"
+                     + "".join(f"<li>{_esc(t)}</li>" for t in story) + "</ul>")
+    per_model = headline.model_summary(table, rows)
+    if per_model:
+        parts.append("<h3>Per model</h3><ul class=story>"
+                     + "".join(f"<li>{_esc(t)}</li>" for t in per_model) + "</ul>")
+    flags, checked = headline.sanity_flags(runs)
+    parts.append("<h3>Sanity checks of the attack evaluation</h3>")
+    if flags:
+        body = "".join(f"<tr><td>{_esc(f['model'])}</td><td>{_esc(f['result'])}"
+                       f"{' / ' + _esc(f['threat']) if f['threat'] else ''}</td>"
+                       f"<td><b>{_esc(f['name'])}</b></td><td>{_esc(f['message'])}</td>"
+                       f"<td><code>{_esc(json.dumps(f['numbers'])) if f['numbers'] is not None else ''}"
+                       "</code></td></tr>" for f in flags)
+        parts.append(f'<p class="note">{len(flags)} sanity flag(s) raised: the robust errors they '
+                     "concern may be overestimates of robustness.</p><table class=flags><thead><tr>"
+                     "<th>model</th><th>result</th><th>flag</th><th>message</th><th>numbers</th>"
+                     f"</tr></thead><tbody>{body}</tbody></table>")
+    elif checked:
+        parts.append(f"<p>No sanity flag raised in {checked} adversarial result(s).</p>")
+    else:
+        parts.append('<p class="muted">Not recorded: these adversarial results predate the '
+                     "evaluation's sanity checks (or no adversarial evaluation was run).</p>")
+    contrib = headline.attack_contributions(runs)
+    if contrib:
+        parts.append("<details><summary>What each attack of the suite added (examples it "
+                     "newly misclassified, per model and threat)</summary><table class=flags>"
+                     "<thead><tr><th>model</th><th>result / threat</th><th>added</th></tr></thead>"
+                     "<tbody>" + "".join(f"<tr><td>{_esc(m)}</td><td>{_esc(res)} / {_esc(t)}</td>"
+                                         f"<td>{_esc(text)}</td></tr>"
+                                         for m, res, t, text in contrib)
+                     + "</tbody></table></details>")
+    flat = [r for r in table.rows if r.note]
+    if flat:
+        parts.append("<h3>Rows that cannot discriminate</h3><p class=muted>Greyed in the summary "
+                     "table: every model at 0 % or 100 %, or every 95 % interval sharing a point. "
+                     "Their differences are noise at these sample sizes.</p><ul class=story>"
+                     + "".join(f"<li>{_esc(r.label)}: {_esc(r.note)}</li>" for r in flat) + "</ul>")
+    return "\n".join(parts)
 
 
 def findings_html(table_json: dict[str, Any]) -> str:
@@ -430,17 +549,23 @@ def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, di
         raise UserError(f"report: no runs under {root} (a run is a folder with model.json)")
     title = title or (plan or {}).get("title") or f"robustlab report: {root.name}"
     data = sorted({f"{(r['meta'].get('data') or {}).get('name', '?')}" for r in runs})
-    sections_html, nav = [], [("summary", "Summary")]
+    table = rows_mod.build_table(runs)
+    settings = rows_mod.group_settings(table)
+    sections_html, nav = [], [("headline", "Headline"), ("summary", "Summary")]
     with tempfile.TemporaryDirectory(prefix="robustlab-report-") as tmp:
         figs = Figures(Path(tmp))
+        head_html = headline_html(runs, table, figs)
         for key, name, build in SECTIONS:
             made = build(runs, figs)
             if not made:
                 continue
             nav.append((key, name))
-            sections_html.append(f'<section id="{key}"><h2>{_esc(name)}</h2><div class="figures">'
+            note = "; ".join(v for g, v in settings.items() if g in SECTION_GROUPS.get(key, ()))
+            note_html = f'<p class="setting-note">Settings: {_esc(note)}</p>' if note else ""
+            sections_html.append(f'<section id="{key}"><h2>{_esc(name)}</h2>{note_html}'
+                                 '<div class="figures">'
                                  + "".join(_figure_html(f) for f in made) + "</div></section>")
-        n_figs = sum(s.count("<figure ") for s in sections_html)
+        n_figs = sum(s.count("<figure ") for s in sections_html) + head_html.count("<figure ")
     skipped = [s for s in ((plan or {}).get("steps") or {}).values() if s.get("status") == "skipped"]
     notes = ""
     if skipped:
@@ -457,10 +582,13 @@ def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, di
             f'generated {_esc(time.strftime("%Y-%m-%d %H:%M"))} from {_esc(root)}</p></header>',
             "<nav>" + "".join(f'<a href="#{k}">{_esc(n)}</a>' for k, n in nav) + "</nav>", "<main>",
             notes,
-            '<section id="summary"><h2>Summary</h2><p class="muted">Errors in %, lower is better '
-            "(the best model per row in bold). RErr: robust error (wrong clean or after the attack); "
-            "@99%: with inputs of confidence below τ rejected, τ at 99% true positive rate; "
-            "p: random bit error rate.</p>" + summary_table(runs) + "</section>"]
+            f'<section id="headline"><h2>Headline</h2>{head_html}</section>',
+            '<section id="summary"><h2>Summary</h2><p class="muted">'
+            + _esc(rows_mod.LEGEND) + " Hover a cell for its interval, a metric for its key and "
+            "settings. RErr: robust error (wrong clean or after the attack); @99%: inputs of "
+            "confidence below τ rejected, τ at 99% true positive rate on held-out clean images; "
+            "p: random bit error rate. Greyed rows cannot discriminate between the models.</p>"
+            + summary_table(runs, table) + "</section>"]
     if findings:
         body.append(f'<section id="findings"><h2>Findings</h2>{findings}</section>')
     body += sections_html

@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robustlab.io import read_json
+from robustlab.report import stats
 
 log = logging.getLogger("robustlab.report")
 
@@ -81,97 +83,317 @@ def kind_of(name: str, r: dict[str, Any]) -> str:
     return "other"
 
 
-def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
-    """Named scalar metrics of one result (see the module docstring); a malformed result gives {}."""
+@dataclass
+class Metric:
+    """One number of one result with what it is: its 95 % interval (`lo`, `hi`, None when the
+    data allow none) over `n` `over` (examples, patterns, samples), a display `label` that names
+    the threat and radius, the better direction, the unit ("%" for rates, "" otherwise) and the
+    settings that produced it."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+    over: str = "examples"
+    label: str = ""
+    better: str = "lower"
+    unit: str = "%"
+    setting: str = ""
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return None if self.lo is None or self.hi is None else (self.lo, self.hi)
+
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+
+
+def _plural(k: Any, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
+
+
+def _g(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _rate(value: float, n: Any, *, label: str, setting: str = "", better: str = "lower",
+          k: int | None = None, over: str = "examples") -> Metric:
+    """A proportion with its Wilson interval over n (no interval when n is unknown)."""
+    n_i = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 else None
+    lo = hi = None
+    if n_i is not None and not math.isnan(value):
+        kk = k if k is not None else min(n_i, max(0, round(value * n_i)))
+        lo, hi = stats.wilson(kk, n_i)
+    return Metric(float(value), lo, hi, n_i, over if n_i else "", label, better, "%", setting)
+
+
+def _mean_over(value: float, values: list[float] | None, std: float | None, k: int | None, *,
+               label: str, over: str, unit: str = "%", setting: str = "",
+               fallback_n: Any = None) -> Metric:
+    """A mean over k patterns/samples with its t interval; for rates never narrower than the
+    Wilson interval over `fallback_n` examples (which is the interval with a single pattern)."""
+    iv = stats.mean_interval(values) if values else None
+    if iv is None and isinstance(k, int) and std is not None:
+        iv = stats.mean_interval_from_std(value, std, k)
+    if iv is not None:
+        lo, hi = iv
+        if unit == "%":
+            w = _rate(value, fallback_n, label=label).interval if fallback_n else None
+            if w is not None:
+                lo, hi = min(lo, w[0]), max(hi, w[1])
+            lo, hi = max(0.0, lo), min(1.0, hi)
+        return Metric(float(value), lo, hi, k if isinstance(k, int) else len(values or []), over,
+                      label, "lower", unit, setting)
+    if unit == "%" and fallback_n:
+        return _rate(value, fallback_n, label=label, setting=setting)
+    return Metric(float(value), None, None, k if isinstance(k, int) else None, over if k else "",
+                  label, "lower", unit, setting)
+
+
+def threat_label(key: str, t: dict[str, Any]) -> str:
+    """'L∞ ε=0.1', 'frames w=2', 'patch 7×7', 'distal ε=0.3', 'corruptions (2 × 1 severity)'."""
+    threat = t.get("threat", key)
+    if threat in NORM_NAMES:
+        text = NORM_NAMES[threat] + (f" ε={_g(t['eps'])}" if _num(t.get("eps")) is not None else "")
+    elif threat == "frames":
+        text = "frames" + (f" w={t['width']}" if t.get("width") is not None else "")
+    elif threat == "patch":
+        size = t.get("size")
+        text = "patch" + (f" {size[0]}×{size[1]}" if isinstance(size, list) and len(size) == 2 else "")
+    elif threat == "distal":
+        text = "distal" + (f" ε={_g(t['eps'])}" if _num(t.get("eps")) is not None else "")
+    elif threat == "corrupt":
+        names = {c.split("/")[0] for c in t.get("corruptions") or {}}
+        text = f"corruptions ({_plural(len(names), 'kind')})" if names else "corruptions"
+    else:
+        text = str(threat)
+    return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
+
+
+def _rerr_at_count(t: dict[str, Any], clean: dict[str, Any], tau: float, rate: float
+                   ) -> tuple[int, int] | None:
+    """(errors, non-rejected) behind RErr@τ, recounted from the per-example confidences."""
+    c, cw = clean.get("conf"), clean.get("wrong")
+    a, aw = t.get("adv_conf"), t.get("adv_wrong")
+    if not (isinstance(c, list) and isinstance(cw, list) and isinstance(a, list)
+            and isinstance(aw, list)) or len(a) > len(c):
+        return None
+    m = len(a)
+    d = sum(1 for i in range(m) if c[i] >= tau or a[i] >= tau)
+    for dd in (d, d - 1, d + 1, d - 2, d + 2):
+        if dd > 0 and abs(rate * dd - round(rate * dd)) < 1e-6:
+            return round(rate * dd), dd
+    return None
+
+
+def _auc_metric(t: dict[str, Any], clean: dict[str, Any], label: str, setting: str) -> Metric:
+    auc = float(t["auc"])
+    cw, aw = clean.get("wrong"), t.get("adv_wrong")
+    iv = None
+    if isinstance(cw, list) and isinstance(aw, list) and len(aw) <= len(cw):
+        pos = sum(1 for w in cw[:len(aw)] if not w)
+        neg = sum(1 for w, c in zip(aw, cw) if w and not c)
+        iv = stats.auc_interval(auc, pos, neg)
+    lo, hi = iv if iv else (None, None)
+    return Metric(auc, lo, hi, len(aw) if iv and isinstance(aw, list) else None,
+                  "examples" if iv else "", label, "higher", "", setting)
+
+
+def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> str:
+    """'n=200 attacked, τ from 200 held-out; ce/zero×1 + conf/zero×1, 7 steps, 1 restart'."""
+    cfg = r.get("config") or {}
+    parts = []
+    n = (t or {}).get("n", cfg.get("n"))
+    if n is not None:
+        parts.append(f"n={n}" + (f", τ from {cfg['holdout']} held-out" if cfg.get("holdout") else ""))
+    attacks = (t or {}).get("attacks")
+    if attacks:
+        parts.append(" + ".join(str(a) for a in attacks))
+    steps = cfg.get("patch_steps") if (t or {}).get("threat") == "patch" else cfg.get("steps")
+    if steps is not None:
+        parts.append(_plural(steps, "step"))
+    if cfg.get("restarts") is not None:
+        parts.append(_plural(cfg["restarts"], "restart"))
+    return ", ".join(parts)
+
+
+def result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
+    """Named metrics of one result with intervals and labels; a malformed result gives {}."""
     try:
-        return _result_metrics(name, r)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return _result_values(name, r)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:
         log.warning("result %s: cannot read its metrics (%s: %s)", name, type(e).__name__, e)
         return {}
 
 
-def _result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
+def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
+    """Named scalar metrics of one result (see the module docstring); a malformed result gives {}."""
+    return {k: m.value for k, m in result_values(name, r).items()}
+
+
+def _result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
     kind = kind_of(name, r)
-    out: dict[str, float] = {}
+    out: dict[str, Metric] = {}
     pre = "" if name in DEFAULT_NAMES.get(kind, ()) else f"{name}/"
     if kind == "clean":
         if _num(r.get("err")) is not None:
-            out[f"{pre}Err"] = float(r["err"])
+            out[f"{pre}Err"] = _rate(r["err"], r.get("n"), label=f"{pre}Err clean",
+                                     setting=f"n={r.get('n', '?')} test images")
     elif kind == "patches":
+        n = r.get("n")
+        cfg = r.get("config") or {}
+        setting = ", ".join(p for p in (f"n={n}" if n is not None else "",
+                                        _plural(cfg["steps"], "step") if cfg.get("steps") is not None
+                                        else "",
+                                        _plural(cfg["restarts"], "restart") if cfg.get("restarts")
+                                        else "")
+                            if p)
         for loc, v in (r.get("locations") or {}).items():
             if _num(v.get("rerr")) is not None:
-                out[f"{pre}RErr patch {loc}"] = v["rerr"]
+                out[f"{pre}RErr patch {loc}"] = _rate(v["rerr"], n, label=f"{pre}RErr patch, {loc} "
+                                                      "location", setting=setting)
         if _num((r.get("clean") or {}).get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = r["clean"]["err"]
+            out[f"{pre}Err (attacked split)"] = _rate(r["clean"]["err"], n,
+                                                      label=f"{pre}Err (attacked split)")
     elif kind == "adversarial":
-        taus = list((r.get("clean") or {}).get("tau") or {})
+        clean = r.get("clean") or {}
+        taus = list(clean.get("tau") or {})
+        n_cfg = (r.get("config") or {}).get("n")
         for key, t in (r.get("threats") or {}).items():
             threat = t.get("threat", key)
             label = f"{pre}{key}"
+            tl = f"{pre}{threat_label(key, t)}"
+            setting = adversarial_setting(r, t)
+            n = t.get("n", n_cfg)
             ats = {k: v for k, v in (t.get("at") or {}).items() if not taus or k == taus[0]}
             if threat == "distal":
                 for tk, a in ats.items():
                     if _num(a.get("fpr")) is not None:
-                        out[f"FPR@{_tau_label(tk)} {label}"] = a["fpr"]
+                        out[f"FPR@{_tau_label(tk)} {label}"] = _rate(
+                            a["fpr"], n, label=f"FPR@{_tau_label(tk)} {tl}", setting=setting)
             elif threat == "corrupt":
+                count = max(1, len(t.get("corruptions") or {}))
+                nn = n * count if isinstance(n, int) else None
                 if _num(t.get("mean_err")) is not None:
-                    out[f"Err {label}"] = t["mean_err"]
+                    out[f"Err {label}"] = _rate(t["mean_err"], nn, label=f"Err {tl}",
+                                                setting=f"n={n} × {count} corruption(s)")
                 for tk, a in ats.items():
                     if _num(a.get("err")) is not None:
-                        out[f"Err@{_tau_label(tk)} {label}"] = a["err"]
+                        out[f"Err@{_tau_label(tk)} {label}"] = _rate(
+                            a["err"], nn, label=f"Err@{_tau_label(tk)} {tl}",
+                            setting=f"n={n} × {count} corruption(s)")
             else:
                 if _num(t.get("rerr")) is not None:
-                    out[f"RErr {label}"] = t["rerr"]
+                    out[f"RErr {label}"] = _rate(t["rerr"], n, label=f"RErr {tl}", setting=setting)
                 for tk, a in ats.items():
                     if _num(a.get("rerr")) is not None:
-                        out[f"RErr@{_tau_label(tk)} {label}"] = a["rerr"]
+                        tau = a.get("tau", (clean.get("tau") or {}).get(tk))
+                        kd = _rerr_at_count(t, clean, tau, a["rerr"]) if _num(tau) is not None else None
+                        out[f"RErr@{_tau_label(tk)} {label}"] = _rate(
+                            a["rerr"], kd[1] if kd else n, k=kd[0] if kd else None,
+                            label=f"RErr@{_tau_label(tk)} {tl}", setting=setting)
                     if _num(a.get("fpr")) is not None:
-                        out[f"FPR@{_tau_label(tk)} {label}"] = a["fpr"]
+                        out[f"FPR@{_tau_label(tk)} {label}"] = _rate(
+                            a["fpr"], n, label=f"FPR@{_tau_label(tk)} {tl}", setting=setting)
                 if _num(t.get("auc")) is not None:
-                    out[f"AUC {label}"] = t["auc"]
-        clean = r.get("clean") or {}
+                    out[f"AUC {label}"] = _auc_metric(t, clean, f"ROC AUC {tl}", setting)
         if _num(clean.get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = clean["err"]
+            out[f"{pre}Err (attacked split)"] = _rate(clean["err"], n_cfg,
+                                                      label=f"{pre}Err (attacked split)")
     elif kind == "biterrors":
+        n, k = r.get("n_test"), r.get("patterns")
+        bits = (r.get("scheme") or {}).get("bits")
+        qname = f"{bits}-bit" if bits else "quantized"
+        setting = f"{k} patterns × n={n}" if k is not None else f"n={n}"
         if _num(r.get("clean_err")) is not None:
-            out[f"{pre}Err q"] = r["clean_err"]
-        for p, m in zip(r.get("rates") or [], (r.get("rerr") or {}).get("mean") or []):
-            out[f"{pre}RErr p={rate_label(p)}"] = m
+            out[f"{pre}Err q"] = _rate(r["clean_err"], n, label=f"{pre}Err {qname} (no bit errors)",
+                                       setting=f"n={n}")
+        rerr = r.get("rerr") or {}
+        values = rerr.get("values")
+        for i, (p, m) in enumerate(zip(r.get("rates") or [], rerr.get("mean") or [])):
+            col = [row[i] for row in values] if isinstance(values, list) and values else None
+            std = (rerr.get("std") or [None] * (i + 1))[i]
+            out[f"{pre}RErr p={rate_label(p)}"] = _mean_over(
+                m, col, std, k, label=f"{pre}RErr bit errors p={rate_label(p)}", over="patterns",
+                setting=setting, fallback_n=n)
     elif kind == "bitattack":
+        n = r.get("n_test")
+        cfg = r.get("config") or {}
         for method, res in (r.get("results") or {}).items():
+            if not isinstance(res, dict):
+                continue
             suffix = "" if method == "attack" else f" ({method})"
+            kk = cfg.get("random_patterns") if method == "random" else 1
+            nn = n * kk if isinstance(n, int) and isinstance(kk, int) else n
+            what = {"attack": "projected attack", "bfa": "BFA", "random": "random flips"}.get(
+                method, str(method))
+            setting = f"n={n}" + (f" × {kk} patterns" if method == "random" and kk else "") + \
+                (f", {r.get('n_attack')} attacked, {_plural(cfg.get('steps'), 'step')}"
+                 if method != "random" and r.get("n_attack") else "")
             for b, v in zip(res.get("budget") or r.get("budgets") or [], res.get("rerr") or []):
                 if _num(v) is not None:
-                    out[f"{pre}RErr {b} bits{suffix}"] = v
+                    out[f"{pre}RErr {b} bits{suffix}"] = _rate(
+                        v, nn, label=f"{pre}RErr {b} flipped bits, {what}", setting=setting)
     elif kind == "flatness":
         variant = "" if r.get("variant", "robust") == "robust" else f"{r['variant']} "
+        att = r.get("attack") or {}
+        on = (f"{NORM_NAMES.get(att.get('norm'), att.get('norm'))} ε={_g(att['eps'])}"
+              if att.get("eps") is not None else "")
+        setting = ", ".join(s for s in (f"n={r.get('n')}", f"PGD {on}, {_plural(att.get('steps'), 'step')}"
+                                        if on else "") if s)
         for d in r.get("details") or []:
             if _num(d.get("flatness")) is not None:
-                out[f"{pre}{variant}{r['flatness_kind']} flatness ξ={d['xi']:g}"] = d["flatness"]
+                base = _num(d.get("loss"))
+                losses = d.get("perturbed_losses")
+                diffs = ([x - base for x in losses] if base is not None and isinstance(losses, list)
+                         else None)
+                key = f"{pre}{variant}{r['flatness_kind']} flatness ξ={d['xi']:g}"
+                samples = len(losses) if isinstance(losses, list) else None
+                m = _mean_over(d["flatness"], diffs, None, samples, unit="",
+                               label=f"{pre}{variant}{r['flatness_kind']}-case flatness ξ={d['xi']:g}"
+                               + (f" ({variant or 'robust '}loss, {on})" if on else ""),
+                               over="samples", setting=setting)
+                out[key] = m
         if _num(r.get("loss")) is not None:
-            out[f"{pre}{variant or 'robust '}loss"] = r["loss"]
+            out[f"{pre}{variant or 'robust '}loss"] = Metric(
+                float(r["loss"]), label=f"{pre}{variant or 'robust '}test loss" + (f" ({on})" if on else ""),
+                unit="", over="", n=None, setting=setting)
         if _num(r.get("gap")) is not None:
-            out[f"{pre}{variant or 'robust '}loss gap"] = r["gap"]
+            out[f"{pre}{variant or 'robust '}loss gap"] = Metric(
+                float(r["gap"]), label=f"{pre}{variant or 'robust '}loss gap test − train", unit="",
+                over="", setting=setting)
     elif kind == "energy":
         if _num(r.get("energy_saved")) is not None:
-            out["energy saved"] = r["energy_saved"]
+            out["energy saved"] = Metric(float(r["energy_saved"]), label="energy saved",
+                                         better="higher", over="", setting=f"tolerance "
+                                         f"{_g(100 * r.get('tolerance', math.nan))} points")
     return out
 
 
-def history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    out: dict[str, float] = {}
+def history_values(history: list[dict[str, Any]]) -> dict[str, Metric]:
+    """Training metrics of a per-epoch history: last train error, best/last robust held-out error
+    (no intervals: the history does not record on how many examples)."""
+    out: dict[str, Metric] = {}
     if not history:
         return out
     last = history[-1]
     if _num(last.get("train_err")) is not None:
-        out["train Err"] = last["train_err"]
+        out["train Err"] = Metric(float(last["train_err"]), label="train Err (last epoch)", over="",
+                                  setting=f"{len(history)} epochs")
     for prefix in ("val_", "test_"):
         key = f"{prefix}robust_err"
         vals = [h[key] for h in history if _num(h.get(key)) is not None and not math.isnan(h[key])]
         if vals:
-            out[f"best {prefix[:-1]} RErr"] = min(vals)
-            out[f"last {prefix[:-1]} RErr"] = vals[-1]
+            split = "held-out" if prefix == "val_" else "test"
+            out[f"best {prefix[:-1]} RErr"] = Metric(float(min(vals)), over="",
+                                                     label=f"best {split} RErr (over epochs)")
+            out[f"last {prefix[:-1]} RErr"] = Metric(float(vals[-1]), over="",
+                                                     label=f"last {split} RErr (last epoch)")
     return out
+
+
+def history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: m.value for k, m in history_values(history).items()}
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -209,27 +431,39 @@ GROUPS = {"clean": "clean", "adversarial": "input attacks", "patches": "input at
           "bitattack": "adversarial bit errors", "flatness": "flatness", "training": "training"}
 
 
-def run_metric_groups(run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """A run's metrics grouped by capability (`GROUPS` values), clean error first."""
-    results = read_results(run_dir)
+def value_groups(results: dict[str, dict[str, Any]], history: list[dict[str, Any]]
+                 ) -> dict[str, dict[str, Metric]]:
+    """Metrics of one run's results and history grouped by capability (`GROUPS` values), clean
+    error first. Without a clean result, the adversarial suite's attacked split gives `Err`."""
     order = list(GROUPS)
-    groups: dict[str, dict[str, float]] = {}
+    groups: dict[str, dict[str, Metric]] = {}
     items = sorted(results.items(), key=lambda kv: (order.index(kind_of(*kv))
                                                     if kind_of(*kv) in order else 99, kv[0]))
     for name, r in items:
         g = GROUPS.get(kind_of(name, r), "other")
-        for k, v in result_metrics(name, r).items():
+        for k, v in result_values(name, r).items():
             if k.endswith("Err (attacked split)"):
                 if k == "Err (attacked split)" and "Err" not in groups.get("clean", {}):
+                    v.label = "Err clean (attacked split)"
                     groups.setdefault("clean", {})["Err"] = v
                 continue
             groups.setdefault(g, {}).setdefault(k, v)
-    hist = history_metrics(read_history(run_dir))
+    hist = history_values(history)
     if hist:
         groups.setdefault("training", {}).update(hist)
     ordered = {g: groups[g] for g in dict.fromkeys(GROUPS.values()) if g in groups}
     ordered.update({g: v for g, v in groups.items() if g not in ordered})
     return ordered
+
+
+def run_value_groups(run_dir: str | Path) -> dict[str, dict[str, Metric]]:
+    """`value_groups` of the run in `run_dir`."""
+    return value_groups(read_results(run_dir), read_history(run_dir))
+
+
+def run_metric_groups(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """A run's metrics grouped by capability (`GROUPS` values), clean error first."""
+    return {g: {k: m.value for k, m in ms.items()} for g, ms in run_value_groups(run_dir).items()}
 
 
 def run_metrics(run_dir: str | Path) -> dict[str, float]:
@@ -244,7 +478,8 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
 def find_runs(root: str | Path) -> list[Path]:
     """Run directories (holding `model.json`) under `root`, `root` itself included, sorted."""
     root = Path(root)
-    found = [p.parent for p in root.rglob("model.json")]
+    found = [p.parent for p in root.rglob("model.json")  # not in hidden folders (.replaced/)
+             if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
     return sorted(set(found), key=lambda p: str(p))
 
 
@@ -258,18 +493,49 @@ def run_label(run_dir: Path, root: Path, meta: dict[str, Any] | None = None) -> 
         return run_dir.name
 
 
+def _plan_order(root: Path) -> list[str]:
+    try:
+        plan = read_json(root / "plan.json") if (root / "plan.json").is_file() else {}
+    except (OSError, ValueError):
+        plan = {}
+    return list((plan.get("runs") if isinstance(plan, dict) else None) or {})
+
+
+def collect_paths(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """`collect` over several folders or runs, in the given order (each folder's runs in its
+    preset's order); a run reached twice is kept once. Run names are relative to the folder,
+    prefixed with the folder's name when several folders are given."""
+    out, seen = [], set()
+    for p in paths:
+        for r in collect(p):
+            key = Path(r["path"]).resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(paths) > 1 and Path(p).resolve() != key:
+                r["name"] = f"{Path(p).name}/{r['name']}"
+            out.append(r)
+    return out
+
+
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """Every run under `root`: path, label, meta, history, results, config text and metrics."""
+    """Every run under `root` (in the order of `root/plan.json` when a preset made them, else by
+    path): path, name, label, meta, history, results, config text and metrics (`values`: grouped
+    `Metric`s; `groups`: the same as plain numbers)."""
     root = Path(root)
     runs = []
     for d in find_runs(root):
-        try:
-            meta = read_json(d / "model.json")
-        except (OSError, ValueError):
-            meta = {}
+        from robustlab.checkpoint import read_meta
+
+        meta = read_meta(d)  # schema-checked: a malformed model.json is a one-line error
         config = (d / "config.yaml").read_text(encoding="utf-8") if (d / "config.yaml").is_file() else ""
+        history, results = read_history(d), read_results(d)
+        values = value_groups(results, history)
         runs.append({"path": d, "name": str(d.relative_to(root)) if d != root else d.name,
                      "label": run_label(d, root, meta), "meta": meta,
-                     "history": read_history(d), "results": read_results(d), "config": config,
-                     "groups": run_metric_groups(d)})
+                     "history": history, "results": results, "config": config,
+                     "values": values,
+                     "groups": {g: {k: m.value for k, m in ms.items()} for g, ms in values.items()}})
+    order = _plan_order(root)
+    runs.sort(key=lambda r: (order.index(r["name"]) if r["name"] in order else len(order), r["name"]))
     return runs

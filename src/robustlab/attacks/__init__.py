@@ -26,6 +26,7 @@ from robustlab.attacks.distal import Distal, distal
 from robustlab.attacks.frames import Frames, frame_mask, frames
 from robustlab.attacks.patches import LOCATIONS, Patch, allowed_corners, patch_attack, place
 from robustlab.attacks.pgd import INITS, OBJECTIVES, PGD, lp_norm, pgd, project, project_l0, project_l1
+from robustlab.attacks.square import Square, square
 from robustlab.attacks.threat import NORMS, THREATS, Threat, default_eps
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "AttackResult", "Distal", "Frames", "Patch", "Threat", "allowed_corners", "apgd",
     "check_bounds", "confidence", "corrupt", "eval_mode", "target_key",
     "default_eps", "distal", "evaluate_logits", "frame_mask", "frames", "lp_norm", "patch_attack",
-    "pgd", "place", "project", "project_l0", "project_l1", "worst_case", "worst_case_key",
+    "pgd", "place", "project", "project_l0", "project_l1", "square", "Square", "worst_case",
+    "worst_case_key",
     "wrong_confidence",
 ]

@@ -1,0 +1,277 @@
+"""Square attack (Andriushchenko et al., ECCV 2020): score-based random search, L∞ and L2 (spec §3a).
+
+Gradient-free: it only queries the model's logits, so it is the check against gradient masking.
+Per example it keeps a current perturbation and proposes a change confined to a random square
+window; the proposal is accepted when it lowers the margin loss z_y − max_{k≠y} z_k.
+
+- The side of the square is s = round(√(p·H·W)) (at least 1, at most min(H, W) − 1), where the
+  fraction p starts at `p_init` (0.8) and is halved at the paper's iterations 10, 50, 200, 500,
+  1000, 2000, 4000, 6000 and 8000 of 10 000, rescaled to the number of queries (`p_schedule`).
+- L∞: the start is vertical stripes x + ε·ρ (ρ = ±1 per column and channel); a proposal sets
+  the window to ±ε (one random sign per channel).
+- L2: the start is a grid of bump patterns (1/(d + 1)², d the distance from the block's centre in
+  the max norm) with random signs, scaled to ‖δ‖₂ = ε; a proposal takes two random windows W1,
+  W2, zeroes δ on W2 \\ W1 and adds a bump with random per-channel signs to W1, scaled so that
+  ‖δ‖₂ = ε again (the mass freed on W2 moves to W1).
+- Every proposal is clipped to the box `bounds`, which only shrinks |δ|, so it stays in the ball.
+
+One query is the start, each further query one proposal. Random numbers are drawn for every
+example at every iteration (then indexed), and the model sees blocks of a fixed number of rows,
+so per-example results do not depend on which examples still run. The best iterate per example
+is kept by the worst-case key (spec §2), like every attack of the engine.
+
+Early exit: with `early_stop=c` an example stops once misclassified with wrong-class confidence
+≥ c; its verdict at every τ ≤ c is the one a run without early exit gives (which keeps searching
+and can only rank higher). With `early_stop=None` every example uses all queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from robustlab.attacks.base import AttackResult, Model, check_bounds, eval_mode, merge_into
+from robustlab.attacks.pgd import (
+    Bounds,
+    EngineCfg,
+    Labels,
+    _bview,
+    block_rows,
+    eval_rows,
+    int_labels,
+    iterate_key,
+    keep_best,
+    pending,
+    stop_test,
+)
+from robustlab.attacks.threat import default_eps
+from robustlab.errors import UserError
+
+SQUARE_NORMS = ("linf", "l2")
+_HALVE_AT = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10 000 iterations
+
+
+def p_schedule(iteration: int, queries: int, p_init: float = 0.8) -> float:
+    """The fraction p at `iteration` (0-based) of a run with `queries` queries.
+
+    The paper halves p at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of a
+    10 000-query run; other budgets rescale the iteration to that run (i·10 000/queries).
+    """
+    i = int(iteration * 10000 / max(queries, 1))
+    return p_init / 2 ** sum(i > b for b in _HALVE_AT)
+
+
+def square_side(p: float, h: int, w: int) -> int:
+    return int(min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1)))
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{k≠y} z_k − z_y: the negative margin, maximized (> 0 means misclassified)."""
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    return logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1) - z_y
+
+
+def _uniform_int(high: int, n: int, generator: torch.Generator, device: torch.device
+                 ) -> torch.Tensor:
+    return torch.randint(high, (n,), generator=generator, device=generator.device).to(device)
+
+
+def _signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    r = torch.randint(0, 2, shape, generator=generator, device=generator.device)
+    return (2 * r - 1).to(device=like.device, dtype=like.dtype)
+
+
+def _window(n: int, h: int, w: int, s: int, generator: torch.Generator, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random s×s window per example: (row, col) corners and the N×1×H×W 0/1 mask."""
+    r = _uniform_int(h - s + 1, n, generator, device)
+    c = _uniform_int(w - s + 1, n, generator, device)
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    in_r = (rows >= r[:, None]) & (rows < r[:, None] + s)
+    in_c = (cols >= c[:, None]) & (cols < c[:, None] + s)
+    return r, c, (in_r[:, :, None] & in_c[:, None, :])[:, None]
+
+
+def _bump(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """s×s pattern 1/(d + 1)², d the max-norm distance from the centre, unit L2 norm."""
+    i = torch.arange(s, device=device, dtype=dtype)
+    c = (s - 1) / 2
+    d = torch.maximum((i[:, None] - c).abs(), (i[None, :] - c).abs()).floor()
+    eta = 1.0 / (d + 1) ** 2
+    return eta / eta.norm()
+
+
+def _place_bump(r: torch.Tensor, c: torch.Tensor, s: int, signs: torch.Tensor,
+                shape: tuple[int, ...]) -> torch.Tensor:
+    """The bump of side s at corners (r, c), times per-channel `signs` (N×C), as N×C×H×W."""
+    n, ch, h, w = shape
+    bump = _bump(s, signs.device, signs.dtype)
+    full = torch.zeros(n, h + s, w + s, device=signs.device, dtype=signs.dtype)
+    rows = (r[:, None] + torch.arange(s, device=r.device)[None, :])  # N×s
+    cols = (c[:, None] + torch.arange(s, device=c.device)[None, :])
+    full[torch.arange(n, device=r.device)[:, None, None], rows[:, :, None], cols[:, None, :]] = bump
+    return full[:, None, :h, :w] * signs[:, :, None, None]
+
+
+def _init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator) -> torch.Tensor:
+    n, ch, h, w = x.shape
+    if norm == "linf":
+        return eps * _signs((n, ch, 1, w), generator, x).expand(n, ch, h, w)
+    b = max(1, round(min(h, w) / 5))
+    delta = torch.zeros_like(x)
+    for i in range(0, h, b):
+        for j in range(0, w, b):
+            sh, sw = min(b, h - i), min(b, w - j)
+            s = min(sh, sw)
+            pat = _bump(s, x.device, x.dtype)
+            sg = _signs((n, ch), generator, x)
+            delta[:, :, i:i + s, j:j + s] = pat[None, None] * sg[:, :, None, None]
+    return delta * _bview(eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
+
+
+def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int,
+             generator: torch.Generator) -> torch.Tensor:
+    """A proposal δ' for every example (before the box clip)."""
+    n, ch, h, w = x.shape
+    if norm == "linf":
+        _, _, m = _window(n, h, w, s, generator, x.device)
+        vals = eps * _signs((n, ch), generator, x)[:, :, None, None]
+        return torch.where(m, vals.expand_as(delta), delta)
+    r1, c1, m1 = _window(n, h, w, s, generator, x.device)
+    _, _, m2 = _window(n, h, w, s, generator, x.device)
+    sg = _signs((n, ch), generator, x)
+    u = _place_bump(r1, c1, s, sg, tuple(x.shape))
+    u = u / _bview(u.flatten(1).norm(dim=1).clamp(min=1e-12), u)
+    union = (m1 | m2).expand_as(delta)
+    outside = torch.where(union, torch.zeros_like(delta), delta)
+    budget = (eps ** 2 - outside.flatten(1).pow(2).sum(1)).clamp(min=0)
+    d1 = torch.where(m1.expand_as(delta), delta, torch.zeros_like(delta))
+    a = (d1 * u).flatten(1).sum(1)
+    q = d1.flatten(1).pow(2).sum(1)
+    coef = -a + (a * a - q + budget).clamp(min=0).sqrt()
+    return outside + d1 + _bview(coef, u) * u
+
+
+def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
+           eps: float | None = None, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
+           generator: torch.Generator | None = None, early_stop: float | None = None,
+           bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+    """Square attack on `model` at `x` (labels `y`) in the `norm` ball of `eps` (L∞ or L2).
+
+    `queries` model evaluations per example and restart (the start counts as one); random numbers
+    from `generator` (default seeded 0). Returns the per-example worst case (spec §2 key) with
+    float32 logits at `x_adv`; `info["queries"]` is the number of queries each example used in its
+    last run, `info["restart"]` which restart produced its result. An `nn.Module` runs in eval mode.
+
+    Example:
+        >>> res = square(model, x, y, norm="linf", eps=0.1, queries=1000)  # doctest: +SKIP
+    """
+    if norm not in SQUARE_NORMS:
+        raise UserError(f"Square norm {norm!r} is not supported; choose one of "
+                        f"{', '.join(SQUARE_NORMS)}")
+    if x.ndim != 4:
+        raise UserError(f"Square needs images N×C×H×W; got inputs of shape {tuple(x.shape)}")
+    if eps is None:
+        eps = default_eps(norm, tuple(x.shape[1:]))
+    if not eps >= 0 or math.isinf(eps):
+        raise UserError(f"eps {eps} is invalid; it must be a finite number ≥ 0")
+    if queries < 1:
+        raise UserError(f"queries {queries} is invalid; it must be an integer ≥ 1")
+    if not 0 < p_init <= 1:
+        raise UserError(f"p_init {p_init} is invalid; it must be in (0, 1]")
+    if restarts < 1:
+        raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
+    if early_stop is not None and not 0 <= early_stop <= 1:
+        raise UserError(f"early-stop confidence {early_stop} is invalid; it must be in [0, 1]")
+    bounds = check_bounds(x, bounds)
+    y_int = int_labels(y)
+    if y_int is None:
+        raise UserError("Square needs integer class labels y")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    x = x.detach()
+    n = x.shape[0]
+    rows = block_rows(n, x.device)
+    cfg = EngineCfg(norm, float(eps), int(queries), _margin, early_stop, False, False, bounds)
+    labels = Labels(y_int, y_int)
+    result: AttackResult | None = None
+    with eval_mode(model):
+        for r in range(restarts):
+            idx = pending(result, labels, early_stop, n, x.device)
+            if idx.numel() == 0:
+                break
+            best, logits, used = _run(model, x, labels, cfg, idx, rows, float(p_init), generator)
+            part = AttackResult(best, logits, y_int[idx],
+                                {"queries": used, "restart": torch.full_like(used, r)})
+            result = part if result is None else merge_into(result, idx, part)
+    assert result is not None
+    result.y = y_int
+    result.info["eps"] = float(eps)
+    return result
+
+
+def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: torch.Tensor,
+         rows: int, p_init: float, generator: torch.Generator
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Square run on the examples `idx` (random numbers drawn for all n rows, then indexed)."""
+    h, w = x.shape[-2:]
+    lo, hi = cfg.bounds
+    delta0 = _init(x, cfg.norm, cfg.eps, generator)[idx]
+    xs = x[idx]
+    ls = labels.index(idx)
+    m = xs.shape[0]
+    cur = (xs + delta0).clamp(lo, hi)
+    obj, logits = eval_rows(model, cur, ls.obj, cfg, rows, grad=False)
+    st: dict[str, torch.Tensor] = {"cur": cur, "obj": obj, "best": cur.clone(),
+                                   "best_logits": logits, "best_obj": obj.clone(),
+                                   "best_key": iterate_key(logits, ls),
+                                   "used": torch.ones(m, dtype=torch.long, device=x.device)}
+    stopping = cfg.early_stop is not None
+    st["done"] = (stop_test(logits, ls, cfg.early_stop) if stopping
+                  else torch.zeros(m, dtype=torch.bool, device=x.device))
+    for it in range(cfg.steps - 1):
+        s = square_side(p_schedule(it, cfg.steps, p_init), h, w)
+        x_full = x
+        delta_full = torch.zeros_like(x_full)
+        delta_full[idx] = st["cur"] - xs
+        prop_full = _propose(x_full, delta_full, cfg.norm, cfg.eps, s, generator)  # draws for all
+        run = (~st["done"]).nonzero().squeeze(1) if stopping else None
+        if run is not None and run.numel() == 0:
+            break
+        sel = slice(None) if run is None or run.numel() == m else run
+        xr = xs[sel]
+        cand = (xr + prop_full[idx][sel]).clamp(lo, hi)
+        lr = ls if isinstance(sel, slice) else ls.index(run)
+        obj_c, logits_c = eval_rows(model, cand, lr.obj, cfg, rows, grad=False)
+        sv = {k: v[sel] for k, v in st.items()}
+        keep_best(sv, cand, obj_c, logits_c, lr)
+        accept = obj_c > sv["obj"]
+        sv["cur"] = torch.where(_bview(accept, cand), cand, sv["cur"])
+        sv["obj"] = torch.where(accept, obj_c, sv["obj"])
+        sv["used"] = sv["used"] + 1
+        if stopping:
+            sv["done"] = sv["done"] | stop_test(logits_c, lr, cfg.early_stop)
+        for k, v in sv.items():
+            st[k][sel] = v
+    return st["best"], st["best_logits"], st["used"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Square:
+    """`square` as a stateless callable: `Square(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
+
+    norm: str = "linf"
+    eps: float | None = None
+    queries: int = 5000
+    p_init: float = 0.8
+    restarts: int = 1
+    early_stop: float | None = None
+    bounds: Bounds = (0.0, 1.0)
+
+    def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        return square(model, x, y, generator=generator, **dataclasses.asdict(self))

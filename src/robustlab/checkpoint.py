@@ -349,7 +349,7 @@ def read_info(run: str | Path) -> ModelInfo:
     if not (run / META).is_file():
         if (run / "config.yaml").is_file() and not (run / STATE).is_file():
             raise UserError(f"{run} holds a training run that never finished its first epoch "
-                            "(no model yet); train it again with the same --out")
+                            f"(no model yet); restart it with `robustlab train --resume --out {run}`")
         raise UserError(f"{run} is not a robustlab run: {META} is missing")
     try:
         obj = read_json(run / META)

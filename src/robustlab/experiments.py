@@ -49,7 +49,6 @@ import json
 import math
 import operator
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -163,7 +162,10 @@ def _validate(p: dict[str, Any], source: str) -> None:
     runs = p.get("runs")
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{source}: 'runs' must map run names to settings (at least one run)")
+    from robustlab.runs import check_run_name
+
     for name, r in runs.items():
+        check_run_name(name, f"{source}: run name")
         if not isinstance(r, dict):
             raise UserError(f"{source}: run {name!r} must be a mapping")
         bad = sorted(set(r) - _RUN_KEYS)
@@ -501,25 +503,34 @@ def train_step(ws: Workspace, name: str) -> Step:
 
 
 def _train(ws: Workspace, name: str, settings: dict[str, Any], key: str) -> None:
+    from robustlab import checkpoint, runs
+
+    out = ws.run_dir(name)
+    train, val, test = ws.data()
+    with runs.run_lock(out):  # a second plan training the same run exits 2 naming this one
+        runs.tidy(out)
+        stamp = out / "plan_stamp.json"
+        resume = False
+        if checkpoint.has_state(out):
+            try:
+                resume = read_json(stamp).get("key") == key
+            except (OSError, ValueError):
+                resume = False
+        if not resume and (out.exists() or out.is_symlink()):
+            set_aside(ws.out, [name])  # never delete what an earlier invocation wrote
+        out.mkdir(parents=True, exist_ok=True)
+        _train_in(ws, name, settings, key, out, train, val, test, stamp, resume)
+
+
+def _train_in(ws: Workspace, name: str, settings: dict[str, Any], key: str, out: Path, train: Any,
+              val: Any, test: Any, stamp: Path, resume: bool) -> None:
     import yaml
 
-    from robustlab import checkpoint, models
+    from robustlab import models
     from robustlab.train import fit
     from robustlab.train import methods as registry
     from robustlab.train.trainer import TrainConfig
 
-    out = ws.run_dir(name)
-    train, val, test = ws.data()
-    stamp = out / "plan_stamp.json"
-    resume = False
-    if checkpoint.has_state(out):
-        try:
-            resume = read_json(stamp).get("key") == key
-        except (OSError, ValueError):
-            resume = False
-    if not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = dict(settings["train"])
     quant = None
     if cfg.get("quant"):
@@ -929,16 +940,36 @@ def build_plan(preset: dict[str, Any], out: str | Path, *, device: str = "auto",
     return Plan(out, steps, seconds_per_unit=spu, info=info), ws
 
 
-def clean_outputs(preset: dict[str, Any], out: str | Path) -> None:
-    """Delete what a plan for `preset` wrote in `out` (its run folders, plan.json, report.html)."""
+REPLACED = ".replaced"  # earlier outputs are moved here, never deleted
+
+
+def set_aside(out: str | Path, names: list[str]) -> Path | None:
+    """Move `out/NAME` (for each name that exists) into `out/.replaced/UTC-STAMP/NAME`; returns
+    that folder (None when nothing was there). Nothing is ever deleted: an earlier invocation's
+    runs are the user's to remove."""
     out = Path(out)
-    for run in preset["runs"]:
-        d = out / run
-        if d.is_dir():
-            shutil.rmtree(d)
-    for f in ("plan.json", "report.html", "table.json"):
-        if (out / f).is_file():
-            (out / f).unlink()
+    present = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = out / REPLACED / stamp
+    i = 1
+    while dest.exists():
+        i += 1
+        dest = out / REPLACED / f"{stamp}-{i}"
+    dest.mkdir(parents=True)
+    for n in present:
+        os.replace(out / n, dest / n)  # same file system: an atomic rename, no copy
+    return dest
+
+
+def clean_outputs(preset: dict[str, Any], out: str | Path) -> Path | None:
+    """`--fresh`: move what a plan for `preset` wrote in `out` (its run folders, plan.json,
+    report.html, table.json) into `out/.replaced/STAMP/`; returns that folder."""
+    from robustlab.runs import check_run_name
+
+    names = [check_run_name(r) for r in preset["runs"]] + ["plan.json", "report.html", "table.json"]
+    return set_aside(out, names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1124,7 +1155,10 @@ def run_preset(preset: dict[str, Any], out: str | Path, *, fresh: bool = False, 
     `command` is recorded as the command line that produced the results."""
     out = Path(out)
     if fresh:
-        clean_outputs(preset, out)
+        moved = clean_outputs(preset, out)
+        if moved is not None:
+            print(f"previous outputs moved to {moved} (delete it when no longer needed)",
+                  file=stream or sys.stderr)
     plan, _ = build_plan(preset, out, device=device, data_dir=data_dir, progress=progress)
     if command:
         plan.info["command"] = command

@@ -226,7 +226,11 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
         raise UserError(f"{what} {p} is an existing folder; give a file path")
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{what} {p} is not writable: permission denied")
-    check_output_dir(p.parent if str(p.parent) else Path("."), f"folder of {what} {p}")
+    base = _first_existing(p.absolute().parent)
+    if not base.is_dir():
+        raise UserError(f"{what} {p} cannot be written: {base} is a file, not a folder")
+    if not _writable(base):
+        raise UserError(f"{what} {p} is not writable (in {base}): permission denied or read-only")
     return p
 
 

@@ -12,6 +12,7 @@ over. Opening a run also removes temporary files left by killed writes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -72,7 +73,8 @@ def data_spec(name: str, *, data_dir: str | None = None, subset: int | None = No
 
 
 def _data_roots(data_dir: str | None, spec: dict[str, Any]) -> list[Path]:
-    roots = [data_dir, os.environ.get("ROBUSTLAB_DATA"), spec.get("data_dir")]
+    env = [r for r in os.environ.get("ROBUSTLAB_DATA", "").split(os.pathsep) if r]
+    roots = [data_dir, *env, spec.get("data_dir")]
     return [Path(r).expanduser() for r in roots if r]
 
 
@@ -170,11 +172,16 @@ class RunLock:
         self.run, self.label = Path(run), label
         self.path = lock_path(run, label)
         self.command = command if command is not None else " ".join(
-            ["robustlab", *sys.argv[1:3]]) if sys.argv else None
+            ["robustlab", *sys.argv[1:2]]) if sys.argv else None
         self.fd: int | None = None
         self.took_over: str | None = None  # the stale holder we replaced, if any
+        self._made: list[Path] = []
 
     def acquire(self) -> RunLock:
+        p = self.path.parent
+        while not p.exists() and p != p.parent:  # folders made for the lock go when it goes
+            self._made.insert(0, p)
+            p = p.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -216,6 +223,9 @@ class RunLock:
             os.unlink(self.path)
         os.close(self.fd)  # closing releases the flock
         self.fd = None
+        for d in reversed(self._made):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty: the command wrote nothing there
 
     def __enter__(self) -> RunLock:
         return self.acquire() if self.fd is None else self
@@ -254,12 +264,14 @@ def is_training(run: str | Path) -> str | None:
 
 
 def _any_lock_held(run: Path) -> bool:
-    if is_training(run):
+    """Whether another process holds a lock of `run` (this process writes only temp files
+    whose names carry its pid, so its own locks do not count)."""
+    if lock_path(run, "train") not in _HELD and is_training(run):
         return True
     for p in run.glob(".lock-*"):
         lk = RunLock(run, p.name[len(".lock-"):])
         if lk.path in _HELD:
-            return True
+            continue
         try:
             lk.acquire()
         except UserError:
@@ -311,6 +323,19 @@ def release_all() -> None:
         _HELD.popitem()[1].release()
 
 
+atexit.register(release_all)
+
+
+def claim(run: str | Path) -> None:
+    """Hold `run`'s writer lock until the command ends (on rank 0 only, also before the process
+    group exists), then remove temporary files of killed writes. Call it before checking what
+    the run folder holds: a second `train`/`import` of the same folder exits 2 naming the first."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    hold(run, "train")
+    tidy(run)
+
+
 # ---------------------------------------------------------------------------------------------
 # opening a run
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +380,8 @@ def _check_same_shape(r: Run, source: str) -> None:
                         f"({str(e).strip().splitlines()[0]})") from None
     if out.ndim != 2 or out.shape[1] != test.num_classes:
         raise UserError(f"{source} has {test.num_classes} classes but the model of {r.path} "
-                        f"outputs {tuple(out.shape[1:])} scores per image")
+                        f"outputs {out.shape[1] if out.ndim == 2 else tuple(out.shape[1:])} "
+                        "scores per image")
 
 
 def open_run(run: str | Path, *, device: str | torch.device = "auto", with_data: bool = True,

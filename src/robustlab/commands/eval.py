@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     r = open_run(args.run, device=args.device, data_dir=args.data_dir, best=args.best)
     res = clean(r.predictor(), r.test, batch_size=args.batch_size, device=r.device)
     path = write_result(r.path, "eval", {"run": str(r.path), "snapshot": "best" if args.best else "last",
-                                         "data": r.meta["data"], **res})
+                                         "data": r.meta.get("data"),
+                                         **({"trained_on": r.meta["trained_on"]}
+                                            if "trained_on" in r.meta else {}), **res})
     print(f"clean test error {100 * res['err']:.2f}% on {res['n']} images")
     width = max(len(c) for c in res["classes"])
     for name, e in zip(res["classes"], res["per_class_err"]):

@@ -19,8 +19,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from robustlab.checkpoint import read_meta
+    from robustlab.runs import tidy
 
-    meta = read_meta(args.run)
+    meta = read_meta(args.run)  # schema-checked: a malformed model.json is one line, exit 2
+    tidy(args.run)  # temporary files of killed writes
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
@@ -33,9 +35,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"quantization  {json.dumps(meta.get('quant'))}")
     print(f"seed          {meta.get('seed')}")
     print(f"versions      {json.dumps(meta.get('versions'))}")
+    if meta.get("factory"):
+        f = meta["factory"]
+        print(f"factory       {f['path']}:{f['function']} {json.dumps(f.get('kwargs', {}))}")
+    if meta.get("normalization"):
+        print(f"normalization {json.dumps(meta['normalization'])}")
+    hashes = meta.get("weights") or {}
+    print("integrity     " + (", ".join(f"{k} sha256 {v['sha256'][:16]}…" for k, v in hashes.items())
+                              or "no SHA-256 recorded (older run): dtypes and values checked only"))
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        lines = metrics.read_text().splitlines()
+        lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
         if lines:
             print(f"epochs        {len(lines)}; last: {lines[-1]}")
     results = sorted((run_dir / "results").glob("*.json"))

@@ -324,7 +324,9 @@ class Stream:
         """The source's own batches from example `start` (default: this stream's start)."""
         start = self._start if start is None else start
         if order is not None or (self.map_style and (start > 0 or batch_size is not None)):
-            idx = order if order is not None else range(start, self._full_len() or 0)
+            stop = (self._full_len() or 0) if self._head is None else \
+                min(self._full_len() or 0, self._start + self._head)
+            idx = order if order is not None else range(start, stop)
             sub = Subset(self.dataset, [int(i) for i in idx])  # type: ignore[arg-type]
             ld = self.loader
             loader: Any = DataLoader(sub, batch_size=batch_size or (ld.batch_size if ld else None)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from robustlab import sources
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
+from robustlab.models import with_quant
 
 
 @torch.no_grad()
@@ -23,6 +24,7 @@ def predict_with_labels(model: Callable[[torch.Tensor], torch.Tensor], data: Any
     The model runs in eval mode; the caller's mode is restored afterwards.
     """
     ds = sources.as_data(data)
+    model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     dev = sources.model_device(model) if device is None else resolve_device(device)
     restore = sources.eval_mode(model)
     try:
@@ -62,7 +64,8 @@ def clean(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *, batch_siz
     `test` is a robustlab `Dataset`, an `(x, y)` pair of tensors, a torch `Dataset` or a
     `DataLoader` (streamed batch by batch). Inputs outside `bounds` are refused (one line);
     `bounds=None` skips the check. `device` defaults to the model's. The model runs in eval mode
-    and its mode is restored afterwards.
+    and its mode is restored afterwards. A model trained with `rl.train.fit(..., quant=...)` is
+    evaluated at its dequantized weights (`rl.models.with_quant`), as `robustlab eval` does.
 
     Example:
         >>> import torch, robustlab as rl

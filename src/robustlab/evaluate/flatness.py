@@ -22,6 +22,7 @@ from torch import nn
 from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.errors import UserError
+from robustlab.models import Dequantized, quant_of
 from robustlab.weights import (
     ModelObjective,
     RelativeBall,
@@ -131,6 +132,8 @@ def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: 
            device: torch.device | str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     if device is not None:
         model.to(device)
+    if params is None and quant_of(model) is not None:  # a quantization-aware fit's model
+        params = Dequantized(model, quant_of(model)).params()
     base = {n: p.detach() for n, p in model.named_parameters()} if params is None else \
         {n: p.detach() for n, p in params.items()}
     names = select(model, selection)
@@ -151,7 +154,8 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
     kind: "average" (mean over `samples` random ν on the sphere of B_ξ) or "worst" (projected
     normalized ascent on ν jointly with the input attack, `steps` steps, max over `restarts`).
     attack: `attack(model_fn, x, y, generator) -> x_adv`; default PGD-L∞ (`attack_settings`
-    override its options). `params` replaces the model's weights (e.g. dequantized ones).
+    override its options). `params` replaces the model's weights (default: the model's own, or its
+    dequantized weights when it carries a quantization scheme, `rl.models.quant_of`).
     With `train`, the same robust loss on as many training examples gives the test−train gap.
     `test`/`train`: a robustlab `Dataset`, `(x, y)` tensors, a torch `Dataset` or a `DataLoader`
     (streamed: the first `n` examples are read again for every loss evaluation, never held).

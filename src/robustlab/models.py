@@ -360,7 +360,7 @@ def clip_(model: nn.Module, w_max: float) -> None:
         >>> import torch, torch.nn as nn, robustlab as rl
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
         >>> rl.models.clip_(net, 0.1)
-        >>> float(net[1].weight.max())   # LayerNorm scale stays near 1
+        >>> float(net[1].weight.detach().max())   # LayerNorm scale stays near 1
         1.0
     """
     scales = set(norm_scale_names(model))
@@ -371,6 +371,59 @@ def clip_(model: nn.Module, w_max: float) -> None:
             p.clamp_(1 - w_max, 1 + w_max)
         else:
             p.clamp_(-w_max, w_max)
+
+
+QUANT_ATTR = "robustlab_quant"  # the Scheme a quantization-aware `fit` attaches to its model
+
+
+def quant_of(model: object) -> object | None:
+    """The quantization scheme `model` computes with (attached by `rl.train.fit(..., quant=...)`,
+    or by `rl.checkpoint`/runs for a quantized run), or None for a float model."""
+    return getattr(model, QUANT_ATTR, None)
+
+
+class Dequantized(nn.Module):
+    """`model` computing at its quantized-then-dequantized weights (the values a quantized run
+    really uses; `robustlab.runs.Run.params()` computes the same tensors). The weights are
+    re-quantized only when a parameter changed; buffers are the model's own.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> net = torch.nn.Linear(4, 2)
+        >>> d = rl.models.Dequantized(net, rl.quant.RQUANT4)
+        >>> x = torch.rand(3, 4)
+        >>> bool((d(x) - net(x)).abs().max() > 0)   # 4-bit weights differ from the floats
+        True
+    """
+
+    def __init__(self, model: nn.Module, scheme: object):
+        super().__init__()
+        self.model, self.scheme = model, scheme
+        self._key: tuple | None = None
+        self._params: dict[str, torch.Tensor] = {}
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The dequantized weights (cached until a parameter of `model` changes)."""
+        named = [(n, p) for n, p in self.model.named_parameters() if torch.is_floating_point(p)]
+        key = tuple((n, p.data_ptr(), p._version, p.device) for n, p in named)
+        if key != self._key:
+            with torch.no_grad():
+                self._params = self.scheme.fake_quantize({n: p.detach() for n, p in named})
+            self._key = key
+        return self._params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward_with(self.model, self.params(), x)
+
+
+def with_quant(model: object) -> object:
+    """`Dequantized(model, scheme)` when `model` carries a quantization scheme (`quant_of`), else
+    `model` itself: evaluators call it first, so a model trained quantization-aware is measured
+    at the weights it was trained to compute with, as the CLI measures its run."""
+    scheme = quant_of(model)
+    if scheme is None or isinstance(model, Dequantized) or not isinstance(model, nn.Module):
+        return model
+    return Dequantized(model, scheme)
 
 
 def count_parameters(model: nn.Module) -> int:

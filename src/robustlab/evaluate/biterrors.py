@@ -32,6 +32,7 @@ from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
+from robustlab.models import quant_of
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
 
 # Default evaluation rates (fractions), spec §6.
@@ -109,7 +110,7 @@ def _setup(model: nn.Module, device: str | torch.device | None, scheme: Scheme |
     gives every submodule back its previous train/eval flag."""
     dev = sources.model_device(model) if device is None else resolve_device(device)
     model.to(dev)
-    return dev, scheme or RQUANT8, sources.eval_mode(model)
+    return dev, scheme or quant_of(model) or RQUANT8, sources.eval_mode(model)
 
 
 def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
@@ -119,7 +120,8 @@ def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
                bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
     """Err and RErr of `model` on `test` under K random bit error patterns at each rate.
 
-    Pattern k uses seed `seed0 + k`. `scheme` defaults to RQuant 8-bit; pass `quantized` to
+    Pattern k uses seed `seed0 + k`. `scheme` defaults to the model's own (attached by a
+    quantization-aware `rl.train.fit`, as a run records it), else RQuant 8-bit; pass `quantized` to
     evaluate given codes instead of quantizing the model's parameters. The model is moved to
     `device` (default: where its parameters are) and evaluated in eval mode; the caller's mode is
     restored afterwards. `test` is a robustlab `Dataset` or `(x, y)` tensors (kept on the device)

@@ -74,6 +74,7 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
     """RErr of `model` on `test` under adversarial bit flips for each budget (module docstring)."""
     test = sources.as_data(test)  # tensors, torch Dataset, DataLoader (see robustlab.sources)
     attack_data = None if attack_data is None else sources.as_data(attack_data)
+    scheme = scheme or getattr(model, "robustlab_quant", None)  # a quantization-aware fit's
     budgets = [wb.check_budget(b) for b in budgets]
     if not budgets:
         raise UserError("no bit budgets given")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from robustlab import checkpoint, distributed
+from robustlab import checkpoint, distributed, sources
 from robustlab.data import Dataset
 from robustlab.device import autocast
 from robustlab.errors import UserError
@@ -254,7 +254,13 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
     `epoch_hooks` return extra metrics per epoch (e.g. robust validation error); `select_best`
     names a metric to minimise, and the best epoch's weights are kept as `model_best.safetensors`.
     `progress` shows a per-batch bar (None: when on a terminal); `log` prints a line per epoch.
+    `train`/`val`: a robustlab `Dataset`, `(x, y)` tensors, a map-style torch `Dataset` or a
+    `DataLoader` over one (read batch by batch; `robustlab.sources`). With `quant`, the model is
+    returned carrying its scheme (`rl.models.quant_of(model)`), so `rl.evaluate.*` measure it at
+    its dequantized weights, exactly as the CLI measures the saved run.
     """
+    train = sources.as_data(train)
+    val = None if val is None else sources.as_data(val)
     method = method or Method()
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
@@ -362,6 +368,9 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
             atomic_write_text(run / "metrics.jsonl", "".join(dumps(h, indent=None) + "\n"
                                                              for h in history))
         distributed.barrier()
+    from robustlab.models import QUANT_ATTR
+
+    setattr(model, QUANT_ATTR, quant)  # evaluators use the weights the run computes with
     return history
 
 

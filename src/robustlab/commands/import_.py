@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def read_state_dict(path: str | Path) -> dict[str, Any]:
     """A state dict {name: tensor} from .safetensors or a .pt/.pth, never unpickling objects."""
     import pickle
+    import warnings
 
     import torch
 
@@ -76,7 +77,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         return checkpoint.read_weights(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not support
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"--weights {path} holds pickled Python objects, not only tensors; it was "
                         "not loaded (robustlab never unpickles objects): save "

@@ -2,6 +2,7 @@
 a real render in headless Chromium (skipped when no Chromium is installed)."""
 
 import base64
+import html
 import json
 import re
 
@@ -38,9 +39,9 @@ EVERYTHING = {
         "landscape": {"points": 3, "n": 30, "attack_settings": {"steps": 1}},
     },
 }
-# figures: RErr bars + patch bars, 3 confidence histograms, 3 + 3 example grids, bit errors,
-# bit attack, flatness bars, flatness correlation, 3 landscapes, training curves
-N_FIGURES = 2 + 3 + 6 + 1 + 1 + 2 + 3 + 1
+# figures: headline scatter, RErr bars + patch bars, one confidence grid, 3 + 3 example grids,
+# bit errors, bit attack, flatness bars, flatness correlation, one landscape figure, training
+N_FIGURES = 1 + 2 + 1 + 6 + 1 + 1 + 2 + 1 + 1
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ def test_report_is_self_contained_with_every_figure(workspace):
     # nothing to fetch: no external URLs, no linked resources, and a policy that forbids them
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "<link" not in page and "default-src 'none'" in page
-    for section in ("summary", "findings", "adversarial", "biterrors", "bitattack", "flatness",
+    for section in ("headline", "summary", "findings", "adversarial", "biterrors", "bitattack",
+                    "flatness",
                     "training", "provenance"):
         if section != "findings":
             assert f'<section id="{section}">' in page
@@ -84,18 +86,27 @@ def test_summary_table_every_model_and_metric(workspace):
     out, path, _ = workspace
     page = path.read_text(encoding="utf-8")
     header = re.search(r'<table class="summary"><thead><tr>(.*?)</tr>', page).group(1)
-    assert re.findall(r"<th>(.*?)</th>", header) == ["Normal", "AT", "RandBET"]
+    assert re.findall(r"<th>(.*?)</th>", header)[-3:] == ["Normal", "AT", "RandBET"]
     for metric in ("Err", "RErr linf", "RErr@99% linf", "FPR@99% distal", "Err@99% corrupt",
                    "RErr patch optimized-full", "Err q", "RErr p=1%", "RErr p=10%", "RErr 16 bits",
                    "RErr 16 bits (random)", "average flatness ξ=0.5", "robust loss gap",
                    "train Err", "best val RErr"):
-        assert f'<td class="name">{metric}</td>' in page, metric
-    # the clean error cell of every run is the result file's value, in %
-    row = re.search(r'<td class="name">Err</td>(.*?)</tr>', page).group(1)
-    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
-    want = [f"{100 * json.loads((out / r / 'results' / 'clean.json').read_text())['err']:.1f}"
-            for r in ("normal", "at", "randbet")]
+        assert f'data-key="{metric}"' in page, metric
+    # the clean error cell of every run is the result file's value, in %, with its interval
+    row = re.search(r'<tr data-key="Err">(.*?)</tr>', page).group(1)
+    cells = re.findall(r'<span class="v">([^<]*)</span><span class="iv">([^<]*)</span>', row)
+    from robustlab.report.stats import wilson
+
+    want = []
+    for r in ("normal", "at", "randbet"):
+        res = json.loads((out / r / "results" / "clean.json").read_text())
+        lo, hi = wilson(round(res["err"] * res["n"]), res["n"])
+        want.append((f"{100 * res['err']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]"))
     assert cells == want
+    # labels say what a number is: threat, radius, and on how many images
+    eps = json.loads((out / "at" / "results" / "adversarial.json").read_text())["threats"]["linf"]["eps"]
+    row = re.search(r'<tr[^>]*data-key="RErr@99% linf">(.*?)</tr>', page).group(1)
+    assert f"RErr@99% L∞ ε={eps:.3g} (%)" in row and "images</td>" in row
 
 
 def test_provenance_commands_and_versions(workspace):
@@ -133,7 +144,7 @@ def test_broken_results_do_not_break_the_report(workspace, tmp_path):
     assert info["runs"] == 1 and len(info["failures"]) == 1
     assert "RErr vs bit error rate" in info["failures"][0]
     page = path.read_text(encoding="utf-8")
-    assert "Figures that could not be drawn" in page and "RErr p=1%" not in page
+    assert "Figures that could not be drawn" in page and 'data-key="RErr p=1%"' not in page
 
 
 def test_report_cli_on_runs_made_by_other_commands(tmp_path, capsys):
@@ -148,7 +159,7 @@ def test_report_cli_on_runs_made_by_other_commands(tmp_path, capsys):
     page = target.read_text(encoding="utf-8")
     assert "<title>T</title>" in page and "Training curves" in page
     assert "a/config.yaml" in page and "model: mlp" in page  # the run's own settings are shown
-    assert re.search(r'<td class="name">Err</td><td>\d+\.\d</td>', page)
+    assert re.search(r'<tr data-key="Err">.*?<span class="v">\d+\.\d</span>', page)
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
@@ -189,3 +200,95 @@ def test_result_metrics_exact():
 def test_png_size_rejects_non_png():
     with pytest.raises(ValueError):
         png_size(b"GIF89a" + b"\0" * 30)
+
+
+def test_wilson_interval_hand_computed():
+    from robustlab.report.stats import common_point, mean_interval, separated, wilson
+
+    # z = 1.96: centre (k + z²/2)/(n + z²), half-width z·√(k(n−k)/n + z²/4)/(n + z²)
+    assert wilson(0, 10, z=1.96) == pytest.approx((0.0, 1.9208 / 13.8416 * 2), abs=1e-9)
+    lo, hi = wilson(5, 10, z=1.96)
+    half = 1.96 * (2.5 + 0.9604) ** 0.5 / 13.8416
+    assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    lo, hi = wilson(73, 200, z=1.96)  # 36.5 % of 200 attacked images
+    assert (round(lo, 4), round(hi, 4)) == (0.3014, 0.4337)
+    lo, hi = wilson(10, 10, z=1.96)  # the mirror image of 0 of 10
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.2775402, abs=1e-6)
+    with pytest.raises(ValueError):
+        wilson(3, 0)
+    # t interval of a mean of 3 values: 2 ± t(0.975, 2)·1/√3 = 2 ± 4.302653·0.57735
+    assert mean_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
+    assert mean_interval([1.0]) is None
+    assert separated((0.1, 0.2), (0.25, 0.3)) and not separated((0.1, 0.26), (0.25, 0.3))
+    assert common_point([(0.1, 0.3), (0.2, 0.4), (0.29, 0.5)])
+    assert not common_point([(0.1, 0.3), (0.2, 0.4), (0.31, 0.5)])
+
+
+def _hand_runs(root, models):
+    """Runs with a clean result (err of n=200) and an L∞ suite result (rerr of n=200)."""
+    for key, (label, ce, ae, extra) in models.items():
+        d = root / key
+        (d / "results").mkdir(parents=True)
+        (d / "model.json").write_text(json.dumps({"architecture": "custom", "kwargs": {},
+                                                  "label": label}))
+        (d / "results" / "clean.json").write_text(json.dumps(
+            {"evaluator": "clean", "err": ce / 200, "n": 200}))
+        (d / "results" / "adversarial.json").write_text(json.dumps(
+            {"evaluator": "adversarial", "config": {"n": 200, "steps": 7, "restarts": 1},
+             "clean": {"err": ce / 200, "tau": {"0.99": 0.5}},
+             "threats": {"linf": {"threat": "linf", "eps": 0.1, "n": 200, "rerr": ae / 200,
+                                  "at": {}}}, **extra}))
+    (root / "plan.json").write_text(json.dumps({"runs": {k: {} for k in models}}))
+
+
+def test_best_mark_only_when_intervals_separate(tmp_path):
+    from robustlab.report import rows
+    from robustlab.report.html import build_report
+
+    # AT 36.5 % vs AT-AWP 37.5 % on 200 images: no winner; 10 % vs 50 %: a winner
+    _hand_runs(tmp_path, {"at": ("AT", 20, 73, {}), "awp": ("AT-AWP", 60, 75, {})})
+    table = rows.build_table(summary.collect(tmp_path))
+    assert table.row("RErr linf").best is None and table.row("Err").best == 0
+    page, _ = build_report(tmp_path)
+    linf = re.search(r'<tr[^>]*data-key="RErr linf">(.*?)</tr>', page).group(1)
+    assert 'class="best"' not in linf and "36.5" in linf and "37.5" in linf
+    err = re.search(r'<tr[^>]*data-key="Err">(.*?)</tr>', page).group(1)
+    assert err.count('class="best"') == 1 and re.search(r'class="best"[^>]*><span class="v">10.0<', err)
+    assert "RErr L∞ ε=0.1 (%)" in linf and ">200 images<" in linf
+
+
+def test_headline_scatter_summary_and_flags_from_the_results(tmp_path):
+    from robustlab.report import headline, rows
+    from robustlab.report.html import build_report
+
+    flag = {"name": "square_breaks_more", "message": "linf: Square misclassified 3 of 200",
+            "numbers": {"threat": "linf", "examples": 3, "n": 200}}
+    _hand_runs(tmp_path, {"normal": ("Normal", 10, 190, {"flags": []}),
+                          "at": ("AT", 40, 60, {"flags": [flag]}),
+                          "ccat": ("CCAT", 30, 120, {"flags": []})})
+    table = rows.build_table(summary.collect(tmp_path))
+    assert [r.key for r in headline.headline_rows(table)] == ["RErr linf"]
+    # Pareto front of (clean, robust): Normal (5, 95), AT (20, 30), CCAT (15, 60) — all three
+    assert headline.pareto([(0.05, 0.95), (0.2, 0.3), (0.15, 0.6)]) == [0, 1, 2]
+    assert headline.pareto([(0.05, 0.95), (0.2, 0.3), (0.25, 0.6)]) == [0, 1]
+    page, info = build_report(tmp_path)
+    head = re.search(r'<section id="headline">(.*?)</section>', page, re.S).group(1)
+    assert "Clean error vs robust error" in head and head.count("<img ") == 1
+    # the sentence names the separated winner with its numbers and its clean-error cost
+    assert ("Most robust to RErr L∞ ε=0.1: AT 30.0 % [24.1, 36.7] vs CCAT 60.0 % [53.1, 66.5], "
+            "at +15.0 points clean error vs Normal.") in html.unescape(head)
+    assert "AT: clean Err 20.0 % [15.0, 26.1] (at +15.0 points clean error vs Normal). " \
+           "Most robust (separated) to: RErr L∞ ε=0.1." in html.unescape(head)
+    assert "square_breaks_more" in head and "Square misclassified 3 of 200" in head
+    assert "1 sanity flag(s) raised" in head
+    # a row where every model is at 100 % is greyed with its reason
+    for key in ("normal", "at", "ccat"):
+        p = tmp_path / key / "results" / "adversarial.json"
+        r = json.loads(p.read_text())
+        r["threats"]["distal"] = {"threat": "distal", "eps": 0.3, "n": 200,
+                                  "at": {"0.99": {"tau": 0.5, "fpr": 1.0}}}
+        p.write_text(json.dumps(r))
+    page, _ = build_report(tmp_path)
+    assert re.search(r'<tr class="flat" data-key="FPR@99% distal">.*?every model at 100 %', page)
+    assert "<li>FPR@99% distal ε=0.3: every model at 100 %</li>" in page

@@ -46,8 +46,9 @@ def _hist_data(r: Mapping[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], 
 def _hist_panel(ax: Any, t: dict[str, Any], c_conf: list[float], c_wrong: list[bool],
                 tau: float | None, edges: list[float]) -> None:
     ok_conf = [c for c, w in zip(c_conf, c_wrong) if not w]
-    ax.hist(ok_conf, bins=edges, alpha=0.55, color="tab:green", label="clean (correct)",
-            density=True)
+    if ok_conf:
+        ax.hist(ok_conf, bins=edges, alpha=0.55, color="tab:green", label="clean (correct)",
+                density=True)
     if t.get("threat") == "distal":
         adv, lab = t.get("conf") or [], "distal input"
     else:

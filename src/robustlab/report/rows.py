@@ -99,16 +99,16 @@ def best_index(row: Row) -> int | None:
 
 
 def flat_note(row: Row) -> str:
-    """Why a row cannot tell the models apart, or ''."""
+    """Why a row cannot tell the models apart (two or more models), or ''."""
     vals = [c for _, c in row.finite()]
-    if not vals:
+    if len(vals) < 2:  # one model: nothing to tell apart
         return ""
     if row.unit == "%":
         if all(c.value <= 0 for c in vals):
-            return "every model at 0 %" if len(vals) > 1 else "at 0 %"
+            return "every model at 0 %"
         if all(c.value >= 1 for c in vals):
-            return "every model at 100 %" if len(vals) > 1 else "at 100 %"
-    if len(vals) > 1 and all(c.interval is not None for c in vals) \
+            return "every model at 100 %"
+    if all(c.interval is not None for c in vals) \
             and stats.common_point([c.interval for c in vals]):  # type: ignore[misc]
         return "every model equal within the 95 % intervals"
     return ""

@@ -1100,7 +1100,9 @@ def format_value(v: Any, metric: str = "") -> str:
         return "–"
     if isinstance(v, float):
         lowered = metric.lower()
-        if "err" in lowered or "fpr" in lowered or "auc" in lowered:
+        if "auc" in lowered:  # a ROC AUC is not a rate: as measured, like the report
+            return f"{v:.3f}"
+        if "err" in lowered or "fpr" in lowered:
             return f"{100 * v:.1f}"
         return f"{v:.3g}"
     return str(v)
@@ -1120,6 +1122,7 @@ def format_table(tab: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
                                for i, (x, w) in enumerate(zip(row, widths))))
+    lines.append("(errors in %; 95 % intervals and every metric: robustlab table OUT)")
     return "\n".join(lines)
 
 

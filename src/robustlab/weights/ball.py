@@ -22,7 +22,7 @@ SELECTIONS = ("default", "weights")
 
 def _norm_module_params(model: nn.Module) -> set[str]:
     """Names of parameters that belong to normalization layers (never perturbed)."""
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+    from robustlab.models import NORM_TYPES as norm_types  # one definition, by module type
     out = set()
     for mname, mod in model.named_modules():
         if isinstance(mod, norm_types):

@@ -362,7 +362,7 @@ def summary_table(runs: list[dict[str, Any]], table: rows_mod.Table | None = Non
     if not runs:
         return '<p class="muted">No runs found.</p>'
     table = table or rows_mod.build_table(runs)
-    notes = rows_mod.group_settings(table)
+    notes = summary.section_settings(runs)
     head = "".join(f"<th>{_esc(m)}</th>" for m in table.models)
     ncol = len(table.models) + 3
     out = ['<table class="summary"><thead><tr><th class="name">metric</th><th title="better">'
@@ -550,7 +550,7 @@ def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, di
     title = title or (plan or {}).get("title") or f"robustlab report: {root.name}"
     data = sorted({f"{(r['meta'].get('data') or {}).get('name', '?')}" for r in runs})
     table = rows_mod.build_table(runs)
-    settings = rows_mod.group_settings(table)
+    settings = summary.section_settings(runs)
     sections_html, nav = [], [("headline", "Headline"), ("summary", "Summary")]
     with tempfile.TemporaryDirectory(prefix="robustlab-report-") as tmp:
         figs = Figures(Path(tmp))

@@ -194,16 +194,6 @@ def cell_text(row: Row, i: int) -> tuple[str, str]:
     return (fmt_number(c.value, row.unit) if c is not None else "–"), fmt_interval(c, row.unit)
 
 
-def group_settings(table: Table, runs: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
-    """Per group: the distinct settings of its rows (n, attacks, steps, patterns), joined."""
-    out: dict[str, list[str]] = {}
-    for r in table.rows:
-        for s in r.setting.split("; "):
-            if s and s not in out.setdefault(r.group, []):
-                out[r.group].append(s)
-    return {g: "; ".join(v) for g, v in out.items()}
-
-
 def to_text(table: Table) -> str:
     """Aligned plain text: metric, direction, n, then 'value [lo, hi]' per model; '*' marks the
     separated best, '~' a row that cannot discriminate."""

@@ -217,6 +217,83 @@ def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> s
     return ", ".join(parts)
 
 
+def result_setting(name: str, r: dict[str, Any]) -> str:
+    """One line of what a result was measured on and how (n, attacks, steps, patterns), for
+    section headers; '' when unknown."""
+    kind = kind_of(name, r)
+    cfg = r.get("config") or {}
+    try:
+        if kind == "clean":
+            return f"n={r['n']} test images" if r.get("n") else ""
+        if kind == "adversarial":
+            threats = r.get("threats") or {}
+            attacks = list(dict.fromkeys(" + ".join(t.get("attacks") or []) for t in threats.values()
+                                         if t.get("threat") in NORM_NAMES and t.get("attacks")))
+            patch = [" + ".join(t["attacks"]) for t in threats.values()
+                     if t.get("threat") == "patch" and t.get("attacks")]
+            parts = [f"n={cfg.get('n')} attacked test images"
+                     + (f" (τ from {cfg['holdout']} held-out)" if cfg.get("holdout") else "")]
+            if attacks:
+                parts.append("Lp attacks: " + " | ".join(attacks))
+            if patch:
+                parts.append("patch attacks: " + patch[0])
+            if cfg.get("steps") is not None:
+                parts.append(_plural(cfg["steps"], "step") + (
+                    f" (patch {cfg['patch_steps']})" if cfg.get("patch_steps") not in
+                    (None, cfg["steps"]) and patch else ""))
+            if cfg.get("restarts") is not None:
+                parts.append(_plural(cfg["restarts"], "restart"))
+            return ", ".join(parts)
+        if kind == "patches":
+            return (f"patch locations: n={r.get('n')}, {_plural(cfg.get('steps'), 'step')}, "
+                    f"{_plural(cfg.get('restarts'), 'restart')}")
+        if kind == "biterrors":
+            bits = (r.get("scheme") or {}).get("bits")
+            return (f"n={r.get('n_test')} test images, {_plural(r.get('patterns'), 'pattern')} "
+                    f"per rate" + (f", {bits}-bit weights" if bits else ""))
+        if kind == "bitattack":
+            methods = [m for m in (r.get("results") or {})]
+            text = f"n={r.get('n_test')} test images; methods: {', '.join(methods)}"
+            if "attack" in methods or "bfa" in methods:
+                text += (f"; attack computed on {r.get('n_attack')} images, "
+                         f"{_plural(cfg.get('steps'), 'step')}")
+            if "random" in methods:
+                text += f"; random flips: {_plural(cfg.get('random_patterns'), 'pattern')}"
+            return text
+        if kind == "flatness":
+            att = r.get("attack") or {}
+            samples = (r.get("config") or {}).get("samples")
+            return (f"n={r.get('n')} test images, {r.get('flatness_kind')}-case"
+                    + (f" over {_plural(samples, 'random perturbation')}" if samples else "")
+                    + (f", PGD {NORM_NAMES.get(att.get('norm'), att.get('norm'))} "
+                       f"ε={_g(att.get('eps'))}, {_plural(att.get('steps'), 'step')}"
+                       if att.get("eps") is not None else ""))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return ""
+    return ""
+
+
+def section_settings(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Per capability group (`GROUPS` values): the distinct `result_setting`s of every run's
+    results, joined; runs that differ are named."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for r in runs:
+        for name, res in r["results"].items():
+            text = result_setting(name, res)
+            if text:
+                g = GROUPS.get(kind_of(name, res), "other")
+                seen.setdefault(g, {}).setdefault(text, []).append(str(r["label"]))
+        if r.get("history"):
+            seen.setdefault("training", {}).setdefault(
+                _plural(len(r["history"]), "epoch"), []).append(str(r["label"]))
+    out = {}
+    for g, texts in seen.items():
+        everyone = set().union(*map(set, texts.values()))
+        out[g] = " | ".join(t if set(labels) == everyone else f"{', '.join(labels)}: {t}"
+                            for t, labels in texts.items())
+    return out
+
+
 def result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
     """Named metrics of one result with intervals and labels; a malformed result gives {}."""
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import INITS, pgd, project_l0, project_l1, worst_case
-from robustlab.attacks.base import evaluate_logits
-from robustlab.attacks.pgd import PGD, direction, init_delta, lp_norm
+from robustlab.attacks.base import evaluate_logits, worst_case_key
+from robustlab.attacks.pgd import PGD, direction, init_delta, lp_norm, resolve_channels_last
 from robustlab.errors import UserError
 
 torch.set_num_threads(1)
@@ -173,14 +175,93 @@ def test_backtracking_converges_where_fixed_steps_oscillate() -> None:
     assert (fixed.x_adv - c).norm() > 0.2
 
 
-def test_best_iterate_never_worse_than_start() -> None:
-    model = small_cnn()
-    x, y = batch()
-    start = F.cross_entropy(model(x), y, reduction="none")
-    for momentum in (0.0, 0.9):
-        res = pgd(model, x, y, norm="linf", eps=0.1, steps=8, step_size=0.3, init="zero",
-                  momentum=momentum)  # a too large step: iterates get worse, the best does not
-        assert (F.cross_entropy(res.logits, y, reduction="none") >= start - 1e-6).all()
+class Recorder(nn.Module):
+    """Wraps a model and records the float32 logits of every call (one row per example)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if out.dtype == torch.float32:
+            self.calls.append(out.detach().clone())
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def trained_digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small CNN trained on scikit-learn's 8×8 digits, and 300 test images (shared by tests)."""
+    from robustlab import data
+
+    train, test = data.digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 16, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(train.x), train.y).backward()
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), test.x[:300].clone(), test.y[:300].clone()
+
+
+@pytest.mark.parametrize("kw", [dict(momentum=0.0), dict(momentum=0.9), dict(bf16=True),
+                                dict(objective="conf", backtrack=True)])
+def test_best_iterate_is_the_worst_case_of_the_visited_iterates(kw: dict) -> None:
+    # Spec §3: the best iterate is ranked by the worst-case key (misclassified first, then the
+    # highest wrong-class confidence), never by the loss: a visited misclassified iterate is never
+    # replaced by a correct one. Large steps make iterates jump between correct and wrong.
+    base, x, y = trained_digits()
+    x, y = x[:100], y[:100]
+    model = Recorder(base)
+    res = pgd(model, x, y, norm="linf", eps=0.15, steps=10, step_size=0.15, init="zero",
+              generator=gen(), **kw)
+    visited = torch.stack(model.calls)  # the start and 10 iterates: T×N×K
+    assert visited.shape[0] == 11
+    keys = torch.stack([worst_case_key(v, y) for v in visited])
+    ever_wrong = (visited.argmax(2) != y).any(0)
+    assert ever_wrong.any() and not ever_wrong.all()
+    assert torch.equal(res.success, ever_wrong)
+    assert torch.equal(res.key(), keys.max(0).values)
+    # the logits returned are float32 logits of the returned input
+    assert torch.allclose(res.logits, base(res.x_adv), atol=1e-5)
+    if kw.get("objective", "ce") == "ce" and not kw.get("bf16"):
+        # not trivial: ranking by the loss would return a less damaging iterate for some examples
+        losses = torch.stack([F.cross_entropy(v, y, reduction="none") for v in visited])
+        by_loss = keys.gather(0, losses.argmax(0)[None])[0]
+        assert (by_loss < res.key()).sum() >= 5
+
+
+class Path(nn.Module):
+    """3 logits along a path of the first pixel t: at t = 0.5 correct (CE 0.22), at 0.6
+    misclassified (softmax .45/.46/.09, CE 0.80), at 0.7 correct again with a higher CE (1.08);
+    piecewise linear in between, so PGD from 0.5 with steps of 0.1 visits exactly these three."""
+
+    knots = torch.tensor([[0.8, 0.1, 0.1], [0.45, 0.46, 0.09], [0.34, 0.33, 0.33]]).log()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(1)[:, :1]
+        a, b, c = self.knots
+        first = a + (t - 0.5) / 0.1 * (b - a)
+        second = b + (t - 0.6) / 0.1 * (c - b)
+        return torch.where(t <= 0.6, first, second)
+
+
+def test_a_visited_misclassified_iterate_is_never_replaced_by_a_correct_one() -> None:
+    x = torch.full((1, 1, 1, 2), 0.5)
+    y = torch.tensor([0])
+    model = Recorder(Path())
+    res = pgd(model, x, y, norm="linf", eps=0.2, steps=2, step_size=0.1, init="zero")
+    visited = torch.stack(model.calls)[:, 0]
+    assert visited.argmax(1).tolist() == [0, 1, 0]  # correct, misclassified, correct
+    ce = F.cross_entropy(visited, y.expand(3), reduction="none")
+    assert ce[2] > ce[1] > ce[0]  # the loss alone would pick the last, correct iterate
+    assert res.success.item() and res.x_adv[0, 0, 0, 0].item() == pytest.approx(0.6)
+    assert torch.equal(res.logits, visited[1:2])
 
 
 def test_restarts_keep_per_example_worst_case() -> None:
@@ -280,3 +361,157 @@ def test_bad_input_is_a_one_line_user_error(kwargs: dict, fragment: str) -> None
     with pytest.raises(UserError) as e:
         pgd(model, x, y, **{"eps": 0.1, **kwargs})
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(norm="linf", eps=0.12, momentum=0.9, backtrack=True),
+    dict(norm="l2", eps=0.5),
+    dict(norm="l1", eps=1.5, objective="conf"),
+])
+def test_early_exit_on_and_off_give_identical_verdicts_on_a_trained_model(kw: dict) -> None:
+    # Spec §3: an example may stop once misclassified with wrong-class confidence ≥ c; the
+    # verdicts (misclassified; misclassified with confidence ≥ τ for every τ ≤ c) must be those of
+    # a run without early exit. 300 examples: the model sees blocks of 100 rows, and the running
+    # examples are packed into them, so the examples left running share blocks with new partners.
+    model, x, y = trained_digits()
+    c = 0.6
+    args = dict(steps=15, restarts=2, init="norm", **kw)
+    off = pgd(model, x, y, generator=gen(3), **args)
+    on = pgd(model, x, y, generator=gen(3), early_stop=c, **args)
+    assert 0.1 < off.success.float().mean() < 0.95
+    assert torch.equal(on.success, off.success)
+    decided = on.success & (on.wrong_conf >= c)
+    assert torch.equal(decided, off.success & (off.wrong_conf >= c))
+    assert 20 < int(decided.sum()) < 280
+    # examples never decided ran exactly the same trajectories
+    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])
+    assert torch.equal(on.logits[~decided], off.logits[~decided])
+    assert not torch.equal(on.x_adv[decided], off.x_adv[decided])  # the others did stop early
+
+
+def test_channels_last_changes_no_verdict_on_a_trained_model() -> None:
+    model, x, y = trained_digits()
+    kw = dict(norm="linf", eps=0.1, steps=10, momentum=0.9)
+    a = pgd(model, x, y, channels_last=False, generator=gen(), **kw)
+    b = pgd(model, x, y, channels_last=True, generator=gen(), **kw)
+    c = pgd(model, x, y, generator=gen(), **kw)  # default: on for 4-D inputs on the CPU
+    assert 0.2 < a.success.float().mean() < 0.8
+    assert torch.equal(a.success, b.success) and torch.equal(b.success, c.success)
+    assert torch.equal(b.x_adv, c.x_adv)
+    assert resolve_channels_last(None, x) and not resolve_channels_last(None, x.flatten(1))
+
+
+def test_inputs_outside_the_bounds_are_a_one_line_error_and_bounds_set_the_box() -> None:
+    from robustlab.attacks import apgd, frames, patch_attack, square
+
+    model = small_cnn()
+    x, y = batch()
+    xn = (x - 0.3) / 0.4  # standardized inputs in [−0.75, 1.75]
+    for attack in (lambda v, **k: pgd(model, v, y, eps=0.1, steps=1, **k),
+                   lambda v, **k: apgd(model, v, y, eps=0.1, steps=1, **k),
+                   lambda v, **k: square(model, v, y, eps=0.1, queries=2, **k),
+                   lambda v, **k: frames(model, v, y, steps=1, **k),
+                   lambda v, **k: patch_attack(model, v, y, size=2, steps=1, **k)):
+        with pytest.raises(UserError) as e:
+            attack(xn)
+        msg = str(e.value)
+        assert "inputs lie in [-0.75, 1.75], outside the bounds [0, 1]" in msg and "\n" not in msg
+        assert "Normalized" in msg and "bounds=" in msg
+        res = attack(xn, bounds=(-0.75, 1.75))
+        assert res.x_adv.min() >= -0.75 and res.x_adv.max() <= 1.75
+    res = pgd(model, xn, y, eps=0.2, steps=5, bounds=(-1.0, 2.0), generator=gen())
+    assert res.x_adv.min() >= -1.0 and res.x_adv.max() <= 2.0
+    assert res.x_adv.min() < -0.75 or res.x_adv.max() > 1.75  # the box is not [−0.75, 1.75]
+    assert (lp_norm(res.x_adv - xn, "linf") <= 0.2 + 1e-6).all()
+    with pytest.raises(UserError, match="bounds"):
+        pgd(model, x, y, eps=0.1, bounds=(1.0, 0.0))
+
+
+def test_attacks_run_in_eval_mode_and_leave_modes_and_buffers_alone() -> None:
+    from robustlab.attacks import apgd, distal, frames, patch_attack, square
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 8 * 8, 5))
+    model.train()
+    model(torch.rand(32, 1, 8, 8))  # running statistics away from their initial values
+    model[4].eval()  # a submodule in its own mode keeps it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes: list[bool] = []
+    model[1].register_forward_hook(lambda m, i, o: modes.append(m.training))
+    x, y = batch()
+    for run in (lambda: pgd(model, x, y, eps=0.1, steps=2),
+                lambda: apgd(model, x, y, eps=0.1, steps=2, loss="dlr-t", targets=2),
+                lambda: square(model, x, y, eps=0.1, queries=3),
+                lambda: frames(model, x, y, steps=2),
+                lambda: patch_attack(model, x, y, size=2, steps=2),
+                lambda: distal(model, 4, (1, 8, 8), steps=2)):
+        modes.clear()
+        run()
+        assert modes and not any(modes)  # BatchNorm ran in eval mode during the attack
+        assert model.training and model[1].training and not model[4].training
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Blocks(nn.Module):
+    """K-class linear model on 1×K×D inputs whose class k reads only row k: z_k = w_k·x_k + b_k.
+
+    The rows are disjoint, so under L∞ radius ε every z_k moves independently by at most ε‖w_k‖₁:
+    the input can be classified as t iff z_t + ε‖w_t‖₁ > max_{j≠t} (z_j − ε‖w_j‖₁).
+    """
+
+    def __init__(self, k: int = 4, d: int = 6, seed: int = 0):
+        super().__init__()
+        g = gen(seed)
+        self.w = torch.randn(k, d, generator=g)
+        self.b = -0.5 * self.w.sum(1)  # centred on the middle of the box: balanced classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(2)[:, 0].view(x.shape[0], *self.w.shape) * self.w).sum(2) + self.b
+
+
+def blocks_problem(n: int = 200, seed: int = 1) -> tuple[Blocks, torch.Tensor, torch.Tensor]:
+    model = Blocks()
+    g = gen(seed)
+    x = 0.3 + 0.4 * torch.rand(n, 1, 4, 6, generator=g)  # ε ≤ 0.3 keeps the box from binding
+    return model, x, model(x).argmax(1)
+
+
+def reachable(model: Blocks, x: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
+    """Closed form: margin of the best reachable t-vs-rest gap (> 0: t can win)."""
+    z = model(x)
+    a = model.w.abs().sum(1)
+    up = z + eps * a
+    down = (z - eps * a).scatter(1, t.view(-1, 1), float("-inf"))
+    return up.gather(1, t.view(-1, 1)).squeeze(1) - down.amax(1)
+
+
+@pytest.mark.parametrize("target,eps", [("random", 0.03), ("least-likely", 0.05), (2, 0.03)])
+def test_targeted_pgd_hits_its_targets_where_the_closed_form_says_it_can(target: object,
+                                                                         eps: float) -> None:
+    model, x, y = blocks_problem()
+    res = pgd(model, x, y, norm="linf", eps=eps, steps=40, step_size=eps / 8, target=target,
+              generator=gen(5))
+    t = res.target
+    assert t is not None and t.shape == y.shape
+    if target == "least-likely":
+        assert torch.equal(t, model(x).argmin(1))
+    elif target == "random":
+        assert (t != y).all() and len(t.unique()) == 4
+    else:
+        assert (t == 2).all()
+    m = reachable(model, x, t, eps)
+    clear = m.abs() > 0.02
+    assert 5 < int((m > 0.02).sum()) and 5 < int((m < -0.02).sum())
+    assert torch.equal(res.success[clear], (m > 0)[clear])
+    assert torch.equal(res.success, res.pred == t)
+    assert (lp_norm(res.x_adv - x, "linf") <= eps + 1e-6).all()
+
+
+def test_bad_target_is_a_user_error() -> None:
+    model, x, y = blocks_problem(8)
+    for target, fragment in ((7, "[0, 3]"), ("furthest", "unknown target"),
+                             (torch.tensor([1, 2]), "one class per input"), (0.5, "integers")):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            pgd(model, x, y, eps=0.1, steps=1, target=target)

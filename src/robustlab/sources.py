@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 from torch.utils.data import Dataset as TorchDataset
 
 from robustlab.data import Dataset
@@ -222,7 +228,10 @@ class Stream:
         self.loader = data if isinstance(data, DataLoader) else None
         ds = data.dataset if isinstance(data, DataLoader) else data
         self.dataset = ds
-        sequential = self.loader is None or isinstance(self.loader.sampler, SequentialSampler)
+        # a loader's own order (shuffle=True) is ignored: evaluations read in index order and
+        # training shuffles with the run's seed; other samplers (subsets, weights) are kept
+        sequential = self.loader is None or type(self.loader.sampler) in (SequentialSampler,
+                                                                          RandomSampler)
         self.map_style = (not isinstance(ds, IterableDataset) and hasattr(ds, "__getitem__")
                           and _has_len(ds) and sequential)
         self.name = name or type(ds).__name__

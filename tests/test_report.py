@@ -292,3 +292,27 @@ def test_headline_scatter_summary_and_flags_from_the_results(tmp_path):
     page, _ = build_report(tmp_path)
     assert re.search(r'<tr class="flat" data-key="FPR@99% distal">.*?every model at 100 %', page)
     assert "<li>FPR@99% distal ε=0.3: every model at 100 %</li>" in page
+
+
+def test_bit_attack_worst_case_envelope_and_headline():
+    from robustlab.report import headline, rows
+    from robustlab.report.stats import wilson
+
+    res = {"evaluator": "bitattack", "budgets": [10, 40], "n_test": 100, "n_attack": 16,
+           "config": {"steps": 5},
+           "results": {"attack": {"budget": [10, 40], "rerr": [0.3, 0.5]},
+                       "bfa": {"budget": [10, 40], "rerr": [0.4, 0.45]},
+                       "worst": {"budget": [10, 40], "rerr": [0.4, 0.5], "found_by": ["bfa", "attack"],
+                                 "rerr_env": [0.4, 0.5], "env_budget": [10, 40],
+                                 "env_found_by": ["bfa", "attack"]}}}
+    vals = summary.result_values("bitattack", res)
+    assert vals["RErr 10 bits (worst)"].value == 0.4
+    assert vals["RErr 10 bits (worst)"].setting.endswith("found by bfa")
+    assert vals["RErr ≤40 bits (worst)"].label == "RErr ≤40 flipped bits, envelope of the worst case"
+    assert vals["RErr 40 bits (bfa)"].interval == pytest.approx(wilson(45, 100))
+    # the headline shows the worst case at the largest budget, not a single attack
+    runs = [{"label": lab, "name": lab, "values": {"clean": {"Err": summary.Metric(0.1, 0.05, 0.15)},
+                                                   "adversarial bit errors": vals}}
+            for lab in ("A", "B")]
+    table = rows.build_table(runs)
+    assert [r.key for r in headline.headline_rows(table)] == ["RErr 40 bits (worst)"]

@@ -171,8 +171,9 @@ def plot_correlation(results: Iterable[Result], path: str | Path, *,
     return c
 
 
-METHOD_NAMES = {"attack": "projected attack", "bfa": "BFA", "random": "random flips"}
-METHOD_STYLES = {"attack": "-", "bfa": "-.", "random": ":"}
+METHOD_NAMES = {"attack": "projected attack", "bfa": "BFA", "random": "random flips",
+                "worst": "worst case (attack, BFA)"}
+METHOD_STYLES = {"attack": "-", "bfa": "-.", "random": ":", "worst": "--"}
 
 
 def _wilson_err(vals: Sequence[float], n: Any) -> list[list[float]]:

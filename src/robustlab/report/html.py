@@ -283,7 +283,7 @@ def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[st
     out = []
     for name, items in _results_of(runs, "bitattack").items():
         methods = list(dict.fromkeys(m for _, r in items for m in (r.get("results") or {})))
-        styles = {"attack": "solid", "bfa": "dash-dotted", "random": "dotted"}
+        styles = {"attack": "solid", "bfa": "dash-dotted", "random": "dotted", "worst": "dashed"}
         what = ", ".join(f"{METHOD_NAMES.get(m, m)} ({styles.get(m, 'dashed')})" for m in methods)
         if plot is not None:
             out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model "

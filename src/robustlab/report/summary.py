@@ -402,15 +402,29 @@ def _result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
             suffix = "" if method == "attack" else f" ({method})"
             kk = cfg.get("random_patterns") if method == "random" else 1
             nn = n * kk if isinstance(n, int) and isinstance(kk, int) else n
-            what = {"attack": "projected attack", "bfa": "BFA", "random": "random flips"}.get(
-                method, str(method))
+            what = {"attack": "projected attack", "bfa": "BFA", "random": "random flips",
+                    "worst": "worst case of the attacks"}.get(method, str(method))
             setting = f"n={n}" + (f" × {kk} patterns" if method == "random" and kk else "") + \
                 (f", {r.get('n_attack')} attacked, {_plural(cfg.get('steps'), 'step')}"
-                 if method != "random" and r.get("n_attack") else "")
-            for b, v in zip(res.get("budget") or r.get("budgets") or [], res.get("rerr") or []):
+                 if method in ("attack", "worst") and r.get("n_attack") else "") + \
+                (f", {r.get('n_attack')} attacked" if method == "bfa" and r.get("n_attack") else "")
+            found = res.get("found_by") or []
+            budgets = res.get("budget") or r.get("budgets") or []
+            for i, (b, v) in enumerate(zip(budgets, res.get("rerr") or [])):
                 if _num(v) is not None:
+                    by = f", found by {found[i]}" if i < len(found) and found[i] else ""
                     out[f"{pre}RErr {b} bits{suffix}"] = _rate(
-                        v, nn, label=f"{pre}RErr {b} flipped bits, {what}", setting=setting)
+                        v, nn, label=f"{pre}RErr {b} flipped bits, {what}", setting=setting + by)
+            if method == "worst":  # spec §3a: the envelope max over b' ≤ b beside the raw values
+                env_by = res.get("env_found_by") or []
+                env_b = res.get("env_budget") or []
+                for i, (b, v) in enumerate(zip(budgets, res.get("rerr_env") or [])):
+                    if _num(v) is not None:
+                        at = (f", from {env_b[i]} bits by {env_by[i]}"
+                              if i < len(env_b) and i < len(env_by) else "")
+                        out[f"{pre}RErr ≤{b} bits{suffix}"] = _rate(
+                            v, nn, label=f"{pre}RErr ≤{b} flipped bits, envelope of the worst case",
+                            setting=setting + at)
     elif kind == "flatness":
         variant = "" if r.get("variant", "robust") == "robust" else f"{r['variant']} "
         att = r.get("attack") or {}

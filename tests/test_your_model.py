@@ -146,7 +146,7 @@ def test_custom_resnet_with_batchnorm_trains_with_clipping_and_quantization():
     assert len(scales) == 3 * 32
     assert float(scales.min()) >= 0.9 - 1e-6 and float(scales.max()) <= 1.1 + 1e-6
     others = [p for n, p in model.named_parameters() if n not in rl.models.norm_scale_names(model)]
-    assert max(float(p.abs().max()) for p in others) <= 0.1 + 1e-6
+    assert max(float(p.detach().abs().max()) for p in others) <= 0.1 + 1e-6
 
 
 # --- 3. data as users hold it ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch import nn
 
 from robustlab.attacks import INITS, pgd, project_l0, project_l1, worst_case
 from robustlab.attacks.base import evaluate_logits, worst_case_key
-from robustlab.attacks.pgd import PGD, direction, init_delta, lp_norm, resolve_channels_last
+from robustlab.attacks.pgd import PGD, block_rows, direction, init_delta, lp_norm, resolve_channels_last
 from robustlab.errors import UserError
 
 torch.set_num_threads(1)
@@ -515,3 +515,18 @@ def test_bad_target_is_a_user_error() -> None:
                              (torch.tensor([1, 2]), "one class per input"), (0.5, "integers")):
         with pytest.raises(UserError, match=re.escape(fragment)):
             pgd(model, x, y, eps=0.1, steps=1, target=target)
+
+
+def test_the_model_sees_blocks_of_one_fixed_size_with_and_without_early_exit() -> None:
+    # Float results of a GEMM/convolution can depend on the batch size, which would make an
+    # example's trajectory depend on how many others still run; the engine packs the running
+    # examples into blocks of a size fixed by n (and pads the last one).
+    base, x, y = trained_digits()
+    counts = []
+    for early_stop in (None, 0.6):
+        model = Recorder(base)
+        pgd(model, x, y, eps=0.12, steps=10, restarts=2, early_stop=early_stop, generator=gen())
+        assert {c.shape[0] for c in model.calls} == {block_rows(300, "cpu")} == {100}
+        counts.append(len(model.calls))
+    assert counts[1] < counts[0]  # early exit saves model calls
+    assert block_rows(1000, "cpu") == 125 and block_rows(64, "cpu") == 64

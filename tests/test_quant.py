@@ -190,3 +190,86 @@ def test_quantize_model_covers_every_parameter():
     names = [n for n, _ in model.named_parameters()]
     assert q.names == names  # weights, biases and norm affine parameters, in module order
     assert any(n.endswith(".weight") and "norm" not in n for n in names)
+
+
+# ---- issue 11: trunc is exact at the range ends; q_max is always checked ---------------------
+
+END_CASES = [("asymmetric", True), ("symmetric_signed", True), ("symmetric_unsigned", True),
+             ("asymmetric", False), ("symmetric_signed", False), ("symmetric_unsigned", False)]
+
+
+@pytest.mark.parametrize("rounding", quant.ROUNDINGS)
+@pytest.mark.parametrize("mode,per_tensor", END_CASES)
+def test_trunc_hits_both_end_codes_exactly(mode, per_tensor, rounding):
+    """2000 random tensors (quantized together, each with its own range): each tensor's range ends
+    get the end codes and dequantize back to themselves exactly, with trunc as with round
+    (x/(x/N) can land just below N in floating point)."""
+    g = torch.Generator().manual_seed(11)
+    m, top = 8, 2**8 - 1  # offset binary: asymmetric 0..2^m−1, symmetric ±(2^{m−1}−1) → 1..2^m−1
+    bottom = 0 if mode == "asymmetric" else 1
+    q_max = 0.8 if not per_tensor else 1.0
+    params, ends = {}, {}
+    for t in range(2000):
+        w = torch.randn(int(torch.randint(2, 40, (1,), generator=g)), generator=g)
+        w = w * float(torch.rand(1, generator=g) * 3 + 1e-3)
+        if not per_tensor:
+            w = w.clamp(-q_max, q_max)
+            w[0], w[1] = q_max, -q_max
+        elif mode != "asymmetric":  # both ends of [−max|w|, max|w|] present
+            w[0], w[1] = w.abs().max(), -w.abs().max()
+        params[f"t{t}"] = w
+        ends[f"t{t}"] = (int(torch.argmin(w)), int(torch.argmax(w)))
+    s = Scheme(m, per_tensor=per_tensor, mode=mode, rounding=rounding, q_max=q_max)
+    q = s.quantize(params)
+    deq = q.dequantize()
+    bad = []
+    for name, c in q.split().items():
+        c = c.long() ^ (1 << (m - 1)) if mode == "symmetric_signed" else c.long()
+        i_lo, i_hi = ends[name]
+        w = params[name]
+        if (int(c[i_lo]), int(c[i_hi])) != (bottom, top) or deq[name][i_lo] != w[i_lo] \
+                or deq[name][i_hi] != w[i_hi]:
+            bad.append((name, int(c[i_lo]), int(c[i_hi])))
+    assert bad == [], f"{len(bad)} of 2000 tensors miss an end code: {bad[:3]}"
+
+
+def test_trunc_issue_example():
+    q = Scheme(8, mode="symmetric_signed", rounding="trunc").quantize({"w": torch.tensor([0.8, -0.8])})
+    assert q.codes.tolist() == [127, 129]
+    assert q.dequantize()["w"].tolist() == torch.tensor([0.8, -0.8]).tolist()
+
+
+def test_trunc_still_truncates_inside_the_range():
+    s = Scheme(8, mode="symmetric_signed", rounding="trunc")
+    w = torch.tensor([1.0, 0.5 + 1e-3, -0.5 - 1e-3, 0.999 / 127])
+    c = s.quantize({"w": w}).codes.to(torch.int8).tolist()  # two's complement
+    assert c == [127, 63, -63, 0]  # 63.6 → 63, −63.6 → −63, 0.999 → 0 (toward zero)
+
+
+@pytest.mark.parametrize("text", ["rquant8,q_max=nan", "rquant8,q_max=inf", "rquant8,q_max=-1",
+                                  "normal8,q_max=0", "bits=8,per_tensor=false,q_max=nan"])
+def test_q_max_must_be_finite_positive_even_per_tensor(text):
+    with pytest.raises(UserError, match="q_max"):
+        quant.parse(text)
+
+
+def test_biterrors_overhead_ratio_uses_a_warm_median(monkeypatch):
+    """`overhead_ratio`'s unit is the median of warm clean forwards, not the cold first one."""
+    from robustlab.data import synthetic
+    from robustlab.evaluate import biterrors as ev_mod
+    from robustlab.models import create
+
+    train, test = synthetic(64, 32, shape=(1, 8, 8), num_classes=4, seed=0)
+    model = create("mlp", dataset=train, seed=0)
+    times = iter([10.0, 3.0, 1.0, 2.0])  # cold, then three warm passes
+    real = ev_mod._Evaluator.timed_wrong
+
+    def fake(self, params):
+        w, _ = real(self, params)
+        return w, next(times)
+
+    monkeypatch.setattr(ev_mod._Evaluator, "timed_wrong", fake)
+    res = ev_mod.bit_errors(model, test, rates=[0.01], patterns=2, device="cpu", progress=False)
+    t = res["timing"]
+    assert t["clean_forward_cold_s"] == 10.0 and t["clean_forward_s"] == 2.0
+    assert t["overhead_ratio"] == t["total_s"] / (2 * 1 * 2.0)

@@ -484,6 +484,11 @@ def train_step(ws: Workspace, name: str) -> Step:
     method = registry.create(settings["method"], **settings["options"])
     train_cfg = dict(settings["train"])
     train_cfg.pop("quant", None)
+    try:  # settings that cannot give a finite run are refused before anything is written
+        _train_config_cls()(**{k: tuple(v) if k == "milestones" else v
+                               for k, v in train_cfg.items()}).validate()
+    except TypeError as e:
+        raise UserError(f"run {name!r}: bad train setting ({e})") from None
     epochs = int(train_cfg.get("epochs", _train_config_cls().epochs))
     n_train = settings["data"].get("subset") or 60000
     if settings["data"].get("val_fraction"):

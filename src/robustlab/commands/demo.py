@@ -58,6 +58,7 @@ def command_line(args: argparse.Namespace, *positional: str) -> str:
 
 def check_preset_args(args: argparse.Namespace) -> None:
     """Refuse empty paths before anything is read or written."""
+    from robustlab.data import check_data_dir
     from robustlab.errors import UserError
 
     for opt in ("out", "config", "data_dir"):
@@ -65,6 +66,7 @@ def check_preset_args(args: argparse.Namespace) -> None:
         if v is not None and not str(v).strip():
             raise UserError(f"--{opt.replace('_', '-')} '' is empty; give a path or leave the "
                             f"option out")
+    check_data_dir(args.data_dir)
 
 
 def load_preset(name: str, args: argparse.Namespace) -> dict:

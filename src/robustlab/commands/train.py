@@ -173,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
     model = models.create(args.model, dataset=train, seed=args.seed, **kwargs)
     if args.resume and (out / checkpoint.META).is_file():
         _check_resume_meta(out, model, method, config, spec, quant)
+    if args.resume and not fresh_start:  # a corrupt resume point is refused before any write
+        import torch
+
+        from robustlab.train.trainer import _optimizer, load_resume_point
+
+        load_resume_point(out, model, _optimizer(model, config), torch.device("cpu"), args.epochs)
 
     distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
     main = distributed.is_main()

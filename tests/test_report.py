@@ -278,7 +278,7 @@ def test_headline_scatter_summary_and_flags_from_the_results(tmp_path):
     # the sentence names the separated winner with its numbers and its clean-error cost
     assert ("Most robust to RErr L∞ ε=0.1: AT 30.0 % [24.1, 36.7] vs CCAT 60.0 % [53.1, 66.5], "
             "at +15.0 points clean error vs Normal.") in html.unescape(head)
-    assert "AT: clean Err 20.0 % [15.0, 26.1] (at +15.0 points clean error vs Normal). " \
+    assert "AT: clean Err 20.0 % [15.0, 26.1] (+15.0 points above Normal). " \
            "Most robust (separated) to: RErr L∞ ε=0.1." in html.unescape(head)
     assert "square_breaks_more" in head and "Square misclassified 3 of 200" in head
     assert "1 sanity flag(s) raised" in head

@@ -23,7 +23,7 @@ from robustlab.report.summary import Metric
 
 MARKERS = "osD^vP*Xh<>p"
 
-_LP = re.compile(r"^RErr (linf|l2|l1|l0|frames|patch)$")
+_LP = re.compile(r"^RErr (linf|l2|l1|l0|frames|patch)([:@=-][\w.:@=-]*)?$")  # suite keys
 _RATE = re.compile(r"^RErr p=([\d.e-]+)%$")
 _BITS = re.compile(r"^RErr (\d+) bits( \((?:worst|max)\))?$")
 
@@ -191,8 +191,11 @@ def model_summary(table: Table, rows: Sequence[Row]) -> list[str]:
     for i, model in enumerate(table.models):
         parts = [f"{model}:"]
         if clean is not None and clean.cells[i] is not None:
+            cost = _cost(table, i)
+            cost = cost.replace("at +", "+").replace(" clean error vs ", " above ") \
+                if cost.startswith("at +") else "the lowest"
             parts.append(f"clean Err {_show(clean, clean.cells[i])}"  # type: ignore[arg-type]
-                         f" ({_cost(table, i)}).")
+                         f" ({cost}).")
         best, tied = [], []
         for row in rows:
             if row.note or row.cells[i] is None:

@@ -58,6 +58,7 @@ tr.flat td { color: #9aa1ad; background: #fafafa; } tr.flat td.best { color: #9a
 .rownote { display: block; font-size: 11px; font-style: italic; color: #8a6d1d; }
 ul.story li { margin: 3px 0; } .setting-note { color: var(--muted); font-size: 13px; }
 table.flags td { text-align: left; vertical-align: top; }
+ul.settings { font-size: 13px; color: var(--muted); margin: 4px 0 8px; padding-left: 20px; }
 .figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff;
          max-width: 100%; }
@@ -368,9 +369,7 @@ def summary_table(runs: list[dict[str, Any]], table: rows_mod.Table | None = Non
     out = ['<table class="summary"><thead><tr><th class="name">metric</th><th title="better">'
            f'↓↑</th><th>n</th>{head}</tr></thead><tbody>']
     for g in table.groups():
-        note = notes.get(g, "")
-        out.append(f'<tr class="group"><td colspan="{ncol}">{_esc(g)}'
-                   + (f' <span class="setting">{_esc(note)}</span>' if note else "") + "</td></tr>")
+        out.append(f'<tr class="group"><td colspan="{ncol}">{_esc(g)}</td></tr>')
         for r in (r for r in table.rows if r.group == g):
             cells = []
             for i in range(len(table.models)):
@@ -387,6 +386,10 @@ def summary_table(runs: list[dict[str, Any]], table: rows_mod.Table | None = Non
                        f'<td class="dir">{rows_mod.ARROW.get(r.better, "")}</td>'
                        f'<td class="n">{_esc(r.n)}</td>{"".join(cells)}</tr>')
     out.append("</tbody></table>")
+    settings = "".join(f"<li><b>{_esc(g)}</b>: {_esc(notes[g])}</li>" for g in table.groups()
+                       if notes.get(g))
+    if settings:
+        out.insert(0, f'<ul class="settings">{settings}</ul>')
     return "\n".join(out)
 
 

@@ -538,7 +538,7 @@ ROWS: list[Row] = [
     R("demo-scale", ["demo", "--scale", "huge"], r"huge"),
     R("demo-out-file", ["demo", "--config", F + "/badtrain.yaml", "--out", F + "/text.txt"],
       r"text\.txt|inf", sub=True),
-    R("demo-out-empty", ["demo", "--out", ""], r"--out|''"),
+    R("demo-out-empty", ["demo", "--out", ""], r"--out|''", sub=True),
     R("demo-traversal", ["demo", "--config", "{row}/preset.yaml", "--out", "{row}/out", "--fresh",
                          "--quiet", "--no-report"], r"\.\./victim",
       setup=lambda row: (_victim(row), traversal_preset(row, "../victim")), sub=True),
@@ -557,7 +557,7 @@ ROWS: list[Row] = [
     R("reproduce-badscale", ["reproduce", F + "/badscale.yaml", "--scale", "full"], r"full"),
     R("reproduce-out-file", ["reproduce", F + "/badtrain.yaml", "--out", F + "/text.txt"],
       r"text\.txt|inf", sub=True),
-    R("reproduce-out-empty", ["reproduce", "bit-errors", "--out", ""], r"--out|''"),
+    R("reproduce-out-empty", ["reproduce", "bit-errors", "--out", ""], r"--out|''", sub=True),
     R("reproduce-traversal", ["reproduce", "{row}/preset.yaml", "--out", "{row}/out"],
       r"\.\./victim", setup=lambda row: (_victim(row), traversal_preset(row, "../victim")),
       sub=True),
@@ -774,6 +774,73 @@ def test_bad_input(table, row):
 
 def test_shared_fixture_untouched(table):
     assert table["world"].shared_changes() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# training that cannot stay finite; resume
+# ---------------------------------------------------------------------------------------------
+
+def _finite_weights(run: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    return all(bool(torch.isfinite(t).all()) for t in load_file(str(run / "model.safetensors"))
+               .values() if t.is_floating_point())
+
+
+def test_lr_inf_exits_2_and_writes_no_weights(tmp_path):
+    o = in_process(TRAIN + ["--lr", "inf", "--out", str(tmp_path / "r")], tmp_path)
+    assert o.code == 2 and len(o.lines) == 1 and "inf" in o.lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_divergence_mid_training_keeps_the_last_good_checkpoint(tmp_path):
+    """A step schedule that multiplies a sane lr by 1e20 after epoch 1: epoch 2 diverges."""
+    run = tmp_path / "r"
+    o = in_process(TRAIN[:-5] + ["--epochs", "2", "--schedule", "step", "--step-size", "1",
+                                 "--gamma", "1e20", "--quiet", "--device", "cpu", "--out",
+                                 str(run)], tmp_path)
+    assert o.code == 2 and len(o.lines) == 1, o.stderr
+    assert re.search(r"diverged.*epoch 2, step \d+ of \d+.*epoch 1", o.lines[0]), o.lines[0]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    assert "NaN" not in (run / "metrics.jsonl").read_text()
+    assert _finite_weights(run)
+    from robustlab import checkpoint
+
+    assert checkpoint.read_state_info(run)["epoch"] == 1
+
+
+def test_divergence_in_the_first_epoch_leaves_nothing(tmp_path):
+    o = in_process(TRAIN + ["--lr", "1e30", "--out", str(tmp_path / "r")], tmp_path)
+    assert o.code == 2 and "diverged" in o.lines[-1] and "epoch 1, step" in o.lines[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_of_a_run_interrupted_in_epoch_1(tmp_path):
+    """Ctrl-C in epoch 1 leaves only config.yaml: --resume trains it from the start."""
+    run = tmp_path / "r"
+    assert in_process(TRAIN + ["--out", str(run)], tmp_path).code == 0
+    only_config(run)
+    o = in_process(TRAIN + ["--out", str(run), "--resume"], tmp_path)
+    assert o.code == 0, o.stderr
+    assert (run / "model.json").is_file() and _finite_weights(run)
+    o = in_process(TRAIN + ["--out", str(run), "--resume", "--lr", "0.2"], tmp_path)  # still checked
+    assert o.code == 2 and "--lr 0.2" in o.lines[0]
+
+
+def test_resume_extends_epochs_and_keeps_the_recorded_options(tmp_path):
+    run = tmp_path / "r"
+    assert in_process(TRAIN + ["--out", str(run), "--seed", "3"], tmp_path).code == 0
+    before = (run / "config.yaml").read_text()
+    o = in_process(TRAIN + ["--out", str(run), "--resume", "--seed", "3", "--epochs", "2",
+                            "--device", "cpu"], tmp_path)
+    assert o.code == 0, o.stderr
+    after = (run / "config.yaml").read_text()
+    assert before.replace("epochs: 1", "epochs: 2") == after
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["train_config"]["epochs"] == 2 and meta["seed"] == 3
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # ---------------------------------------------------------------------------------------------

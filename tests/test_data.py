@@ -202,6 +202,7 @@ def test_search_order(iso, monkeypatch):
 
 
 def test_missing_dataset_is_one_line_user_error(iso):
+    (iso / "mine").mkdir()  # an existing --data-dir without the files (a missing one: see below)
     with pytest.raises(data.DatasetNotFound) as e:
         data.load("fashion-mnist", data_dir=iso / "mine")
     msg = str(e.value)
@@ -592,3 +593,81 @@ def test_cli_json_and_exit_status(iso, capsys, tmp_path):
     assert main(["data", "nosuch"]) == 2  # an unknown name is bad input: one line, status 2
     err = capsys.readouterr().err
     assert "unknown dataset 'nosuch'" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- issue 11: degenerate data is one UserError line, before anything is sized by it -----------
+
+def _npz(tmp_path, name="d.npz", **arrays):
+    p = tmp_path / name
+    np.savez(p, **arrays)
+    return p
+
+
+def test_split_must_leave_both_parts_non_empty():
+    train, _ = data.synthetic(8, 4, seed=0)
+    with pytest.raises(UserError, match="0.9999"):
+        data.split(train, 0.9999)
+    with pytest.raises(UserError, match="0.5"):
+        data.split(train.subset(slice(0, 1)), 0.5)
+    rest, part = data.split(train, 0.25)
+    assert (len(rest), len(part)) == (6, 2)
+    assert data.split(train, 0.0)[1].x.shape[0] == 0  # no hold-out asked: allowed
+
+
+@pytest.mark.parametrize("arrays,msg", [
+    ({"x": np.zeros((0, 1, 8, 8), np.uint8), "y": np.zeros(0, np.int64)}, "example"),
+    ({"x": np.zeros((1, 1, 8, 8), np.uint8), "y": np.array([0])}, "1 example"),
+    ({"x": np.zeros((4, 1, 0, 0), np.uint8), "y": np.arange(4) % 2}, "1×0×0"),
+    ({"x": np.zeros((4, 1, 8, 8), np.uint8), "y": np.arange(4) % 2, "num_classes": np.array(0)},
+     "0 classes"),
+    ({"x": np.zeros((4, 1, 8, 8), np.uint8), "y": np.arange(4) % 2,
+      "num_classes": np.array([2, 3])}, "num_classes must be one integer"),
+    ({"x": np.zeros((5, 1, 8, 8), np.uint8), "y": np.array([0, 1, 2, 3, 10**9])}, "1000000000"),
+    ({"x": np.zeros((4, 1, 8, 8), np.uint8), "y": np.arange(4) % 2,
+      "x_test": np.zeros((0, 1, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)}, "0 test"),
+])
+def test_degenerate_npz_is_refused(tmp_path, arrays, msg):
+    with pytest.raises(UserError, match=msg) as e:
+        data.load(str(_npz(tmp_path, **arrays)))
+    assert "\n" not in str(e.value)
+
+
+def test_huge_label_is_refused_quickly(tmp_path):
+    """Labels up to 1e9 used to build a 1e9-entry class list (107 s, then MemoryError)."""
+    import time
+
+    p = _npz(tmp_path, x=np.zeros((5, 1, 8, 8), np.uint8), y=np.array([0, 1, 2, 3, 10**9]))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="at most 100000"):
+        data.load(str(p))
+    assert time.perf_counter() - t0 < 30  # generous: it is refused before sizing anything
+
+
+def test_explicit_num_classes_zero_is_not_ignored(tmp_path):
+    p = _npz(tmp_path, x=np.zeros((6, 1, 8, 8), np.uint8), y=np.arange(6) % 2,
+             num_classes=np.array(0))
+    with pytest.raises(UserError, match="0 classes"):
+        data.load(str(p))
+    p = _npz(tmp_path, "k5.npz", x=np.zeros((6, 1, 8, 8), np.uint8), y=np.arange(6) % 2,
+             num_classes=np.array(5))
+    train, test = data.load(str(p))
+    assert train.num_classes == test.num_classes == 5
+
+
+def test_data_dir_must_exist(tmp_path):
+    for bad in (tmp_path / "nope", tmp_path / "file.txt"):
+        if bad.name == "file.txt":
+            bad.write_text("x")
+        with pytest.raises(UserError, match=str(bad.name)):
+            data.load("mnist", data_dir=bad)
+        with pytest.raises(UserError, match=str(bad.name)):
+            data.load_default(data_dir=bad)
+
+
+def test_cli_data_unusable_npz_is_exit_2(tmp_path, capsys):
+    from robustlab.cli import main
+
+    p = _npz(tmp_path, x=np.zeros((0, 1, 8, 8), np.uint8), y=np.zeros(0, np.int64))
+    assert main(["data", str(p)]) == 2
+    out, err = capsys.readouterr()
+    assert "found" not in out and len(err.strip().splitlines()) == 1 and "d.npz" in err

@@ -319,7 +319,8 @@ def load(name: str, data_dir: str | Path | None = None, **kwargs: Any
     files where the network allows). Other keyword arguments go to the loader.
     """
     key = canonical(name)
-    check_data_dir(data_dir)
+    if not kwargs.get("download"):  # a download creates its target folder
+        check_data_dir(data_dir)
     if key in LOADERS:
         if key in files.FILE_DATASETS:
             return LOADERS[key](data_dir, **kwargs)

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.errors import UserError
 
     names = args.names or data.names()
-    data.check_data_dir(args.data_dir)
+    if not args.download:  # a download creates its target folder
+        data.check_data_dir(args.data_dir)
     if args.download:
         if not args.names:
             raise UserError("--download needs the NAMEs of the datasets to fetch; downloadable: "

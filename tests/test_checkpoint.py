@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -58,3 +59,57 @@ def test_custom_model_needs_an_instance(tmp_path):
     fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     loaded, _ = checkpoint.load(tmp_path, model=fresh)
     assert torch.equal(loaded[1].weight, m[1].weight)
+
+
+def test_model_json_records_hashes_and_dtypes_of_every_weight_file(tmp_path):
+    m = _saved(tmp_path)
+    meta = checkpoint.read_meta(tmp_path)
+    rec = meta["weights"]["model.safetensors"]
+    assert rec["sha256"] == checkpoint.file_sha256(tmp_path / "model.safetensors")
+    assert rec["dtypes"] == {k: str(v.dtype).removeprefix("torch.") for k, v in m.state_dict().items()}
+    assert rec["dtypes"]["body.0.1.norm.num_batches_tracked"] == "int64"  # buffers, own dtype
+    info = checkpoint.ModelInfo.from_json(meta)
+    assert info.architecture == "lenet" and info.kwargs["num_classes"] == 10
+
+
+@pytest.mark.parametrize("obj,message", [
+    ([], "must hold a JSON object, not list"),
+    ({"architecture": "lenet"}, "'kwargs' is missing"),
+    ({"architecture": "lenet", "kwargs": {"in_shape": [1, 28], "num_classes": 10}},
+     "'kwargs.in_shape' must be [C, H, W]"),
+    ({"architecture": "mlp", "kwargs": {"in_shape": [1, 8, 8], "num_classes": 4}, "data": "digits"},
+     "'data' must be an object"),
+    ({"architecture": "mlp", "kwargs": {"in_shape": [1, 8, 8], "num_classes": 4},
+      "data": {"name": "x", "subset": -1}}, "'data.subset' must be an integer ≥ 1"),
+    ({"architecture": "custom", "kwargs": {}, "factory": {"path": "f.py"}}, "'factory.function'"),
+    ({"architecture": "custom", "kwargs": {}, "normalization": {"mean": [0.5], "std": "x"}},
+     "'normalization.std' must be a list of numbers"),
+])
+def test_model_info_names_the_bad_field(obj, message):
+    with pytest.raises(UserError) as e:
+        checkpoint.ModelInfo.from_json(obj, "run/model.json")
+    assert message in str(e.value) and "run/model.json" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_trainer_state_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    m = models.create("mlp", in_shape=(1, 4, 4), num_classes=2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    checkpoint.save_state(tmp_path, 1, m, opt, [{"epoch": 1}], {})
+    assert checkpoint.load_state(tmp_path, m, opt, torch.device("cpu"))[0] == 1
+    tensors = {f"model.{k}": v for k, v in m.state_dict().items()}
+    for state, message in [({"epoch": "one", "history": [], "optimizer": {}}, "epoch must be"),
+                           ({"epoch": 1, "history": []}, "optimizer state is missing"),
+                           ({"epoch": -5, "history": []}, "epoch must be an integer ≥ 0")]:
+        save_file(tensors, tmp_path / checkpoint.STATE, metadata={"state": json.dumps(state)})
+        with pytest.raises(UserError, match=message):
+            checkpoint.load_state(tmp_path, m, opt, torch.device("cpu"))
+    # momentum buffers of the wrong shape
+    good = {"epoch": 1, "history": [], "method_state": {},
+            "optimizer": {"param_groups": opt.state_dict()["param_groups"], "scalars": {}}}
+    bad = dict(tensors, **{"optim.0.momentum_buffer": torch.zeros(3)})
+    save_file(bad, tmp_path / checkpoint.STATE, metadata={"state": json.dumps(good)})
+    with pytest.raises(UserError, match="optimizer state does not match"):
+        checkpoint.load_state(tmp_path, m, opt, torch.device("cpu"))

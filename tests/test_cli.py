@@ -79,3 +79,16 @@ def test_help_everywhere(capsys):
     for name in names:
         code, out, _ = run_cli(capsys, name, "--help")
         assert code == 0 and f"robustlab {name}" in out
+
+
+def test_evaluation_commands_get_data_and_locks_centrally(capsys):
+    from robustlab.cli import RUN_WRITERS, build_parser
+
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    for name in ("eval", "attack", "biterrors", "bitattack", "flatness", "energy"):
+        assert name in RUN_WRITERS
+        assert "--data" in choices[name].format_help(), name
+    assert "--data" not in choices["info"].format_help()
+    code, _, err = run_cli(capsys, "eval", "nowhere", "--data", "synthetic")
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1

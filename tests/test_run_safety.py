@@ -386,3 +386,23 @@ def test_runs_travel_and_evaluate_other_data(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, "biterrors", run, "--data", "digits", "--patterns", "1")
     assert code == 2 and "--data digits has 10 classes but the model" in one_line(err)
     assert "outputs 4 scores" in err
+
+
+def test_result_json_is_written_last_and_not_at_all_when_the_command_fails(run, capsys,
+                                                                          monkeypatch):
+    argv = ["biterrors", run, "--rates", "0.01", "--patterns", "1", "--n-test", "20", "--quiet"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    js, png = run / "results" / "biterrors.json", run / "results" / "biterrors.png"
+    assert js.stat().st_mtime_ns >= png.stat().st_mtime_ns  # the JSON marks it complete
+    old = js.read_bytes()
+    from robustlab.report import biterrors_plot
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", str(png))
+
+    monkeypatch.setattr(biterrors_plot, "plot_rerr_vs_rate", disk_full)
+    code, _, err = run_cli(capsys, *argv, "--seed0", "7")
+    assert code == 2 and "no space left on device" in one_line(err)
+    assert js.read_bytes() == old  # the previous result stands; no new JSON beside old figures
+    assert not list((run / "results").glob(".*.tmp"))

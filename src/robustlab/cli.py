@@ -14,6 +14,7 @@ Central behaviour every command gets from `main` (no command needs to do anythin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -96,6 +97,8 @@ RUN_WRITERS: dict[str, Callable[[argparse.Namespace], str]] = {
     "demo": lambda a: "demo",
     "reproduce": lambda a: "demo",
 }
+# commands whose result JSON is written last, after their figures (`io.results_last`)
+RESULTS_LAST = {"eval", "attack", "biterrors", "bitattack", "flatness", "energy", "epsilons"}
 # output options that name a file (every other `out` names a folder)
 _OUTPUT_FILES = {("report", "out"), ("biterrors", "plot"), ("biterrors", "export")}
 
@@ -162,14 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from robustlab import runs
-    from robustlab.io import os_error_message
+    from robustlab.io import os_error_message, results_last
 
     lock = RUN_WRITERS.get(args.command)
     try:
         _check_outputs(args)
         with runs.command_context(args.command, lock=lock(args) if lock else None,
                                   data=getattr(args, "data", None)
-                                  if getattr(args, "_run_data", False) else None):
+                                  if getattr(args, "_run_data", False) else None), \
+                (results_last() if args.command in RESULTS_LAST else contextlib.nullcontext()):
             return int(args.func(args) or 0)
     except UserError as e:
         sys.stderr.write(f"robustlab {args.command}: error: {_one_line(e)}\n")

@@ -8,6 +8,7 @@ removed by `clean_temp_files` the next time a command opens that folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,7 +16,7 @@ import platform
 import re
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,36 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
+_DEFERRED: list[tuple[Path, dict[str, Any]]] | None = None
+
+
+@contextlib.contextmanager
+def results_last() -> Iterator[None]:
+    """Hold back every `write_result` inside the block and write the JSON files when the block
+    ends without an error: after the figures and other files the block wrote. The JSON marks a
+    result complete, so a crash or kill part-way leaves the previous result, never a new JSON
+    beside old figures. The CLI wraps every evaluation command in it."""
+    global _DEFERRED
+    previous, _DEFERRED = _DEFERRED, []
+    try:
+        yield
+    except BaseException:
+        _DEFERRED = previous
+        raise
+    pending, _DEFERRED = _DEFERRED, previous
+    for path, result in pending:
+        atomic_write_json(path, result)
+
+
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """Write `run_dir/results/<name>.json`, stamped with versions; returns the path.
-    Write a result's figures first and this JSON last: the JSON marks the result complete."""
+    Inside `results_last()` the file is written when that block ends (after the figures)."""
     result = {"kind": name, **result, "versions": versions()}
-    return atomic_write_json(Path(run_dir) / "results" / f"{name}.json", result)
+    path = Path(run_dir) / "results" / f"{name}.json"
+    if _DEFERRED is not None:
+        _DEFERRED.append((path, json.loads(dumps(result))))  # a snapshot of the values now
+        return path
+    return atomic_write_json(path, result)
 
 
 # ---- output paths: checked up front, before long work --------------------------------------

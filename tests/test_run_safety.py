@@ -406,3 +406,10 @@ def test_result_json_is_written_last_and_not_at_all_when_the_command_fails(run, 
     assert code == 2 and "no space left on device" in one_line(err)
     assert js.read_bytes() == old  # the previous result stands; no new JSON beside old figures
     assert not list((run / "results").glob(".*.tmp"))
+
+
+def test_info_refuses_a_malformed_result_file(run, capsys):
+    (run / "results").mkdir()
+    (run / "results" / "attack.json").write_text("[1, 2, 3]")
+    code, _, err = run_cli(capsys, "info", run)
+    assert code == 2 and "attack.json must hold a JSON object, not list" in one_line(err)

@@ -394,8 +394,10 @@ def load(run: str | Path, *, model: nn.Module | None = None, device: str | torch
     _check_not_pickle(path)
     rec = info.weights.get(fname)
     if rec is not None and file_sha256(path) != rec["sha256"]:
+        hint = (f"; if training was interrupted, `robustlab train --resume --out {run}` "
+                "rewrites both" if (run / STATE).is_file() else "")
         raise UserError(f"{path} does not match the SHA-256 recorded in {META}: the file was "
-                        "changed or corrupted; refusing to load it")
+                        f"changed or corrupted; refusing to load it{hint}")
     state = read_weights(path, device)
     expected = (rec or {}).get("dtypes") or {k: _dtype_name(v.dtype)
                                              for k, v in model.state_dict().items()}

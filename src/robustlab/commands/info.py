@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from robustlab.checkpoint import read_meta
+    from robustlab.io import read_result
     from robustlab.runs import tidy
 
     meta = read_meta(args.run)  # schema-checked: a malformed model.json is one line, exit 2
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if lines:
             print(f"epochs        {len(lines)}; last: {lines[-1]}")
     results = sorted((run_dir / "results").glob("*.json"))
+    for p in results:
+        read_result(p)  # a malformed result file is one line, exit 2
     if results:
         print(f"results       {', '.join(p.stem for p in results)}")
     return 0

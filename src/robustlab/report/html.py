@@ -273,7 +273,7 @@ def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[
                         "threat model, titled with the predicted class and confidence; red frame: "
                         "the attack succeeded (misclassified), green: it failed.",
                         lambda p, e=ex_path, label=label: grid(e, p, title=label, max_columns=4),
-                        size="third"))
+                        size="half"))
     return [f for f in out + patch_bars + hists + grids if f]
 
 

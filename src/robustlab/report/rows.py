@@ -197,7 +197,7 @@ def cell_text(row: Row, i: int) -> tuple[str, str]:
 def to_text(table: Table) -> str:
     """Aligned plain text: metric, direction, n, then 'value [lo, hi]' per model; '*' marks the
     separated best, '~' a row that cannot discriminate."""
-    head = ["metric", "", "n", *table.models]
+    head = ["metric", "↓↑", "n", *table.models]
     lines: list[list[str]] = []
     for g in table.groups():
         lines.append([g.upper()])
@@ -231,7 +231,7 @@ def _md(s: str) -> str:
 
 def to_markdown(table: Table) -> str:
     """A GitHub-flavoured Markdown table with the same cells (best in bold, notes in a column)."""
-    head = ["metric", "", "n", *table.models, "note"]
+    head = ["metric", "↓↑", "n", *table.models, "note"]
     out = ["| " + " | ".join(_md(h) for h in head) + " |",
            "|" + "|".join([":---", ":-:", "--:"] + ["--:"] * len(table.models) + [":---"]) + "|"]
     for g in table.groups():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from robustlab.cli import add_device, add_speed, list_of, nonneg_int, positive_int
 
@@ -47,13 +48,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", default=None, metavar="NORM=R,…",
                    help="radii replacing the defaults, e.g. linf=0.2,l2=3 (default: the spec's "
                    "for the image size: 0.1/1.5/10/15 on 28×28 gray)")
+    p.add_argument("--attacks", default="standard",
+                   help="optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf and "
+                   "Square in sequence, the worst case per example), pgd (a quick look: PGD with "
+                   "each of --objectives), or a comma list of apgd-ce, apgd-dlr, apgd-t, "
+                   "apgd-conf, square, pgd (default: %(default)s)")
     p.add_argument("--restarts", type=positive_int, default=1,
-                   help="runs per objective: one from zero, the rest from random starts")
+                   help="APGD restarts; PGD: runs per objective, one from zero, the rest random")
     p.add_argument("--steps", type=nonneg_int, default=None,
-                   help="iterations per attack (default 40; patches 100)")
+                   help="iterations per attack (default: APGD 100, PGD 40, patches 100)")
+    p.add_argument("--queries", type=positive_int, default=None,
+                   help="Square queries (default 5000; 50 × --steps when --steps is given)")
+    p.add_argument("--targets", type=positive_int, default=9,
+                   help="APGD-T target classes (the most likely non-true ones; default 9)")
     p.add_argument("--patch-steps", type=nonneg_int, default=None, help="iterations for patches")
     p.add_argument("--objectives", type=list_of(str), default=["ce", "conf"],
-                   help="PGD objectives, each run separately (ce, conf, dlr; default ce,conf)")
+                   help="PGD objectives (--attacks pgd, L0, frames, patches), each run "
+                   "separately (ce, conf, dlr; default ce,conf)")
     p.add_argument("--n-test", type=positive_int, default=1000, help="test images to attack")
     p.add_argument("--holdout", type=_fraction, default=0.1,
                    help="fraction at the end of the test set that calibrates τ")
@@ -66,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="PGD momentum β (0 = off)")
     p.add_argument("--no-backtrack", action="store_true", help="fixed PGD step sizes")
     p.add_argument("--no-early-exit", action="store_true",
-                   help="keep attacking examples that are already adversarial with c ≥ τ")
+                   help="inside an attack, keep attacking examples that are already adversarial "
+                   "with c ≥ the largest τ (the verdicts are the same)")
+    p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks (flags)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
@@ -85,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
     from robustlab.attacks import corruptions
     from robustlab.errors import UserError
-    from robustlab.evaluate.adversarial import adversarial, parse_eps, parse_suite
+    from robustlab.evaluate.adversarial import adversarial, parse_attacks, parse_eps, parse_suite
     from robustlab.io import write_result
     from robustlab.runs import open_run
 
     # Validate the cheap things before loading anything.
     parse_suite(args.suite)
     parse_eps(args.eps)
+    parse_attacks(args.attacks)
     if not 0 <= args.momentum < 1:
         raise UserError(f"momentum {args.momentum} is invalid; it must be in [0, 1)")
     for s in args.severity:
@@ -106,11 +120,12 @@ def run(args: argparse.Namespace) -> int:
     results_dir = r.path / "results"
     res = adversarial(
         r.predictor(), r.test, args.suite, eps=args.eps, n=args.n_test, holdout=args.holdout,
-        tprs=args.tpr, steps=args.steps, patch_steps=args.patch_steps, restarts=args.restarts,
+        tprs=args.tpr, attacks=args.attacks, steps=args.steps, patch_steps=args.patch_steps,
+        queries=args.queries, targets=args.targets, restarts=args.restarts,
         objectives=args.objectives, momentum=args.momentum, backtrack=not args.no_backtrack,
-        early_stop=not args.no_early_exit, severities=args.severity, corruptions=args.corruptions,
-        batch_size=args.batch_size, seed=args.seed, device=r.device, bf16=args.bf16,
-        channels_last=args.channels_last,
+        early_stop=not args.no_early_exit, sanity=not args.no_sanity, severities=args.severity,
+        corruptions=args.corruptions, batch_size=args.batch_size, seed=args.seed, device=r.device,
+        bf16=args.bf16, channels_last=True if args.channels_last else None,
         examples_path=results_dir / f"{args.name}_examples.safetensors",
         dataset=r.meta["data"]["name"], progress=False if args.quiet else None)
     out = {"run": str(r.path), "snapshot": "best" if args.best else "last", **res}
@@ -118,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     path = write_result(r.path, args.name, out)
     print(summary_table(res))
+    for line in flag_lines(res):
+        print(line, file=sys.stderr)
     print(f"written to {path}")
     if not args.no_figures:
         from robustlab.report import adversarial_plots as plots
@@ -168,4 +185,13 @@ def summary_table(res: dict) -> str:
                                   else f" {'-':>5}")
         lines.append(row)
     lines.append("(distal: FPR@τ of noise-started inputs; corrupt: mean Err and Err@τ)")
+    for name, t in res["threats"].items():
+        if t.get("by_attack"):
+            lines.append(f"{name}: examples broken by each attack: " + ", ".join(
+                f"{a} +{v['added']}" for a, v in t["by_attack"].items()))
     return "\n".join(lines)
+
+
+def flag_lines(res: dict) -> list[str]:
+    """One 'warning: …' line per sanity flag of a result."""
+    return [f"warning: {f['message']}" for f in res.get("flags", [])]

@@ -2,19 +2,33 @@
 
 Protocol: the last `holdout` fraction (default 10%) of the test set calibrates the confidence
 threshold τ at each TPR on its correctly classified clean examples; the first `n` examples
-(default 1000) are attacked. For every threat model of the suite several attacks run (objectives
-`ce` and `conf`, each from a zero start plus `restarts − 1` random starts) and the per-example
-worst case (highest wrong-class confidence, misclassified first) is scored: Err, RErr, RErr@τ,
-FPR@τ and ROC AUC. Distal inputs report FPR@τ, corruptions Err and Err@τ.
+(default 1000) are attacked. Err, RErr, RErr@τ, FPR@τ and ROC AUC are scored on the per-example
+worst case (misclassified first, then the highest wrong-class confidence; spec §2). Distal inputs
+report FPR@τ, corruptions Err and Err@τ.
 
 Suite items: `linf`, `l2`, `l1`, `l0`, `frames`, `patch`, `distal`, `corrupt`; an item may carry
 a parameter after a colon: a radius (`linf:0.2`, `distal:0.3`), a frame width (`frames:3`), a
 patch side (`patch:5`) or a severity (`corrupt:5`).
 
-Early exit (on by default) stops attacking an example once it is misclassified with confidence
-≥ the largest τ; that example counts as an error at every reported threshold, so Err, RErr,
-RErr@τ and FPR@τ are unchanged, while mean adversarial confidences and the AUC are those of
-the first sufficient iterate (turn it off for confidence histograms of fully optimized attacks).
+Attacks (spec §3a): the default `standard` runs, per L∞/L2 threat, APGD-CE, APGD-T (the top-9
+non-true classes as targets), APGD-conf and Square in sequence; L1 runs the three APGD attacks
+(Square has no L1 version); L0, frames and patches run PGD with each of `objectives`. `pgd` is the
+quick PGD suite of each objective (zero start plus `restarts − 1` random starts, momentum and
+backtracking). Each attack runs only on the examples not yet *decided* (AutoAttack's protocol),
+and per example the most damaging input so far is kept. An example is decided once no later
+attack could change any reported metric for it: misclassified with confidence ≥ the largest τ.
+The result records, per threat, which attack produced each example's verdict and what each
+attack added.
+
+Early exit (on by default) additionally stops attacking an example inside an attack once it is
+decided; the verdicts (Err, RErr, RErr@τ, FPR@τ) are those of a run without it, while mean
+adversarial confidences and the AUC are those of the first sufficient iterate (turn it off for
+confidence histograms of fully optimized attacks).
+
+Sanity flags (`flags` in the result; warnings, never errors): a non-deterministic model, outputs
+that already are probabilities, many zero input gradients, Square breaking examples that every
+gradient attack left correct, RErr decreasing as the radius of one norm grows, and a very large
+radius that does not reach ≈ 100% RErr.
 
 Randomness: batch b of a suite item draws from a generator seeded with the item's seed + b, so
 every batch is reproducible on its own. Under `torchrun` the batches of the attacked (and distal)
@@ -38,7 +52,7 @@ from tqdm import tqdm
 
 from robustlab import distributed, sources
 from robustlab.attacks import corruptions as corr
-from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, worst_case
+from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, merge_into
 from robustlab.attacks.distal import distal
 from robustlab.attacks.frames import frame_mask, frames
 from robustlab.attacks.patches import check_size, patch_attack
@@ -130,48 +144,172 @@ def _batch_generators(item_seed: int, n: int, batch_size: int) -> list[tuple[int
             for i in distributed.shard(range(0, n, batch_size))]
 
 
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "apgd-conf", "square", "pgd")
+STANDARD = ("apgd-ce", "apgd-t", "apgd-conf", "square")
+GRADIENT_FREE = ("square",)
+
+
+def parse_attacks(attacks: str | Sequence[str]) -> tuple[str, ...]:
+    """Attack names from 'standard', 'pgd' or a comma list such as 'apgd-ce,apgd-t,square'."""
+    parts = [p.strip().lower() for p in (attacks.split(",") if isinstance(attacks, str) else attacks)
+             if p.strip()]
+    out: list[str] = []
+    for part in parts:
+        names = STANDARD if part == "standard" else (part,)
+        for name in names:
+            if name not in ATTACKS:
+                raise UserError(f"unknown attack {part!r}; choose from standard, {', '.join(ATTACKS)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise UserError(f"no attack given; choose from standard, {', '.join(ATTACKS)}")
+    return tuple(out)
+
+
 @dataclasses.dataclass
 class _Settings:
-    steps: int
+    attacks: tuple[str, ...]
+    steps: int           # PGD iterations (L0, frames, distal, `pgd`)
+    apgd_steps: int
     patch_steps: int
+    queries: int
+    targets: int
     restarts: int
     objectives: tuple[str, ...]
     momentum: float
     backtrack: bool
-    early_stop: float | None
+    early_stop: float | None  # the stop confidence inside attacks (None: off)
+    decide: float             # an example is decided once wrong with confidence ≥ this
     bf16: bool
-    channels_last: bool
+    channels_last: bool | None
 
 
-def _lp_attacks(model: Model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
-                s: _Settings, g: torch.Generator, mask_kind: str | None = None,
-                width: int | None = None) -> tuple[AttackResult, list[str]]:
-    results, names = [], []
-    for obj in s.objectives:
-        for init, restarts in (("zero", 1), ("box" if mask_kind else "norm", s.restarts - 1)):
-            if restarts < 1:
-                continue
-            kw = dict(steps=s.steps, objective=obj, init=init, restarts=restarts,
-                      momentum=s.momentum, backtrack=s.backtrack, early_stop=s.early_stop,
-                      generator=g, bf16=s.bf16, channels_last=s.channels_last)
-            if mask_kind == "frames":
-                results.append(frames(model, x, y, width=width, **kw))
-            else:
-                results.append(pgd(model, x, y, norm=norm, eps=eps, **kw))
-            names.append(f"{obj}/{init}×{restarts}")
-    return worst_case(results), names
+Step = tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], AttackResult]]
 
 
-def _patch_attacks(model: Model, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int],
-                   s: _Settings, g: torch.Generator) -> tuple[AttackResult, list[str]]:
-    results, names = [], []
-    for obj in s.objectives:
-        results.append(patch_attack(model, x, y, size=size, steps=s.patch_steps, step_size=0.05,
+def _plan(model: Model, threat: str, eps: float | None, s: _Settings, *, width: int | None = None,
+          size: tuple[int, int] | None = None) -> tuple[list[Step], list[str]]:
+    """The attacks run in sequence for one threat model, and the notes on those skipped."""
+    from robustlab.attacks import apgd, square
+
+    steps: list[Step] = []
+    notes: list[str] = []
+    cl = s.channels_last
+    common = dict(early_stop=s.early_stop, bf16=s.bf16)
+
+    def pgd_step(obj: str, init: str, restarts: int) -> Step:
+        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
+            kw = dict(steps=s.steps, objective=obj, init=init, restarts=restarts, momentum=s.momentum,
+                      backtrack=s.backtrack, generator=g, channels_last=cl, **common)
+            if threat == "frames":
+                return frames(model, x, y, width=width, **kw)
+            return pgd(model, x, y, norm=threat, eps=eps, **kw)
+        return f"{obj}/{init}×{restarts}", run
+
+    def apgd_step(name: str, loss: str) -> Step:
+        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
+            return apgd(model, x, y, norm=threat, eps=eps, loss=loss, targets=s.targets,
+                        steps=s.apgd_steps, restarts=s.restarts, generator=g,
+                        channels_last=s.channels_last, **common)
+        return name, run
+
+    def square_step() -> Step:
+        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
+            return square(model, x, y, norm=threat, eps=eps, queries=s.queries, generator=g,
+                          early_stop=s.early_stop)
+        return "square", run
+
+    def pgd_steps() -> list[Step]:
+        out = []
+        for obj in s.objectives:
+            for init, restarts in (("zero", 1), ("box" if threat == "frames" else "norm",
+                                                  s.restarts - 1)):
+                if restarts >= 1:
+                    out.append(pgd_step(obj, init, restarts))
+        return out
+
+    if threat == "patch":
+        assert size is not None
+        for obj in s.objectives:
+            def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, obj: str = obj
+                    ) -> AttackResult:
+                return patch_attack(model, x, y, size=size, steps=s.patch_steps, step_size=0.05,
                                     location="optimized-full", restarts=s.restarts, objective=obj,
-                                    early_stop=s.early_stop, generator=g, bf16=s.bf16,
-                                    channels_last=s.channels_last))
-        names.append(f"{obj}/optimized-full×{s.restarts}")
-    return worst_case(results), names
+                                    generator=g, channels_last=cl, **common)
+            steps.append((f"{obj}/optimized-full×{s.restarts}", run))
+        return steps, notes
+    if threat in ("l0", "frames"):
+        return pgd_steps(), notes
+    losses = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-t", "apgd-conf": "conf"}
+    for name in s.attacks:
+        if name == "pgd":
+            steps.extend(pgd_steps())
+        elif name == "square":
+            if threat in ("linf", "l2"):
+                steps.append(square_step())
+            else:
+                notes.append(f"square skipped: no {threat} version")
+        else:
+            steps.append(apgd_step(name, losses[name]))
+    if not steps:
+        notes.append("no selected attack has this norm: PGD ran instead")
+        steps = pgd_steps()
+    return steps, notes
+
+
+def _decided(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """Misclassified with confidence ≥ τ: no later attack can change a reported metric."""
+    return (logits.argmax(1) != y) & (confidence(logits) >= tau)
+
+
+def _attack_seed(batch_seed: int, name: str) -> int:
+    return (batch_seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63)
+
+
+def _sequence(steps: list[Step], x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor,
+              decide: float, batch_seed: int, times: list[float]
+              ) -> tuple[AttackResult, dict[str, torch.Tensor]]:
+    """Run the attacks one after another on the undecided examples; keep the worst case.
+
+    Returns the worst case (starting from the clean input itself) and per-example records:
+    `by` (index of the attack whose input is kept, −1: the clean input), `broken_by` (the attack
+    after which the example was first misclassified, −1: clean, −2: never), `attacked` (number of
+    attacks that ran on it) and `masked` (misclassified by a gradient-free attack only, after
+    every gradient attack left it correct).
+    """
+    n = x.shape[0]
+    best = AttackResult(x.clone(), clean_logits.to(x.device).float(), y)
+    by = torch.full((n,), -1, dtype=torch.long)
+    wrong = (best.pred != y).cpu()
+    broken_by = torch.where(wrong, torch.tensor(-1), torch.tensor(-2))
+    attacked = torch.zeros(n, dtype=torch.long)
+    gradient_ran = False
+    masked = torch.zeros(n, dtype=torch.long)
+    for j, (name, run) in enumerate(steps):
+        idx = (~_decided(best.logits, y, decide)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(_attack_seed(batch_seed, name))
+        part = run(x[idx], y[idx], g)
+        times[j] += time.perf_counter() - t0
+        part = AttackResult(part.x_adv, part.logits.float(), y[idx], part.info)
+        before_wrong = (best.pred != y).cpu()
+        take = (part.key() > best.key()[idx]).cpu()
+        best = merge_into(best, idx, part)
+        idx_c = idx.cpu()
+        by[idx_c[take]] = j
+        attacked[idx_c] += 1
+        now_wrong = (best.pred != y).cpu()
+        new = now_wrong & ~before_wrong
+        broken_by[new] = j
+        if name in GRADIENT_FREE:
+            if gradient_ran:
+                masked |= new.long()
+        else:
+            gradient_ran = True
+    best.info = {}
+    return best, {"by": by, "broken_by": broken_by, "attacked": attacked, "masked": masked}
 
 
 def _examples(x: torch.Tensor, res: AttackResult, k: int) -> dict[str, torch.Tensor]:
@@ -224,18 +362,26 @@ def _model_device(model: Model) -> torch.device:
 
 def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAULT_SUITE, *,
                 eps: str | dict[str, float] | None = None, n: int = 1000, holdout: float = 0.1,
-                tprs: Sequence[float] = (0.99, 0.98), steps: int | None = None,
-                patch_steps: int | None = None, restarts: int = 1,
+                tprs: Sequence[float] = (0.99, 0.98), attacks: str | Sequence[str] = "standard",
+                steps: int | None = None, patch_steps: int | None = None,
+                queries: int | None = None, targets: int = 9, restarts: int = 1,
                 objectives: Sequence[str] = ("ce", "conf"), momentum: float = 0.9,
-                backtrack: bool = True, early_stop: bool = True, severities: Sequence[int] = (3,),
+                backtrack: bool = True, early_stop: bool = True, sanity: bool = True,
+                severities: Sequence[int] = (3,),
                 corruptions: Sequence[str] | None = None, batch_size: int = 500, seed: int = 0,
                 device: torch.device | str | None = None, bf16: bool = False,
-                channels_last: bool = False, n_examples: int = 8,
+                channels_last: bool | None = None, n_examples: int = 8,
                 examples_path: str | Path | None = None, dataset: str | None = None,
                 progress: bool | None = None) -> dict[str, Any]:
     """Run an evaluation suite on the first `n` test examples; returns a JSON-able dict.
 
-    `steps` defaults to 40 (100 for patches). With `examples_path`, the first `n_examples`
+    `attacks` selects the optimizers of the Lp threats: `standard` (APGD-CE, APGD-T with
+    `targets` target classes, APGD-conf, Square), `pgd` (the quick PGD suite of `objectives`) or
+    a comma list of `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-conf`, `square`, `pgd`. `steps`
+    defaults to 100 for APGD and 40 for PGD (100 for patches); `queries` (Square) to 5000, or
+    50·`steps` (at most 5000) when `steps` is given. `channels_last=None` lets the attacks
+    choose (on for 4-D inputs on the CPU). `sanity` adds the sanity flags (`flags`).
+    With `examples_path`, the first `n_examples`
     clean and adversarial images of every threat model are saved there (safetensors; keys
     `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
     relative to the result's folder when the file is saved beside it).
@@ -244,6 +390,11 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     items = parse_suite(suite)
     eps_over = parse_eps(eps)
+    attack_names = parse_attacks(attacks)
+    if queries is not None and queries < 1:
+        raise UserError(f"queries {queries} is invalid; it must be an integer ≥ 1")
+    if targets < 1:
+        raise UserError(f"targets {targets} is invalid; it must be an integer ≥ 1")
     if restarts < 1:
         raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
     if steps is not None and steps < 0:
@@ -296,14 +447,20 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
         clean_logits = logits_of(x_att)
         clean_wrong = clean_logits.argmax(1) != y_att
         clean_conf = confidence(clean_logits)
-        stop = max(taus.values()) if early_stop else None
-        s = _Settings(40 if steps is None else int(steps),
+        decide = max(taus.values())  # the largest τ reported: a decided example stays decided
+        n_queries = int(queries) if queries is not None else (
+            5000 if steps is None else max(1, min(5000, 50 * int(steps))))
+        s = _Settings(attack_names, 40 if steps is None else int(steps),
+                      100 if steps is None else int(steps),
                       100 if patch_steps is None and steps is None else
                       int(patch_steps if patch_steps is not None else steps),
-                      int(restarts), tuple(objectives), momentum, backtrack, stop, bf16, channels_last)
+                      n_queries, int(targets), int(restarts), tuple(objectives), momentum,
+                      backtrack, decide if early_stop else None, decide, bf16, channels_last)
         out: dict[str, Any] = {
             "config": {"suite": [i.key for i in items], "eps": eps_over, "n": n_att,
-                       "holdout": n_hold, "tprs": list(tprs), "steps": s.steps,
+                       "holdout": n_hold, "tprs": list(tprs), "attacks": list(attack_names),
+                       "steps": s.steps, "apgd_steps": s.apgd_steps, "queries": s.queries,
+                       "targets": s.targets,
                        "patch_steps": s.patch_steps, "restarts": s.restarts,
                        "objectives": list(objectives), "momentum": momentum, "backtrack": backtrack,
                        "early_stop": early_stop, "severities": list(severities),
@@ -317,6 +474,10 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
             "threats": {}, "classes": list(test.classes)}
         examples: dict[str, dict[str, torch.Tensor]] = {}
         out["clean"]["time_s"] = round(time.perf_counter() - t0, 3)
+        flags: list[dict[str, Any]] = []
+        if sanity:
+            m = min(SANITY_N, n_att)
+            flags = model_flags(model, x_att[:m].to(dev), y_att[:m].to(dev))
         batches = range(0, n_att, batch_size)
         bar = tqdm(total=len(items) * len(distributed.shard(batches)), desc="attacks", unit="batch",
                    leave=False, disable=not distributed.is_main() or (
@@ -331,13 +492,16 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
                 r = _run_corrupt(logits_of, item, x_att, y_att, taus, severities, names, g,
                                  len(batches), bar)
             else:
-                r, ex = _run_attack(model, item, eps_over, x_att, y_att, clean_wrong, clean_conf,
-                                    taus, s, _item_seed(seed, item.key), dev, batch_size, shape,
+                r, ex = _run_attack(model, item, eps_over, x_att, y_att, clean_logits, taus, s,
+                                    _item_seed(seed, item.key), dev, batch_size, shape,
                                     dataset or test.name, bar, n_examples)
                 examples[item.key] = ex
             r["time_s"] = round(time.perf_counter() - t1, 3)
             out["threats"][item.key] = r
         bar.close()
+        if sanity:
+            flags += result_flags(out["threats"])
+            out["flags"] = flags
         if examples_path is not None and examples:
             out["examples_file"] = (save_examples(examples_path, examples, list(test.classes))
                                     if distributed.is_main() else Path(examples_path).name)
@@ -348,12 +512,12 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
 
 
 def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att: torch.Tensor,
-                y_att: torch.Tensor, clean_wrong: torch.Tensor, clean_conf: torch.Tensor,
-                taus: dict[str, float], s: _Settings, item_seed: int, dev: torch.device,
-                batch_size: int, shape: tuple[int, ...], dataset: str, bar: tqdm, n_examples: int
+                y_att: torch.Tensor, clean_logits: torch.Tensor, taus: dict[str, float],
+                s: _Settings, item_seed: int, dev: torch.device, batch_size: int,
+                shape: tuple[int, ...], dataset: str, bar: tqdm, n_examples: int
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     info: dict[str, Any] = {"threat": item.threat}
-    adv_logits, names, first = [], [], None
+    eps, width, size = None, None, None
     if item.threat in NORMS:
         eps = item.param if item.param is not None else eps_over.get(
             item.threat, default_eps(item.threat, shape, dataset))
@@ -364,23 +528,42 @@ def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att
     else:
         size = (int(item.param),) * 2 if item.param is not None else patch_size(shape)
         info["size"] = list(size)
-    for i, g in _batch_generators(item_seed, x_att.shape[0], batch_size):
+    plan, notes = _plan(model, item.threat, eps, s, width=width, size=size)
+    names = [name for name, _ in plan]
+    times = [0.0] * len(plan)
+    adv_logits: list[torch.Tensor] = []
+    records: dict[str, list[torch.Tensor]] = {"by": [], "broken_by": [], "attacked": [], "masked": []}
+    first = None
+    for i in distributed.shard(range(0, x_att.shape[0], batch_size)):
         x, y = x_att[i:i + batch_size].to(dev), y_att[i:i + batch_size].to(dev)
-        if item.threat in NORMS:
-            res, names = _lp_attacks(model, x, y, item.threat, eps, s, g)
-        elif item.threat == "frames":
-            res, names = _lp_attacks(model, x, y, "linf", 1.0, s, g, "frames", width)
-        else:
-            res, names = _patch_attacks(model, x, y, size, s, g)
+        res, rec = _sequence(plan, x, y, clean_logits[i:i + batch_size], s.decide,
+                             (item_seed + i // batch_size) % (2 ** 63), times)
         if first is None:
             first = _examples(x, res, n_examples)
         adv_logits.append(res.logits.cpu())
+        for k, v in rec.items():
+            records[k].append(v)
         bar.update(1)
-    logits = distributed.gather_batches(adv_logits, x_att.shape[0])
+    n = x_att.shape[0]
+    logits = distributed.gather_batches(adv_logits, n)
+    rec = {k: distributed.gather_batches(v, n) for k, v in records.items()}
     adv_wrong = logits.argmax(1) != y_att
     adv_conf = confidence(logits)
+    clean_wrong = clean_logits.argmax(1) != y_att
     info["attacks"] = names
-    info.update(M.adversarial_metrics(clean_wrong, clean_conf, adv_wrong, adv_conf, taus))
+    if notes:
+        info["notes"] = notes
+    by = rec["by"].long()
+    broken = rec["broken_by"].long()
+    attacked = rec["attacked"].long()
+    info["by_attack"] = {
+        name: {"attacked": int((attacked > j).sum()), "added": int((broken == j).sum()),
+               "kept": int((by == j).sum()), "time_s": round(times[j], 3)}
+        for j, name in enumerate(names)}
+    info["verdict_by"] = [names[j] if j >= 0 else "clean" for j in by.tolist()]
+    info["masked"] = int((rec["masked"] > 0).sum())
+    info.update(M.adversarial_metrics(clean_wrong, confidence(clean_logits), adv_wrong, adv_conf,
+                                      taus))
     info["adv_conf"] = _rounded(adv_conf)
     info["adv_wrong"] = adv_wrong.tolist()
     if first is None:  # this rank had no batch (more ranks than batches)
@@ -433,3 +616,106 @@ def _run_corrupt(logits_of: Callable[[torch.Tensor], torch.Tensor], item: SuiteI
             "mean_err": mean([v["err"] for v in per.values()]),
             "at": {k: {"tau": t, "err": mean([v["at"][k]["err"] for v in per.values()])}
                    for k, t in taus.items()}}
+
+
+# ---------------------------------------------------------------- sanity flags
+
+SANITY_N = 200           # examples the model checks look at
+UNBOUNDED_N = 64         # examples of the unbounded attack
+UNBOUNDED_EPS = 1.0      # L∞ radius 1 contains every image
+UNBOUNDED_STEPS = 10
+UNBOUNDED_RERR = 0.95    # below this, the unbounded attack "failed"
+ZERO_GRAD_ENTRIES = 0.5  # fraction of exactly zero input-gradient entries that raises the flag
+ZERO_GRAD_EXAMPLES = 0.1  # fraction of examples with an all-zero input gradient that raises it
+MASKED_FRACTION = 0.005  # Square may add this fraction of the attacked examples before a flag
+
+
+def _flag(name: str, message: str, **numbers: float | int) -> dict[str, Any]:
+    return {"name": name, "message": message, "numbers": numbers}
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{k≠y} z_k − z_y: a loss that does not saturate like the softmax does."""
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    return logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1) - z_y
+
+
+def model_flags(model: Model, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+    """Sanity flags about the model itself on a few examples (x, y on the model's device).
+
+    Non-deterministic outputs (two forward passes differ), outputs that already are probabilities,
+    many exactly zero input gradients (of the logit margin, which does not saturate), and a very
+    large L∞ radius (1.0: every image is inside) that PGD cannot use to reach ≈ 100% RErr.
+    """
+    flags = []
+    a, b = evaluate_logits(model, x), evaluate_logits(model, x)
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    scale = 1.0 + float(a.abs().max()) if a.numel() else 1.0
+    if not math.isfinite(diff) or diff > 1e-4 * scale:
+        changed = float((a.argmax(1) != b.argmax(1)).float().mean())
+        flags.append(_flag(
+            "nondeterministic", f"the model is not deterministic: two forward passes of the same "
+            f"{x.shape[0]} inputs differ (max |Δ logit| {diff:.3g}, {100 * changed:.1f}% of the "
+            "predictions change); attacks and reported errors are then noisy (evaluate the "
+            "expectation, e.g. average the logits over several passes)",
+            max_abs_diff=diff, changed_predictions=changed, n=int(x.shape[0])))
+    rows_ok = ((a >= -1e-6) & (a <= 1 + 1e-6)).all(1) & ((a.sum(1) - 1).abs() < 1e-4)
+    frac = float(rows_ok.float().mean()) if a.numel() else 0.0
+    if frac >= 0.99:
+        flags.append(_flag(
+            "probabilities", f"the model's outputs look like probabilities ({100 * frac:.1f}% of "
+            "rows are in [0, 1] and sum to 1); attacks and confidences treat outputs as logits, "
+            "so return logits (remove the final softmax)", fraction_of_rows=frac))
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        (g,) = torch.autograd.grad(_margin(model(xg).float(), y).sum(), xg)
+    zero = g.flatten(1) == 0
+    entries = float(zero.float().mean())
+    examples = float(zero.all(1).float().mean())
+    if entries >= ZERO_GRAD_ENTRIES or examples >= ZERO_GRAD_EXAMPLES:
+        flags.append(_flag(
+            "zero_gradients", f"{100 * entries:.1f}% of the input-gradient entries and "
+            f"{100 * examples:.1f}% of the examples' whole input gradients are exactly zero "
+            "(possible gradient masking, e.g. a non-differentiable input quantization); "
+            "gradient attacks are then unreliable", zero_entries=entries, zero_examples=examples))
+    m = min(UNBOUNDED_N, x.shape[0])
+    if m:
+        res = pgd(model, x[:m], y[:m], norm="linf", eps=UNBOUNDED_EPS, steps=UNBOUNDED_STEPS,
+                  objective=_margin, init="zero", generator=torch.Generator().manual_seed(0))
+        rerr = float(res.success.float().mean())
+        if rerr < UNBOUNDED_RERR:
+            flags.append(_flag(
+                "unbounded", f"an attack with L∞ radius {UNBOUNDED_EPS:g} (every image is "
+                f"inside) reaches only {100 * rerr:.1f}% RErr on {m} examples "
+                f"({UNBOUNDED_STEPS} PGD steps) instead of ≈ 100%: the gradients do not lead the "
+                "attacks anywhere (gradient masking?)", rerr=rerr, n=m, eps=UNBOUNDED_EPS,
+                steps=UNBOUNDED_STEPS))
+    return flags
+
+
+def result_flags(threats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sanity flags from the scored threats: Square breaking what every gradient attack left
+    correct, and RErr decreasing as the radius of one norm grows."""
+    flags = []
+    for key, t in threats.items():
+        k, n = int(t.get("masked", 0)), len(t.get("adv_wrong", ()))
+        if n and k >= max(1, math.ceil(MASKED_FRACTION * n)):
+            flags.append(_flag(
+                "square_breaks_more", f"{key}: Square (gradient-free) misclassified {k} of {n} "
+                "examples that every gradient attack left correct: possible gradient masking, "
+                "trust the gradient attacks less", threat=key, examples=k, n=n))
+    by_norm: dict[str, list[tuple[float, str, float]]] = {}
+    for key, t in threats.items():
+        if t.get("threat") in NORMS and "rerr" in t and "eps" in t:
+            by_norm.setdefault(t["threat"], []).append((float(t["eps"]), key, float(t["rerr"])))
+    for norm, rows in by_norm.items():
+        rows.sort()
+        for (e0, k0, r0), (e1, k1, r1) in zip(rows, rows[1:]):
+            if e1 > e0 and r1 < r0:
+                flags.append(_flag(
+                    "rerr_not_monotone", f"{norm}: RErr falls from {100 * r0:.1f}% at radius "
+                    f"{e0:g} ({k0}) to {100 * r1:.1f}% at the larger radius {e1:g} ({k1}); a "
+                    "larger ball contains the smaller one, so the attack at the larger radius is "
+                    "too weak", norm=norm, eps_small=e0, rerr_small=r0, eps_large=e1,
+                    rerr_large=r1))
+    return flags

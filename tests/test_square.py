@@ -1,0 +1,99 @@
+"""Square attack (spec §3a): feasibility, seeding, the p schedule, gradient masking, early exit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_pgd import batch, gen, small_cnn, trained_digits
+from torch import nn
+
+from robustlab.attacks import Square, lp_norm, pgd, square
+from robustlab.attacks.square import p_schedule, square_side
+from robustlab.errors import UserError
+
+torch.set_num_threads(1)
+
+
+def test_p_schedule_halves_at_the_papers_iterations() -> None:
+    # 10 000 queries: halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000
+    got = [p_schedule(i, 10000) for i in (0, 10, 11, 50, 51, 200, 201, 501, 1001, 2001, 4001, 6001,
+                                          8001, 9999)]
+    assert got == [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.8 / 128, 0.8 / 256,
+                   0.8 / 512, 0.8 / 512]
+    # other budgets rescale the iteration: 1000 queries halve after iterations 1, 5, 20, …
+    assert [p_schedule(i, 1000) for i in (1, 2, 5, 6, 21)] == [0.8, 0.4, 0.4, 0.2, 0.1]
+    assert square_side(0.8, 28, 28) == 25 and square_side(0.001, 28, 28) == 1
+    assert square_side(0.8, 8, 8) == 7  # at most H − 1
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.8)])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-0.5, 1.5)])
+def test_every_output_is_in_the_ball_and_the_box(norm: str, eps: float, bounds: tuple) -> None:
+    model = small_cnn(channels=3)
+    x, y = batch(channels=3)
+    res = square(model, x, y, norm=norm, eps=eps, queries=60, restarts=2, generator=gen(),
+                 bounds=bounds)
+    assert (lp_norm(res.x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+    assert res.x_adv.min() >= bounds[0] and res.x_adv.max() <= bounds[1]
+    assert (res.x_adv != x).any()
+    assert torch.allclose(res.logits, model(res.x_adv), atol=1e-5)
+    assert (res.info["queries"] <= 60).all()
+
+
+def test_seeded_and_reproducible() -> None:
+    model = small_cnn()
+    x, y = batch()
+    for norm in ("linf", "l2"):
+        a = square(model, x, y, norm=norm, eps=0.5, queries=30, generator=gen(7))
+        b = square(model, x, y, norm=norm, eps=0.5, queries=30, generator=gen(7))
+        c = square(model, x, y, norm=norm, eps=0.5, queries=30, generator=gen(8))
+        assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.logits, b.logits)
+        assert not torch.equal(a.x_adv, c.x_adv)
+    d = Square(eps=0.5, queries=30)(model, x, y, generator=gen(7))
+    assert torch.equal(d.x_adv, square(model, x, y, eps=0.5, queries=30, generator=gen(7)).x_adv)
+
+
+class Quantized(nn.Module):
+    """The model sees round(4x)/4: its input gradient is zero everywhere (masked gradients)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_square_breaks_a_model_whose_gradients_are_masked() -> None:
+    inner, x, y = trained_digits()
+    model = Quantized(inner)
+    x, y = x[:100], y[:100]
+    clean_wrong = model(x).argmax(1) != y
+    g = pgd(model, x, y, eps=0.15, steps=20, init="zero", generator=gen())
+    assert torch.equal(g.success, clean_wrong)  # zero gradients: PGD never moves
+    s = square(model, x, y, eps=0.15, queries=300, generator=gen())
+    assert s.success.float().mean() > clean_wrong.float().mean() + 0.3
+
+
+def test_early_exit_on_and_off_give_identical_verdicts_on_a_trained_model() -> None:
+    model, x, y = trained_digits()
+    c = 0.6
+    off = square(model, x, y, eps=0.12, queries=150, generator=gen(2))
+    on = square(model, x, y, eps=0.12, queries=150, generator=gen(2), early_stop=c)
+    assert 0.1 < off.success.float().mean() < 0.95
+    assert torch.equal(on.success, off.success)
+    decided = on.success & (on.wrong_conf >= c)
+    assert torch.equal(decided, off.success & (off.wrong_conf >= c))
+    assert 20 < int(decided.sum())
+    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])
+    assert (on.info["queries"][decided] < 150).any()
+
+
+def test_bad_input_is_one_line() -> None:
+    model = small_cnn()
+    x, y = batch(2)
+    for kw, fragment in ((dict(norm="l1"), "norm 'l1'"), (dict(queries=0), "queries 0"),
+                         (dict(p_init=0.0), "p_init 0"), (dict(eps=-1.0), "eps -1")):
+        with pytest.raises(UserError) as e:
+            square(model, x, y, **{"eps": 0.1, **kw})
+        assert fragment in str(e.value) and "\n" not in str(e.value)

@@ -123,7 +123,7 @@ def trained() -> tuple[nn.Module, data.Dataset]:
 
 def test_suite_metrics_are_consistent_with_the_protocol(trained) -> None:
     model, test = trained
-    res = adversarial(model, test, "linf:0.25,l2:1.2,distal,corrupt", n=100, steps=10,
+    res = adversarial(model, test, "linf:0.25,l2:1.2,distal,corrupt", n=100, steps=10, attacks="pgd",
                       tprs=(0.99, 0.995), corruptions=["gaussian_noise", "rotate"],
                       batch_size=64, progress=False)
     # τ from the last 10% of the test set (30 images), RErr ≥ Err on the attacked 100

@@ -159,12 +159,13 @@ def threat_summary(table: Table, rows: Sequence[Row]) -> list[str]:
     """One sentence per headline row: the separated winner and its clean-error cost, or the
     models that are tied with the lowest value, or why the row cannot discriminate."""
     out = []
+    flat: dict[str, list[str]] = {}
     for row in rows:
         vals = row.finite()
         if not vals:
             continue
         if row.note:
-            out.append(f"{row.label}: cannot discriminate ({row.note}).")
+            flat.setdefault(row.note, []).append(row.label)
             continue
         sign = -1.0 if row.better == "higher" else 1.0
         ranked = sorted(vals, key=lambda ic: sign * ic[1].value)
@@ -173,13 +174,16 @@ def threat_summary(table: Table, rows: Sequence[Row]) -> list[str]:
             out.append(f"{row.label}: {table.models[i0]} {_show(row, m0)} (one model).")
         elif row.best is not None:
             i1, m1 = ranked[1]
+            cost = _cost(table, i0)
             out.append(f"Most robust to {row.label}: {table.models[i0]} {_show(row, m0)} vs "
-                       f"{table.models[i1]} {_show(row, m1)}, {_cost(table, i0)}.")
+                       f"{table.models[i1]} {_show(row, m1)}" + (f", {cost}." if cost else "."))
         else:
             tied = [table.models[i] for i, m in ranked[1:]
                     if not stats.separated(m.interval, m0.interval)]
             out.append(f"{row.label}: no separated winner — lowest {table.models[i0]} "
                        f"{_show(row, m0)}, within noise of it: {', '.join(tied) or 'none'}.")
+    for note, labels in flat.items():
+        out.append(f"Cannot tell the models apart ({note}): {', '.join(labels)}.")
     return out
 
 
@@ -193,7 +197,8 @@ def model_summary(table: Table, rows: Sequence[Row]) -> list[str]:
         if clean is not None and clean.cells[i] is not None:
             cost = _cost(table, i)
             cost = cost.replace("at +", "+").replace(" clean error vs ", " above ") \
-                if cost.startswith("at +") else "the lowest"
+                .replace(" (within noise)", ", within noise") if cost.startswith("at +") \
+                else "the lowest"
             parts.append(f"clean Err {_show(clean, clean.cells[i])}"  # type: ignore[arg-type]
                          f" ({cost}).")
         best, tied = [], []
@@ -224,9 +229,10 @@ def sanity_flags(runs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
         for name, res in r["results"].items():
             if not isinstance(res, dict):
                 continue
+            threats = res.get("threats")
             sources = [("", res.get("flags"))]
-            sources += [(k, t.get("flags")) for k, t in (res.get("threats") or {}).items()
-                        if isinstance(t, dict)]
+            sources += [(k, t.get("flags")) for k, t in
+                        (threats.items() if isinstance(threats, dict) else []) if isinstance(t, dict)]
             if any(isinstance(f, list) for _, f in sources):
                 checked += 1
             for threat, flags in sources:
@@ -251,7 +257,8 @@ def attack_contributions(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str,
     out = []
     for r in runs:
         for name, res in r["results"].items():
-            for key, t in ((res.get("threats") or {}) if isinstance(res, dict) else {}).items():
+            threats = res.get("threats") if isinstance(res, dict) else None
+            for key, t in (threats.items() if isinstance(threats, dict) else []):
                 by = t.get("by_attack") if isinstance(t, dict) else None
                 if not isinstance(by, dict) or not by:
                     continue

@@ -447,10 +447,15 @@ def headline_html(runs: list[dict[str, Any]], table: rows_mod.Table, figs: Figur
                      + "</tbody></table></details>")
     flat = [r for r in table.rows if r.note]
     if flat:
-        parts.append("<h3>Rows that cannot discriminate</h3><p class=muted>Greyed in the summary "
-                     "table: every model at 0 % or 100 %, or every 95 % interval sharing a point. "
-                     "Their differences are noise at these sample sizes.</p><ul class=story>"
-                     + "".join(f"<li>{_esc(r.label)}: {_esc(r.note)}</li>" for r in flat) + "</ul>")
+        items = "".join(f"<li>{_esc(r.label)}: {_esc(r.note)}</li>" for r in flat)
+        parts.append("<h3>Rows that cannot discriminate</h3><p class=muted>"
+                     f"{len(flat)} of {len(table.rows)} rows, greyed in the summary table: every "
+                     "model at 0 % or 100 %, or every 95 % interval sharing a point. Their "
+                     "differences are noise at these sample sizes (more test images or patterns "
+                     "would narrow the intervals).</p>"
+                     + (f"<ul class=story>{items}</ul>" if len(flat) <= 8 else
+                        f"<details><summary>show the {len(flat)} rows</summary><ul class=story>"
+                        f"{items}</ul></details>"))
     return "\n".join(parts)
 
 
@@ -557,7 +562,13 @@ def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, di
     sections_html, nav = [], [("headline", "Headline"), ("summary", "Summary")]
     with tempfile.TemporaryDirectory(prefix="robustlab-report-") as tmp:
         figs = Figures(Path(tmp))
-        head_html = headline_html(runs, table, figs)
+        try:
+            head_html = headline_html(runs, table, figs)
+        except Exception as e:  # the story is a bonus: a surprise in it must not cost the report
+            log.warning("headline failed: %s", e)
+            figs.failures.append(f"headline: {type(e).__name__}: {e}")
+            head_html = '<p class="muted">The headline could not be built (see the note above).</p>'
+
         for key, name, build in SECTIONS:
             made = build(runs, figs)
             if not made:

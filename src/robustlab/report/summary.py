@@ -227,16 +227,17 @@ def result_setting(name: str, r: dict[str, Any]) -> str:
             return f"n={r['n']} test images" if r.get("n") else ""
         if kind == "adversarial":
             threats = r.get("threats") or {}
-            attacks = list(dict.fromkeys(" + ".join(t.get("attacks") or []) for t in threats.values()
-                                         if t.get("threat") in NORM_NAMES and t.get("attacks")))
-            patch = [" + ".join(t["attacks"]) for t in threats.values()
-                     if t.get("threat") == "patch" and t.get("attacks")]
+            by_attacks: dict[str, list[str]] = {}
+            for k, t in threats.items():
+                if t.get("attacks"):
+                    name = NORM_NAMES.get(t.get("threat"), t.get("threat", k))
+                    by_attacks.setdefault(" + ".join(t["attacks"]), []).append(str(name))
+            patch = any(t.get("threat") == "patch" for t in threats.values())
             parts = [f"n={cfg.get('n')} attacked test images"
                      + (f" (τ from {cfg['holdout']} held-out)" if cfg.get("holdout") else "")]
-            if attacks:
-                parts.append("Lp attacks: " + " | ".join(attacks))
-            if patch:
-                parts.append("patch attacks: " + patch[0])
+            if by_attacks:
+                parts.append("attacks (worst case per image): " + "; ".join(
+                    f"{', '.join(names)}: {a}" for a, names in by_attacks.items()))
             if cfg.get("steps") is not None:
                 parts.append(_plural(cfg["steps"], "step") + (
                     f" (patch {cfg['patch_steps']})" if cfg.get("patch_steps") not in

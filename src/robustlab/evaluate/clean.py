@@ -77,6 +77,9 @@ def clean(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *, batch_siz
     """
     ds = sources.as_data(test)
     logits, y = predict_with_labels(model, ds, batch_size=batch_size, device=device, bounds=bounds)
+    if len(y) and int(y.max()) >= logits.shape[1]:
+        raise UserError(f"labels go up to {int(y.max())} but the model outputs {logits.shape[1]} "
+                        f"scores per image")
     known = ds.num_classes if not isinstance(ds, sources.Stream) else ds.known_num_classes()
     k = max(int(known or 0), logits.shape[1], int(y.max()) + 1 if len(y) else 0)
     classes = list(ds.classes) if len(ds.classes) == k else [str(i) for i in range(k)]

@@ -11,6 +11,7 @@ from robustlab.cli import main
 from robustlab.data import synthetic
 from robustlab.errors import UserError
 from robustlab.evaluate.bitattack import bit_attack as evaluate_bit_attack
+from robustlab.evaluate.bitattack import envelope, worst_case
 from robustlab.quant import RQUANT8, Scheme
 from robustlab.weights.bits import (
     bfa,
@@ -74,14 +75,35 @@ def test_projection_keeps_the_weights_that_moved_most_and_flips_their_msb():
         [15, 8, 3, 0]
 
 
+def test_gain_projection_takes_the_largest_move_towards_u_and_ranks_by_gain():
+    q = quantize(models.create("mlp", in_shape=(1, 2, 2), num_classes=2, hidden=(2,)), RQUANT8)
+    c0 = torch.tensor([7, 200, 255, 128, 64])
+    u = torch.tensor([9.0, 190.0, 256.0, 127.0, 64.0])
+    allowed = torch.ones(5, dtype=torch.bool)
+    # moves: up → set the highest 0 bit (7 → 135, +128), down → clear the highest 1 bit
+    # (200 → 72, −128), 255 cannot go up, 128 down → 0 (−128), 64 did not move.
+    # gains |u − c0|·|move|: 2·128, 10·128, -, 1·128, -
+    assert project_codes(q, u, c0, allowed, 5, "gain").tolist() == [135, 72, 255, 0, 64]
+    assert project_codes(q, u, c0, allowed, 2, "gain").tolist() == [135, 72, 255, 128, 64]
+    assert project_codes(q, u, c0, allowed, 1, "gain").tolist() == [7, 72, 255, 128, 64]
+    with pytest.raises(UserError, match="projection"):
+        project_codes(q, u, c0, allowed, 1, "nope")
+
+
 @pytest.mark.parametrize("scheme", SCHEMES, ids=str)
 def test_attacks_respect_budget_and_one_bit_per_weight(trained, scheme):
     m, train, _ = trained
     q = quantize(m, scheme)
     x, y = train.x[:128], train.y[:128]
     for budget in (0, 1, 3, 17):
-        r = bit_attack(m, q, x, y, budget=budget, steps=4, restarts=2, progress=False,
-                       generator=torch.Generator().manual_seed(1))
+        for projection in ("gain", "round"):
+            r = bit_attack(m, q, x, y, budget=budget, steps=4, restarts=4, progress=False,
+                           projection=projection, generator=torch.Generator().manual_seed(1))
+            assert check_threat_model(q, r.codes, budget, scheme.bits) == r.flips
+        # started from the flips of a smaller budget (budget growing from them)
+        small = bit_attack(m, q, x, y, budget=budget // 2, steps=2, progress=False)
+        r = bit_attack(m, q, x, y, budget=budget, steps=3, restarts=3, init=small.codes,
+                       progress=False)
         assert check_threat_model(q, r.codes, budget, scheme.bits) == r.flips
         rf = random_flips(q, budget, torch.Generator().manual_seed(budget))
         assert check_threat_model(q, rf, budget, scheme.bits) == budget
@@ -107,6 +129,86 @@ def test_selection_restricts_the_attacked_tensors(trained):
         bit_attack(m, q, train.x[:8], train.y[:8], budget=1, selection="nope")
     with pytest.raises(UserError, match="budget"):
         bit_attack(m, q, train.x[:8], train.y[:8], budget=-1)
+
+
+def test_warm_start_is_never_lost_and_must_be_feasible(trained):
+    m, train, _ = trained
+    q = quantize(m, RQUANT8)
+    x, y = train.x[:128], train.y[:128]
+    small = bit_attack(m, q, x, y, budget=6, steps=5, restarts=2, progress=False)
+    for steps in (0, 1, 4):  # best iterate: at least as many successes as its start
+        r = bit_attack(m, q, x, y, budget=12, steps=steps, init=small.codes, progress=False)
+        assert r.hits >= small.hits
+        assert r.hits > small.hits or r.loss >= small.loss - 1e-6
+    with pytest.raises(UserError, match="init"):
+        bit_attack(m, q, x, y, budget=3, init=small.codes, progress=False)  # 6 flips > 3
+    two = q.codes.clone()
+    two[0] ^= 3  # two bits of one weight
+    with pytest.raises(UserError, match="init"):
+        bit_attack(m, q, x, y, budget=6, init=two, progress=False)
+
+
+def test_envelope_is_the_running_max_over_smaller_budgets():
+    assert envelope([10, 20, 40], [0.3, 0.2, 0.5]) == ([0.3, 0.3, 0.5], [0, 0, 2])
+    # any order, duplicates: b′ ≤ b counts, ties go to the smallest budget
+    assert envelope([40, 10, 20, 10], [0.1, 0.4, 0.4, 0.2]) == ([0.4, 0.4, 0.4, 0.4],
+                                                               [1, 1, 1, 1])
+    g = torch.Generator().manual_seed(0)
+    budgets = torch.randint(0, 50, (30,), generator=g).tolist()
+    values = torch.rand(30, generator=g).tolist()
+    env, at = envelope(budgets, values)
+    order = sorted(range(30), key=lambda i: budgets[i])
+    assert all(env[i] <= env[j] for i, j in zip(order, order[1:]))  # non-decreasing
+    for i in range(30):
+        assert env[i] == max(v for b, v in zip(budgets, values) if b <= budgets[i])
+        assert budgets[at[i]] <= budgets[i] and values[at[i]] == env[i]
+
+
+def test_worst_case_per_budget_and_attribution():
+    res = {"attack": {"rerr": [0.3, 0.5, 0.4, 0.1], "err": [0.2, 0.4, 0.3, 0.0],
+                      "flips": [10, 20, 39, 70]},
+           "bfa": {"rerr": [0.4, 0.5, 0.2, 0.1], "err": [0.3, 0.4, 0.1, 0.0],
+                   "flips": [10, 20, 40, 80]},
+           "random": {"rerr": [0.9, 0.9, 0.9, 0.9]}}  # not an attack of the worst case
+    w = worst_case([10, 20, 40, 80], res)
+    assert w["rerr"] == [0.4, 0.5, 0.4, 0.1]
+    assert w["found_by"] == ["bfa", "attack+bfa", "attack", "attack+bfa"]
+    assert w["err"] == [0.3, 0.4, 0.3, 0.0] and w["flips"] == [10, 20, 39, 70]
+    assert w["rerr_env"] == [0.4, 0.5, 0.5, 0.5]
+    assert w["env_budget"] == [10, 20, 20, 20]
+    assert w["env_found_by"] == ["bfa", "attack+bfa", "attack+bfa", "attack+bfa"]
+    only = worst_case([10, 20], {"bfa": {"rerr": [0.2, 0.1]}})
+    assert only["found_by"] == ["bfa", "bfa"] and only["rerr_env"] == [0.2, 0.2]
+    with pytest.raises(ValueError):
+        worst_case([10], {"random": {"rerr": [0.5]}})
+
+
+def test_reported_worst_case_and_envelope(trained):
+    m, train, test = trained
+    budgets = [12, 0, 3, 6]  # any order
+    res = evaluate_bit_attack(m, test, budgets=budgets, method="attack,bfa,random",
+                              attack_data=train, n_attack=128, steps=4, random_patterns=2,
+                              progress=False)
+    r = res["results"]
+    w = r["worst"]
+    assert w["budget"] == budgets
+    order = sorted(range(4), key=lambda i: budgets[i])
+    for i, b in enumerate(budgets):
+        a, f = r["attack"]["rerr"][i], r["bfa"]["rerr"][i]
+        assert w["rerr"][i] == max(a, f) and w["rerr"][i] >= a and w["rerr"][i] >= f
+        assert w["found_by"][i] == "+".join(n for n, v in (("attack", a), ("bfa", f))
+                                            if v == max(a, f))
+        want = max(w["rerr"][j] for j in range(4) if budgets[j] <= b)
+        assert w["rerr_env"][i] == want >= w["rerr"][i]
+        assert w["env_budget"][i] <= b and w["flips"][i] <= b
+        for name in ("attack", "bfa"):
+            assert r[name]["flips"][i] <= b
+            assert r[name]["rerr_env"][i] == max(r[name]["rerr"][j] for j in range(4)
+                                                 if budgets[j] <= b)
+    assert all(w["rerr_env"][i] <= w["rerr_env"][j] for i, j in zip(order, order[1:]))
+    assert w["rerr"][1] == pytest.approx(res["clean_err"])  # budget 0: the clean model
+    assert "worst" not in evaluate_bit_attack(m, test, budgets=[2], method="random",
+                                              random_patterns=1, progress=False)["results"]
 
 
 def test_attacks_beat_random_flips(trained):
@@ -145,11 +247,17 @@ def test_bitattack_command(run_dir, capsys):
                  "--steps", "3", "--n-attack", "64", "--n-test", "64", "--device", "cpu",
                  "--quiet"]) == 0
     res = json.loads((run_dir / "results" / "bitattack.json").read_text())
-    assert res["budgets"] == [0, 4, 16] and set(res["results"]) == {"attack", "bfa", "random"}
+    assert res["budgets"] == [0, 4, 16]
+    assert set(res["results"]) == {"attack", "bfa", "random", "worst"}
+    w = res["results"]["worst"]
+    assert w["rerr"] == [max(a, b) for a, b in zip(res["results"]["attack"]["rerr"],
+                                                   res["results"]["bfa"]["rerr"])]
+    assert w["rerr_env"] == [max(w["rerr"][:i + 1]) for i in range(3)]
     assert res["results"]["attack"]["rerr"][0] == pytest.approx(res["clean_err"])
     assert all(f <= b for f, b in zip(res["results"]["bfa"]["flips"], res["budgets"]))
     assert (run_dir / "results" / "bitattack.png").stat().st_size > 0
-    assert "budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "budget" in out and "found by" in out and "envelope" in out
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -15,25 +15,31 @@ def _class(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from robustlab.evaluate.bitattack import RESTARTS, STEP_SIZE, STEPS
+
     p = sub.add_parser(
         "bitattack", help="adversarial bit errors: RErr per number of flipped bits",
         description="Flip at most BUDGET bits of the quantized weights (at most one per weight) "
         "to maximize the loss on an attack set, then report the robust error on the test set "
         "(wrong clean or wrong with the flips). Methods: attack (projected gradient attack), "
-        "bfa (progressive bit search baseline), random (random flips). Writes "
-        "RUN/results/bitattack[-targetK].json and a PNG of RErr against the budget.")
+        "bfa (progressive bit search baseline), random (random flips). Reports per budget the "
+        "worst case over attack and BFA, which found it, and the envelope (max over budgets "
+        "<= b). Writes RUN/results/bitattack[-targetK].json and a PNG of RErr against the budget.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--budget", type=list_of(nonneg_int), default=[10, 20, 40, 80, 160, 320],
                    help="bit budgets, comma-separated (default: %(default)s)")
-    p.add_argument("--methods", default="attack,random",
+    p.add_argument("--methods", default="attack,bfa,random",
                    help="comma-separated: attack, bfa, random (default: %(default)s)")
     p.add_argument("--target", type=_class, default=None,
                    help="targeted attack: push inputs into this class")
-    p.add_argument("--steps", type=nonneg_int, default=20, help="attack iterations")
-    p.add_argument("--step-size", type=positive_float, default=0.25,
-                   help="step in units of half the code range, for the largest gradient entry")
-    p.add_argument("--restarts", type=positive_int, default=1,
-                   help="attack restarts (later ones start from random flips)")
+    p.add_argument("--steps", type=nonneg_int, default=STEPS,
+                   help="projected attack iterations per start (default: %(default)s)")
+    p.add_argument("--step-size", type=positive_float, default=STEP_SIZE,
+                   help="step in units of half the code range, for the largest gradient entry "
+                   "(default: %(default)s)")
+    p.add_argument("--restarts", type=positive_int, default=RESTARTS,
+                   help="starts of the projected attack per budget: the clean codes, the best "
+                   "flips of the next smaller budget, then random flips (default: %(default)s)")
     p.add_argument("--random-patterns", type=positive_int, default=5,
                    help="seeds of the random-flip reference")
     p.add_argument("--n-attack", type=positive_int, default=512,
@@ -92,9 +98,17 @@ def run(args: argparse.Namespace) -> int:
     png = plot_bit_attack(res, Path(path).with_suffix(".png"))
     print(f"clean error (quantized) {100 * res['clean_err']:.2f}% on {res['n_test']} images, "
           f"{res['weights']} weights")
-    print("budget  " + "  ".join(f"{m:>8}" for m in methods) + "   (RErr %)")
+    worst = res["results"].get("worst")
+    print("budget  " + "  ".join(f"{m:>8}" for m in methods)
+          + ("     worst  found by    envelope" if worst else "") + "   (RErr %)")
     for i, b in enumerate(res["budgets"]):
-        print(f"{b:>6}  " + "  ".join(f"{100 * res['results'][m]['rerr'][i]:8.2f}"
-                                      for m in methods))
+        line = f"{b:>6}  " + "  ".join(f"{100 * res['results'][m]['rerr'][i]:8.2f}"
+                                       for m in methods)
+        if worst:
+            line += (f"  {100 * worst['rerr'][i]:8.2f}  {worst['found_by'][i]:<10} "
+                     f"{100 * worst['rerr_env'][i]:7.2f}")
+            if worst["env_budget"][i] != b:
+                line += f" (at {worst['env_budget'][i]} bits)"
+        print(line)
     print(f"written to {path} and {png}")
     return 0

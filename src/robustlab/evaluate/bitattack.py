@@ -9,14 +9,22 @@ training set, so the test set is not attacked directly) and reports on the test 
 - targeted attacks also report the target rate: the fraction of test examples whose label is not
   the target but that are classified as the target.
 
-Methods: "attack" (the projected attack of `robustlab.weights.bits`, one run per budget), "bfa"
+Methods: "attack" (the projected attack of `robustlab.weights.bits`; budgets are attacked in
+increasing order and each run also starts from the best flips of the next smaller budget), "bfa"
 (progressive bit search, one run whose prefixes give every budget) and "random" (random flips,
 at most one per weight, mean and max over `random_patterns` seeds) as a reference.
 
+**Worst case and envelope (spec §3a).** With "attack" and/or "bfa", `results["worst"]` gives per
+budget the larger RErr of the two (`rerr`), which of them found it (`found_by`: "attack", "bfa",
+or "attack+bfa" on a tie) and the envelope `rerr_env[i] = max over budgets b′ ≤ b_i of rerr`
+(flips found with b′ bits are feasible with b ≥ b′ bits), with the budget b′ that attains it
+(`env_budget`) and its attack (`env_found_by`). `results["attack"]` and `results["bfa"]` also get
+their own `rerr_env`. The raw per-budget values stay in `rerr`.
+
 Randomness: every attack run (one per budget) and every random pattern draws from its own
-generator, seeded from (`seed`, method, budget index, pattern index), so each is reproducible on
-its own. Under `torchrun` these runs (and the BFA search) are dealt to the ranks and their rows
-gathered in order: every rank returns the single-process result.
+generator, seeded from (`seed`, method, budget index, pattern index), so each is reproducible.
+Under `torchrun` the projected attack (all budgets), the BFA search and the random patterns are
+dealt to the ranks and their rows gathered in order: every rank returns the single-process result.
 """
 
 from __future__ import annotations
@@ -37,6 +45,48 @@ from robustlab.weights.objective import eval_mode
 
 BUDGETS = (10, 20, 40, 80, 160, 320)
 METHODS = ("attack", "bfa", "random")
+ATTACKS = ("attack", "bfa")  # the attacks whose per-budget worst case is reported
+STEPS, STEP_SIZE = wb.STEPS, wb.STEP_SIZE
+RESTARTS = 3  # clean codes; the previous budget's best with a growing budget; clean, growing
+
+
+def envelope(budgets: Sequence[int], values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """`env[i] = max(values[j] for budgets[j] <= budgets[i])` and the index j attaining it (the
+    smallest budget, then the first index, on ties): what an attack with budget b can reach,
+    since flips found with b′ ≤ b bits are feasible with b bits. Budgets may come in any order."""
+    if len(budgets) != len(values):
+        raise ValueError("budgets and values must have the same length")
+    env, at = [], []
+    for b in budgets:
+        j = min((j for j, bj in enumerate(budgets) if bj <= b),
+                key=lambda j: (-values[j], budgets[j], j))
+        env.append(values[j])
+        at.append(j)
+    return env, at
+
+
+def worst_case(budgets: Sequence[int], results: dict[str, dict[str, list]]) -> dict[str, list]:
+    """Per budget the worst case (largest RErr) over the attacks of `ATTACKS` in `results`, which
+    attack found it ("attack+bfa" on an exact tie), and its envelope over smaller budgets."""
+    names = [m for m in ATTACKS if m in results]
+    if not names:
+        raise ValueError(f"worst case needs one of {', '.join(ATTACKS)} in the results")
+    row: dict[str, list] = {"budget": list(budgets), "rerr": [], "found_by": []}
+    extra = [k for k in ("err", "flips", "target_rate") if all(k in results[m] for m in names)]
+    for k in extra:
+        row[k] = []
+    for i in range(len(budgets)):
+        vals = {m: results[m]["rerr"][i] for m in names}
+        top = max(vals.values())
+        found = [m for m in names if vals[m] == top]
+        row["rerr"].append(top)
+        row["found_by"].append("+".join(found))
+        for k in extra:
+            row[k].append(results[found[0]][k][i])
+    row["rerr_env"], at = envelope(budgets, row["rerr"])
+    row["env_budget"] = [budgets[j] for j in at]
+    row["env_found_by"] = [row["found_by"][j] for j in at]
+    return row
 
 
 class _Predictor:
@@ -64,10 +114,10 @@ def _methods(method: str | Sequence[str]) -> list[str]:
 
 
 def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDGETS,
-               method: str | Sequence[str] = "attack", scheme: Scheme | None = None,
+               method: str | Sequence[str] = "attack,bfa", scheme: Scheme | None = None,
                quantized: Quantized | None = None, attack_data: Dataset | None = None,
-               n_attack: int = 512, target: int | None = None, steps: int = 20,
-               step_size: float = 0.25, restarts: int = 1, random_patterns: int = 5,
+               n_attack: int = 512, target: int | None = None, steps: int = STEPS,
+               step_size: float = STEP_SIZE, restarts: int = RESTARTS, random_patterns: int = 5,
                selection: str | Sequence[str] = "all", seed: int = 0, batch_size: int = 512,
                device: torch.device | str | None = None,
                progress: bool | None = None) -> dict[str, Any]:
@@ -121,26 +171,33 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
     def run_unit(unit: tuple[str, int, int]) -> Any:
         """One independent piece of work: an attack run, the BFA search, or a random pattern."""
         m, j, k = unit
-        if m == "attack":
-            r = wb.bit_attack(model, q, xa, ya, budget=budgets[j], steps=steps, step_size=step_size,
-                              restarts=restarts, generator=gen(0, j), progress=progress, **kw)
-            return {"budget": budgets[j], "loss": r.loss, "flips": r.flips, **scores(r.codes)}
-        if m == "bfa":
-            return [{"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)} for b, r in
-                    sorted(wb.bfa(model, q, xa, ya, budgets=budgets, progress=progress, **kw).items())]
+        if m == "attack":  # increasing budgets, each also started from the previous best
+            per_budget: dict[int, dict[str, Any]] = {}
+            init = None
+            for j in sorted(range(len(budgets)), key=lambda j: budgets[j]):
+                r = wb.bit_attack(model, q, xa, ya, budget=budgets[j], steps=steps,
+                                  step_size=step_size, restarts=restarts, init=init,
+                                  generator=gen(0, j), progress=progress, **kw)
+                init = r.codes
+                per_budget[j] = {"budget": budgets[j], "loss": r.loss, "flips": r.flips,
+                                 **scores(r.codes)}
+            return [per_budget[j] for j in range(len(budgets))]
+        if m == "bfa":  # one search; rows in the order of `budgets`
+            found = wb.bfa(model, q, xa, ya, budgets=budgets, progress=progress, **kw)
+            by_budget = {b: {"budget": b, "loss": r.loss, "flips": r.flips, **scores(r.codes)}
+                         for b, r in found.items()}
+            return [by_budget[b] for b in budgets]
         return scores(wb.random_flips(q, budgets[j], gen(1, j, k), allowed))
 
     units = ([("bfa", 0, 0)] if "bfa" in methods else []) + \
-        [("attack", j, 0) for j in range(len(budgets)) if "attack" in methods] + \
+        ([("attack", 0, 0)] if "attack" in methods else []) + \
         [("random", j, k) for j in range(len(budgets)) for k in range(random_patterns)
          if "random" in methods]
     done = dict(zip(units, distributed.sharded_map(run_unit, units)))
     for m in methods:
         rows: list[dict[str, Any]] = []
-        if m == "attack":
-            rows = [done[("attack", j, 0)] for j in range(len(budgets))]
-        elif m == "bfa":
-            rows = done[("bfa", 0, 0)]
+        if m in ATTACKS:
+            rows = done[(m, 0, 0)]
         else:
             for j, b in enumerate(budgets):
                 per = [done[("random", j, k)] for k in range(random_patterns)]
@@ -151,6 +208,10 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
                     row[f"{key}_max"] = float(vals.max())
                 rows.append(row)
         results[m] = {key: [r.get(key) for r in rows] for key in rows[0]}
+        if m in ATTACKS:
+            results[m]["rerr_env"] = envelope(budgets, results[m]["rerr"])[0]
+    if any(m in ATTACKS for m in methods):
+        results["worst"] = worst_case(budgets, results)
     return {"budgets": budgets, "methods": methods, "scheme": q.scheme.to_dict(),
             "weights": q.numel, "bits": q.numel * q.scheme.bits, "n_test": len(test),
             "n_attack": int(xa.shape[0]), "target": target, "selection": selection

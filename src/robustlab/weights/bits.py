@@ -6,14 +6,26 @@ bit per weight. Only the m low bits of a code are ever flipped.
 
 **Projected attack.** Codes are handled in offset binary c′ (the code itself, or the code with its
 top bit inverted for two's complement), in which the dequantized value is affine and increasing.
-A continuous iterate u (in code units, starting at the clean codes c′₀) takes normalized gradient
-ascent steps u += η·2^{m−1}·ĝ, with ĝ the loss gradient w.r.t. the dequantized weights times the
-tensor's step Δ, divided by its largest magnitude. Every iterate is projected onto the feasible
-set: c = round(u) is the target code; among the weights whose target differs from c′₀, the
-`budget` weights whose u moved most from c′₀ are kept, and of each only the most significant
-differing bit of c ⊕ c′₀ is flipped (this moves the code in the direction of u). Gradients are
-taken at the projected codes; the best projected codes (highest attack loss) are returned.
-Restarts start from random feasible flips.
+A continuous iterate u (in code units) takes normalized gradient ascent steps
+u += η·2^{m−1}·ĝ (clamped to the code range), with ĝ the loss gradient w.r.t. the dequantized
+weights times the tensor's step Δ, divided by its largest magnitude (η = `step_size`, default 1:
+the weight with the largest gradient moves by half the code range per step). Every iterate is
+projected onto the feasible set (at most k weights differ from the clean c′₀, each by one bit):
+
+- "gain" (default): every weight's candidate is the largest one-bit move in the direction u moved
+  (set its highest 0 bit when u went up, clear its highest 1 bit when u went down: the most
+  significant differing bit towards the end of the code range); the k weights with the largest
+  first-order gain |u − c′₀|·|move| are kept.
+- "round" (the original rule): the target is round(u); of the weights whose target differs from
+  c′₀, the k whose u moved most are kept, each flipping the most significant bit of target ⊕ c′₀.
+
+Gradients are taken at the projected codes. The budget schedule is "fixed" (k = budget at every
+step) or "grow" (k rises linearly from the start's flips to the budget over the steps, so early
+flips are committed before later ones are chosen, as in a progressive search). Starts: the clean
+codes (fixed), a given feasible `init` such as the result of a smaller budget (grow), the clean
+codes (grow), then random feasible flips. The best projected codes are returned, ranked by the
+number of attack-set examples the attack succeeds on (misclassified; targeted: classified as the
+target), then by the loss.
 
 **BFA** (progressive bit search, Rakin et al. 2019). Per iteration: the first-order loss gain of
 flipping each bit, g·(deq(c ⊕ 2^j) − deq(c)), picks the best bit of every tensor (in-layer
@@ -27,6 +39,7 @@ Targeted variants minimize the cross-entropy to `target` instead of maximizing i
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +53,9 @@ from robustlab.quant import Quantized
 from robustlab.weights.objective import eval_mode
 
 SELECTIONS = ("all", "default", "weights")
+PROJECTIONS = ("gain", "round")
+STEPS = 20        # iterations per start of the projected attack
+STEP_SIZE = 1.0   # in units of half the code range, for the largest gradient entry
 
 
 def check_budget(budget: int) -> int:
@@ -123,6 +139,29 @@ class CodeObjective:
                 total += F.cross_entropy(out.float(), t, reduction="sum").double()
         return (self.sign * total / self.x.shape[0]).float()
 
+    def evaluate(self, codes: torch.Tensor, grad: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Loss, the number of attack successes (examples misclassified; for a targeted attack,
+        classified as the target) and, with `grad`, the loss gradient w.r.t. the flat dequantized
+        weights. Device tensors (no host sync)."""
+        flat = self.q.dequantize_flat(codes).detach().requires_grad_(grad)
+        params = self._params(flat)
+        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.q.device)
+        g_all = torch.zeros_like(flat) if grad else None
+        n = self.x.shape[0]
+        with eval_mode(self.model), torch.set_grad_enabled(grad):
+            for x, t in self._chunks():
+                out = functional_call(self.model, params, (x,)).float()
+                loss = self.sign * F.cross_entropy(out, t, reduction="sum") / n
+                pred = out.detach().argmax(1)
+                hits += (pred != t).sum() if self.target is None else (pred == t).sum()
+                if grad:
+                    (g,) = torch.autograd.grad(loss, flat)
+                    g_all += g
+                total += loss.detach().double()
+        return total.float(), hits, g_all
+
     def value_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and its gradient w.r.t. the flat dequantized weights."""
         flat = self.q.dequantize_flat(codes).detach().requires_grad_(True)
@@ -145,6 +184,7 @@ class BitAttackResult:
     codes: torch.Tensor     # perturbed flat codes
     loss: float             # attack loss at `codes` on the attack set
     flips: int              # flipped bits (≤ budget)
+    hits: int | None = None  # attack-set examples misclassified (targeted: classified as target)
 
 
 def _tensor_mask(q: Quantized, names: Sequence[str]) -> torch.Tensor:
@@ -173,20 +213,32 @@ def _from_offset_binary(q: Quantized, c: torch.Tensor, like: torch.Tensor) -> to
 
 
 def project_codes(q: Quantized, u: torch.Tensor, c0: torch.Tensor, allowed: torch.Tensor,
-                  budget: int) -> torch.Tensor:
-    """Feasible offset-binary codes closest in spirit to the continuous iterate u: at most
-    `budget` weights change, each by its most significant differing bit (module docstring)."""
-    target = u.round().long().clamp(0, 2 ** q.scheme.bits - 1)
-    diff = (target ^ c0) & (2 ** q.scheme.bits - 1)
-    moved = torch.where((diff != 0) & allowed, (u - c0.to(u.dtype)).abs(),
-                        torch.full_like(u, -1.0))
-    k = min(int(budget), int(moved.numel()))
+                  budget: int, projection: str = "round") -> torch.Tensor:
+    """Feasible offset-binary codes for the continuous iterate u: at most `budget` weights change,
+    each by one bit (module docstring). "round": target round(u), keep the weights whose u moved
+    most from c0, flip the most significant bit of target ⊕ c0. "gain": target the end of the
+    code range in the direction u moved (the largest one-bit move that way), keep the weights with
+    the largest |u − c0|·(size of that move)."""
+    if projection not in PROJECTIONS:
+        raise UserError(f"projection {projection!r} must be one of {', '.join(PROJECTIONS)}")
+    top_code = 2 ** q.scheme.bits - 1
+    d = u - c0.to(u.dtype)
+    if projection == "round":
+        diff = (u.round().long().clamp(0, top_code) ^ c0) & top_code
+        flip = msb(diff)
+        score = d.abs()
+    else:
+        flip = torch.where(d > 0, msb(~c0 & top_code), msb(c0))
+        flip = torch.where(d != 0, flip, torch.zeros_like(flip))
+        score = d.abs() * flip.to(d.dtype)
+    score = torch.where((flip != 0) & allowed, score, torch.full_like(u, -1.0))
+    k = min(int(budget), int(score.numel()))
     out = c0.clone()
     if k == 0:
         return out
-    top = moved.topk(k)
+    top = score.topk(k)
     idx = top.indices[top.values >= 0]
-    out[idx] = c0[idx] ^ msb(diff[idx])
+    out[idx] = c0[idx] ^ flip[idx]
     return out
 
 
@@ -203,12 +255,28 @@ def random_flips(q: Quantized, budget: int, generator: torch.Generator,
     return torch.bitwise_xor(q.codes, mask.to(q.device))
 
 
+def _plan(restarts: int, warm: bool) -> list[tuple[str, str]]:
+    """(start, budget schedule) of each restart of the projected attack."""
+    plan = [("clean", "fixed"), ("warm", "grow") if warm else ("clean", "grow"),
+            ("clean", "grow")]
+    if not warm:
+        plan = plan[:2]
+    return (plan + [("random", "fixed")] * restarts)[:restarts]
+
+
 def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
-               budget: int, steps: int = 20, step_size: float = 0.25, restarts: int = 1,
+               budget: int, steps: int = STEPS, step_size: float = STEP_SIZE, restarts: int = 1,
                target: int | None = None, selection: str | Sequence[str] = "all",
                generator: torch.Generator | None = None, batch_size: int = 512,
-               progress: bool | None = None) -> BitAttackResult:
-    """The projected adversarial bit error attack (module docstring) with `budget` bits."""
+               progress: bool | None = None, init: torch.Tensor | None = None,
+               projection: str = "gain") -> BitAttackResult:
+    """The projected adversarial bit error attack (module docstring) with `budget` bits.
+
+    Restarts, in order: the clean codes with the full budget at every step; `init` (feasible
+    codes, e.g. the result of a smaller budget) with the budget growing from its flips to `budget`
+    over the steps, or without `init` the clean codes with the budget growing from 1; the clean
+    codes with the growing budget (only with `init`); then random feasible flips. The best
+    iterate ranks by attack successes, then loss; `init` itself is a candidate."""
     budget = check_budget(budget)
     if int(steps) != steps or steps < 0:
         raise UserError(f"steps={steps} must be an integer >= 0")
@@ -216,6 +284,8 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
         raise UserError(f"restarts={restarts} must be an integer >= 1")
     if not step_size > 0:
         raise UserError(f"step size {step_size} must be > 0")
+    if projection not in PROJECTIONS:
+        raise UserError(f"projection {projection!r} must be one of {', '.join(PROJECTIONS)}")
     generator = generator or torch.Generator().manual_seed(0)
     obj = CodeObjective(model, q, x, y, target=target, batch_size=batch_size)
     names = select_tensors(model, q, selection)
@@ -223,35 +293,57 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
     c0 = _offset_binary(q, q.codes)
     delta = _per_weight(q, q.delta.float())
     half = float(2 ** (q.scheme.bits - 1))
-    best_codes, best_loss = q.codes.clone(), obj.value(q.codes)
-    if budget == 0:
-        return BitAttackResult(best_codes, float(best_loss), 0)
-    bar = tqdm(total=restarts * (steps + 1), desc=f"bit attack ({budget} bits)", leave=False,
+    best_codes = q.codes.clone()
+    best_loss, best_hits, _ = obj.evaluate(best_codes, grad=False)
+    init_flips = 0
+    if init is not None:
+        init = init.to(q.device)
+        if init.shape != q.codes.shape or init.dtype != torch.uint8:
+            raise UserError(f"init must be uint8 codes of shape {tuple(q.codes.shape)}")
+        per_weight = popcount(torch.bitwise_xor(init, q.codes))
+        init_flips = int(per_weight.sum())
+        if int(per_weight.max()) > 1 or init_flips > budget \
+                or bool((per_weight.bool() & ~allowed).any()):
+            raise UserError(f"init flips {init_flips} bits; it must flip at most budget={budget} "
+                            "bits, at most one per weight, only in the attacked tensors")
+
+    def consider(codes: torch.Tensor, loss: torch.Tensor, hits: torch.Tensor) -> None:
+        nonlocal best_codes, best_loss, best_hits  # kept on the device (no host sync)
+        better = (hits > best_hits) | ((hits == best_hits) & (loss > best_loss))
+        best_codes = torch.where(better, codes, best_codes)
+        best_loss = torch.where(better, loss, best_loss)
+        best_hits = torch.where(better, hits, best_hits)
+
+    if init is not None:
+        loss, hits, _ = obj.evaluate(init, grad=False)
+        consider(init, loss, hits)
+    plan = _plan(int(restarts), init is not None) if budget > 0 else []
+    bar = tqdm(total=len(plan) * (steps + 1), desc=f"bit attack ({budget} bits)", leave=False,
                disable=True if progress is False else None)
-    for r in range(restarts):
-        if r == 0:
-            c = c0.clone()
+    for start, schedule in plan:
+        if start == "warm":
+            assert init is not None
+            c, lo = _offset_binary(q, init), init_flips
+        elif start == "random":
+            c, lo = _offset_binary(q, random_flips(q, budget, generator, allowed)), budget
         else:
-            c = _offset_binary(q, random_flips(q, budget, generator, allowed))
+            c, lo = c0.clone(), 0
         u = c.float()
         for t in range(steps + 1):
             codes = _from_offset_binary(q, c, q.codes)
-            if t < steps:
-                loss, g = obj.value_and_grad(codes)
-            else:
-                loss, g = obj.value(codes), None
-            better = loss > best_loss  # best iterate, kept on the device (no host sync)
-            best_codes = torch.where(better, codes, best_codes)
-            best_loss = torch.where(better, loss, best_loss)
+            loss, hits, g = obj.evaluate(codes, grad=t < steps)
+            consider(codes, loss, hits)
             bar.update(1)
             if g is None:
                 break
             gc = torch.where(allowed, g * delta, torch.zeros_like(g))
             u = (u + step_size * half * gc / gc.abs().max().clamp_min(1e-30)).clamp(0, 2 * half - 1)
-            c = project_codes(q, u, c0, allowed, budget)
+            k = budget if schedule == "fixed" else \
+                max(1, lo + math.ceil((budget - lo) * (t + 1) / steps))
+            c = project_codes(q, u, c0, allowed, k, projection)
     bar.close()
     flips = int(popcount(torch.bitwise_xor(best_codes, q.codes)).sum())
-    return BitAttackResult(best_codes, float(best_loss), flips)
+    return BitAttackResult(best_codes, float(best_loss), flips, int(best_hits))
 
 
 def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,

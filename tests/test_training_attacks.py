@@ -133,3 +133,64 @@ def test_ccat_loss_with_an_l2_attack_uses_the_l2_norm(norm: str, eps: float, lam
                           for i, lam in enumerate(lams)])
     expected = 0.5 * F.cross_entropy(logits[:2], y[:2]) + 0.5 * soft_cross_entropy(logits[2:], target)
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+class FixedTRADES(TRADES):
+    """TRADES whose 'attack' adds a known perturbation (to check the loss formula exactly)."""
+
+    def prepare(self, ctx, x, y):
+        d = torch.zeros_like(x)
+        d[:, 0, 0, :] = 0.2
+        return x, x + d, y
+
+
+@pytest.mark.parametrize("beta", [1.0, 6.0])
+def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta: float) -> None:
+    # TRADES: CE(f(x), y) + β·KL(p(x) ‖ p(x̃)) = CE + β·Σ_k p_k(x)·(log p_k(x) − log p_k(x̃)), mean
+    # over the batch; KL(p(x̃) ‖ p(x)) is a different number for these logits
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).train()
+    with torch.no_grad():
+        model[1].weight.mul_(8)
+    ctx = TrainContext(model, TrainConfig(), torch.device("cpu"), 4)
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, logits = FixedTRADES(beta=beta, eps=0.2).loss(ctx, x, y)
+    x_adv = x.clone()
+    x_adv[:, 0, 0, :] += 0.2
+    with torch.no_grad():
+        lp_clean = F.log_softmax(model(x), 1).double()
+        lp_adv = F.log_softmax(model(x_adv), 1).double()
+    kl = (lp_clean.exp() * (lp_clean - lp_adv)).sum(1).mean()
+    reverse = (lp_adv.exp() * (lp_adv - lp_clean)).sum(1).mean()
+    assert abs(float(kl - reverse)) > 1e-3  # the test can tell the two directions apart
+    expected = F.cross_entropy(model(x), y).double() + beta * kl
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
+    assert torch.allclose(logits, model(x), atol=1e-5)
+
+
+def test_patch_at_attacks_the_last_fraction_with_training_settings(monkeypatch) -> None:
+    # spec §3/§4: patch AT patches a fraction of the batch with the training setting of the patch
+    # attack (content step 0.1, the chosen location mode), loss (1−f)·CE + f·CE_patch
+    import robustlab.train.adversarial_methods as am
+
+    calls: list[dict] = []
+    real = am.patch_attack
+
+    def spy(model, x, y, **kw):
+        calls.append({"n": x.shape[0], **kw})
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(am, "patch_attack", spy)
+    model = Recorder()
+    ctx = TrainContext(model.train(), TrainConfig(), torch.device("cpu"), 4)
+    x, y = batch(8)
+    m = PatchAT(fraction=0.25, patch_size=3, attack_steps=4, location="random", patch_stride=1)
+    loss, logits = m.loss(ctx, x, y)
+    (call,) = calls
+    assert call["n"] == 2 and call["step_size"] == 0.1 and call["steps"] == 4
+    assert call["location"] == "random" and call["stride"] == 1 and call["size"] == 3
+    trained_on = model.inputs[-1]
+    assert torch.equal(trained_on[:6], x[:6]) and not torch.equal(trained_on[6:], x[6:])
+    expected = 0.75 * F.cross_entropy(logits[:6], y[:6]) + 0.25 * F.cross_entropy(logits[6:], y[6:])
+    assert torch.allclose(loss, expected, atol=1e-6)

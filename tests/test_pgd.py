@@ -367,6 +367,7 @@ def test_bad_input_is_a_one_line_user_error(kwargs: dict, fragment: str) -> None
     dict(norm="linf", eps=0.12, momentum=0.9, backtrack=True),
     dict(norm="l2", eps=0.5),
     dict(norm="l1", eps=1.5, objective="conf"),
+    dict(norm="linf", eps=0.12, bf16=True),
 ])
 def test_early_exit_on_and_off_give_identical_verdicts_on_a_trained_model(kw: dict) -> None:
     # Spec §3: an example may stop once misclassified with wrong-class confidence ≥ c; the
@@ -530,3 +531,14 @@ def test_the_model_sees_blocks_of_one_fixed_size_with_and_without_early_exit() -
         counts.append(len(model.calls))
     assert counts[1] < counts[0]  # early exit saves model calls
     assert block_rows(1000, "cpu") == 125 and block_rows(64, "cpu") == 64
+
+
+def test_an_empty_batch_gives_an_empty_result() -> None:
+    from robustlab.attacks import apgd, square
+
+    model = small_cnn()
+    x, y = batch()
+    for res in (pgd(model, x[:0], y[:0], eps=0.1, steps=2, restarts=2, early_stop=0.5),
+                apgd(model, x[:0], y[:0], eps=0.1, steps=2, loss="ce"),
+                square(model, x[:0], y[:0], eps=0.1, queries=3)):
+        assert res.x_adv.shape == (0, 1, 8, 8) and res.logits.shape == (0, 5)

@@ -298,7 +298,7 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
             cfg = dataclasses.replace(base, objective=obj)
             for r in range(restarts):
                 idx = pending(result, labels, early_stop, n, x.device)
-                if idx.numel() == 0:
+                if idx.numel() == 0 and result is not None:
                     break
                 init = "cube" if norm == "linf" else "norm"
                 x0 = x + init_delta(x, norm, float(eps), init, generator, bounds=bounds)

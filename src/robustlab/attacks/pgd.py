@@ -485,7 +485,7 @@ def eval_rows(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg, rows: int
     """
     fn = _forward_grad if grad else _forward_plain
     r = xa.shape[0]
-    if r == rows:
+    if r == rows or r == 0:
         return fn(model, xa, yo, cfg)
     parts = []
     for s in range(0, r, rows):
@@ -782,7 +782,7 @@ def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
         result: AttackResult | None = None
         for r in range(restarts):
             idx = pending(result, labels, early_stop, n, x.device)
-            if idx.numel() == 0:
+            if idx.numel() == 0 and result is not None:
                 break
             # Draw the start for every example, so that the random numbers do not depend on
             # which examples an early exit has already removed.

@@ -202,7 +202,7 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
     with eval_mode(model):
         for r in range(restarts):
             idx = pending(result, labels, early_stop, n, x.device)
-            if idx.numel() == 0:
+            if idx.numel() == 0 and result is not None:
                 break
             best, logits, used = _run(model, x, labels, cfg, idx, rows, float(p_init), generator)
             part = AttackResult(best, logits, y_int[idx],

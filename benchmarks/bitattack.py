@@ -112,6 +112,7 @@ def main() -> None:
             results[key] = res
             print(f"{key}: clean Err {100 * res['clean_err']:.2f}% "
                   f"(train {t_train:.0f}s, attacks {res['attack_time_s']:.0f}s)", flush=True)
+            save(a, budgets, train, device, results, t0, partial=True)  # survives interruption
     print(f"\nRErr (%) by flipped bits on {len(test)} test images "
           f"(attacks computed on {a.n_attack} training images)")
     print(f"{'model':<16} {'':<10} {'clean':>5} " + " ".join(f"{b:>5}" for b in budgets))
@@ -138,12 +139,17 @@ def main() -> None:
                                      f"no (behind at {', '.join(map(str, behind))} bits)"))
     png = plot_bit_attack(list(results.values()), a.out.replace(".json", ".png"),
                           labels=list(results))
+    save(a, budgets, train, device, results, t0, verdict=verdict)
+    print(f"written to {a.out} and {png}")
+
+
+def save(a: argparse.Namespace, budgets: list[int], train: data.Dataset, device, results: dict,
+         t0: float, verdict: dict | None = None, partial: bool = False) -> None:
     atomic_write_json(a.out, {"benchmark": "bitattack", "config": {**vars(a), "budgets": budgets},
                               "data": train.name, "device": str(device), "models": results,
-                              "projected_behind_bfa": verdict,
+                              "projected_behind_bfa": verdict, "partial": partial,
                               "total_time_s": round(time.perf_counter() - t0, 1),
                               "versions": versions()})
-    print(f"written to {a.out} and {png}")
 
 
 if __name__ == "__main__":

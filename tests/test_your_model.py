@@ -225,6 +225,7 @@ def test_fit_on_a_dataloader_equals_fit_on_tensors():
     ("digits.npz", "cannot use str as data"),
     (DataLoader([{"img": torch.rand(1, 2, 2), "label": 0}] * 3, batch_size=2),
      r"yields a dict with keys \['img', 'label'\]"),
+    (DataLoader([(object(), 0)] * 3, batch_size=2), "yields examples holding .*ToTensor"),
 ])
 def test_bad_data_is_one_line(data, match):
     model = _linear(d=4)

@@ -347,7 +347,7 @@ class Stream:
             loader = self.loader if self.loader is not None else DataLoader(
                 self.dataset, batch_size=batch_size or 256)
             skip = start
-        for batch in loader:
+        for batch in _collated(loader, self.name):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 what = (f"a dict with keys {sorted(batch)}" if isinstance(batch, dict)
                         else f"a {type(batch).__name__}")
@@ -440,6 +440,24 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"Stream({self.name!r}, n={len(self)}, source={type(self.source).__name__})"
+
+
+def _collated(loader: Any, name: str) -> Iterator[Any]:
+    """Iterate `loader`; PyTorch's collate error about non-tensor examples becomes one line."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except TypeError as e:
+            msg = str(e)
+            if not msg.startswith("default_collate"):
+                raise
+            found = msg.rsplit("found", 1)[-1].strip(" ;.") if "found" in msg else "other objects"
+            raise UserError(f"data {name!r} yields examples holding {found}; each example must be "
+                            f"(image tensor, label), e.g. add a ToTensor() transform") from None
+        yield batch
 
 
 def _has_len(obj: Any) -> bool:

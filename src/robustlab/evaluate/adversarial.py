@@ -62,6 +62,7 @@ from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.evaluate import metrics as M
 from robustlab.models import with_quant
+from robustlab.models import with_quant
 
 DEFAULT_SUITE = "linf,l2,l1,l0,frames,patch,distal,corrupt"
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -387,6 +388,7 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     relative to the result's folder when the file is saved beside it).
     """
     test = sources.as_data(test)  # tensors, torch Dataset, DataLoader: rows read only as sliced
+    model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     items = parse_suite(suite)
     eps_over = parse_eps(eps)

@@ -74,26 +74,36 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1) - z_y
 
 
-def _uniform_int(high: int, n: int, generator: torch.Generator, device: torch.device
-                 ) -> torch.Tensor:
-    return torch.randint(high, (n,), generator=generator, device=generator.device).to(device)
-
-
 def _signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     r = torch.randint(0, 2, shape, generator=generator, device=generator.device)
     return (2 * r - 1).to(device=like.device, dtype=like.dtype)
 
 
-def _window(n: int, h: int, w: int, s: int, generator: torch.Generator, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random s×s window per example: (row, col) corners and the N×1×H×W 0/1 mask."""
-    r = _uniform_int(h - s + 1, n, generator, device)
-    c = _uniform_int(w - s + 1, n, generator, device)
-    rows = torch.arange(h, device=device)[None, :]
-    cols = torch.arange(w, device=device)[None, :]
+def _corners(n: int, h: int, w: int, s: int, generator: torch.Generator, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.randint(h - s + 1, (n,), generator=generator, device=generator.device).to(device)
+    c = torch.randint(w - s + 1, (n,), generator=generator, device=generator.device).to(device)
+    return r, c
+
+
+def _window(r: torch.Tensor, c: torch.Tensor, h: int, w: int, s: int) -> torch.Tensor:
+    """N×1×H×W mask of the s×s windows with top-left corners (r, c)."""
+    rows = torch.arange(h, device=r.device)[None, :]
+    cols = torch.arange(w, device=r.device)[None, :]
     in_r = (rows >= r[:, None]) & (rows < r[:, None] + s)
     in_c = (cols >= c[:, None]) & (cols < c[:, None] + s)
-    return r, c, (in_r[:, :, None] & in_c[:, None, :])[:, None]
+    return (in_r[:, :, None] & in_c[:, None, :])[:, None]
+
+
+def _draws(x: torch.Tensor, norm: str, s: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random numbers of one iteration, for every example (indexed afterwards)."""
+    n, ch, h, w = x.shape
+    d = {}
+    d["r1"], d["c1"] = _corners(n, h, w, s, generator, x.device)
+    if norm == "l2":
+        d["r2"], d["c2"] = _corners(n, h, w, s, generator, x.device)
+    d["signs"] = _signs((n, ch), generator, x)
+    return d
 
 
 def _bump(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -134,17 +144,15 @@ def _init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator) ->
 
 
 def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int,
-             generator: torch.Generator) -> torch.Tensor:
-    """A proposal δ' for every example (before the box clip)."""
-    n, ch, h, w = x.shape
+             d: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A proposal δ' for every row (before the box clip), from the draws `d` of those rows."""
+    h, w = x.shape[-2:]
+    m1 = _window(d["r1"], d["c1"], h, w, s)
     if norm == "linf":
-        _, _, m = _window(n, h, w, s, generator, x.device)
-        vals = eps * _signs((n, ch), generator, x)[:, :, None, None]
-        return torch.where(m, vals.expand_as(delta), delta)
-    r1, c1, m1 = _window(n, h, w, s, generator, x.device)
-    _, _, m2 = _window(n, h, w, s, generator, x.device)
-    sg = _signs((n, ch), generator, x)
-    u = _place_bump(r1, c1, s, sg, tuple(x.shape))
+        vals = eps * d["signs"][:, :, None, None]
+        return torch.where(m1, vals.expand_as(delta), delta)
+    m2 = _window(d["r2"], d["c2"], h, w, s)
+    u = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape))
     u = u / _bview(u.flatten(1).norm(dim=1).clamp(min=1e-12), u)
     union = (m1 | m2).expand_as(delta)
     outside = torch.where(union, torch.zeros_like(delta), delta)
@@ -235,16 +243,16 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
                   else torch.zeros(m, dtype=torch.bool, device=x.device))
     for it in range(cfg.steps - 1):
         s = square_side(p_schedule(it, cfg.steps, p_init), h, w)
-        x_full = x
-        delta_full = torch.zeros_like(x_full)
-        delta_full[idx] = st["cur"] - xs
-        prop_full = _propose(x_full, delta_full, cfg.norm, cfg.eps, s, generator)  # draws for all
+        draws = _draws(x, cfg.norm, s, generator)  # for every example, then indexed
         run = (~st["done"]).nonzero().squeeze(1) if stopping else None
         if run is not None and run.numel() == 0:
             break
         sel = slice(None) if run is None or run.numel() == m else run
+        rows_all = idx if isinstance(sel, slice) else idx[run]
         xr = xs[sel]
-        cand = (xr + prop_full[idx][sel]).clamp(lo, hi)
+        prop = _propose(xr, st["cur"][sel] - xr, cfg.norm, cfg.eps, s,
+                        {k: v[rows_all] for k, v in draws.items()})
+        cand = (xr + prop).clamp(lo, hi)
         lr = ls if isinstance(sel, slice) else ls.index(run)
         obj_c, logits_c = eval_rows(model, cand, lr.obj, cfg, rows, grad=False)
         sv = {k: v[sel] for k, v in st.items()}

@@ -62,7 +62,6 @@ from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.evaluate import metrics as M
 from robustlab.models import with_quant
-from robustlab.models import with_quant
 
 DEFAULT_SUITE = "linf,l2,l1,l0,frames,patch,distal,corrupt"
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -387,8 +386,7 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
     relative to the result's folder when the file is saved beside it).
     """
-    test = sources.as_data(test)  # tensors, torch Dataset, DataLoader: rows read only as sliced
-    model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
+    test = sources.as_data(test, bounds=(0.0, 1.0))  # any data; rows read only as sliced
     model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     items = parse_suite(suite)
     eps_over = parse_eps(eps)

@@ -79,7 +79,8 @@ def test_standardized_inputs_are_refused_with_the_range_found():
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     for fn in (lambda d: rl.evaluate.clean(net, d),
                lambda d: rl.evaluate.bit_errors(net, d, rates=[0.01], patterns=1),
-               lambda d: rl.evaluate.flatness(net, d, clean=True, samples=1)):
+               lambda d: rl.evaluate.flatness(net, d, clean=True, samples=1),
+               lambda d: rl.evaluate.adversarial(net, d, suite="linf", attacks="pgd", n=4)):
         with pytest.raises(UserError) as e:
             fn((xn, y))
         msg = str(e.value)

@@ -4,9 +4,15 @@ location-optimized patches, distal inputs, corruptions.
 Every attack is a function (and a frozen dataclass callable) over a model `x -> logits` that
 returns an `AttackResult(x_adv, logits, y, info)`; `worst_case` merges several per example.
 
-    from robustlab.attacks import pgd
+    from robustlab.attacks import apgd, pgd, square
     res = pgd(model, x, y, norm="l2", eps=1.5, steps=40, generator=torch.Generator().manual_seed(0))
     res.success, res.conf   # misclassified? confidence at x_adv
+    res = apgd(model, x, y, norm="linf", eps=0.1, loss="dlr-t")   # APGD-T
+    res = square(model, x, y, norm="linf", eps=0.1, queries=5000)  # gradient-free
+
+Attacks validate inputs against `bounds` (default (0, 1)), run an `nn.Module` in eval mode, and
+return float32 logits computed at exactly `x_adv`. Early exit (`early_stop=c`) gives the
+verdicts of a run without it (see `robustlab.attacks.pgd`).
 """
 
 from robustlab.attacks.apgd import APGD, apgd

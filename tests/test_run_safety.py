@@ -111,7 +111,7 @@ def test_run_names_and_set_aside(tmp_path):
 
 def test_two_concurrent_trainings_one_exits_2_the_other_run_intact(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "robustlab", *TRAIN[:5], "--epochs", "3", "--quiet",
+    cmd = [sys.executable, "-m", "robustlab", *TRAIN[:5], "--epochs", "2", "--quiet",
            "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -124,8 +124,8 @@ def test_two_concurrent_trainings_one_exits_2_the_other_run_intact(tmp_path):
     assert ("in use by pid" in loser[2] or "already holds a run" in loser[2]), loser
     assert len(loser[2].strip().splitlines()) == 1
     model, meta = checkpoint.load(out)  # the winner's run: complete and verified
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    assert meta["train_config"]["epochs"] == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert meta["train_config"]["epochs"] == 2
     assert not list(tmp_path.glob(".*.lock")) and not list(out.glob(".*tmp"))
 
 
@@ -413,3 +413,21 @@ def test_info_refuses_a_malformed_result_file(run, capsys):
     (run / "results" / "attack.json").write_text("[1, 2, 3]")
     code, _, err = run_cli(capsys, "info", run)
     assert code == 2 and "attack.json must hold a JSON object, not list" in one_line(err)
+
+
+def test_read_only_file_system_is_refused_up_front(run, capsys, monkeypatch):
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, k):
+            return os.ST_RDONLY | self.st.f_flag if k == "f_flag" else getattr(self.st, k)
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)))
+    code, _, err = run_cli(capsys, "eval", run)
+    assert code == 2 and "is not writable" in one_line(err) and "read-only" in err
+    code, _, err = run_cli(capsys, *TRAIN, "--out", run.parent / "new")
+    assert code == 2 and "is not writable" in one_line(err)
+    assert not (run / "results").exists() and not (run.parent / "new").exists()

@@ -45,3 +45,14 @@ def test_projection_keeps_points_inside_unchanged() -> None:
     d = torch.tensor([0.05, -0.1, 0.02, 0.1]).view(1, 1, 2, 2)
     for norm, eps in (("linf", 0.2), ("l2", 1.0), ("l1", 1.0), ("l0", 4.0)):
         assert torch.allclose(project(d, x, norm, eps), d, atol=1e-7), norm
+
+
+@pytest.mark.parametrize("eps,kept", [(2.0, 2), (2.5, 3), (0.3, 1), (3.0000000001, 3)])
+def test_l0_keeps_ceil_eps_entries_of_largest_magnitude(eps: float, kept: int) -> None:
+    x = torch.full((1, 1, 2, 3), 0.5)
+    d = torch.tensor([0.1, -0.4, 0.2, -0.05, 0.3, 0.15]).view(1, 1, 2, 3)
+    out = project(d, x, "l0", eps).flatten()
+    order = [1, 4, 2, 5, 0, 3]  # by |δ|, largest first
+    expected = torch.zeros(6)
+    expected[order[:kept]] = d.flatten()[order[:kept]]
+    assert torch.equal(out != 0, expected != 0) and torch.allclose(out, expected, atol=1e-7)

@@ -206,3 +206,21 @@ def test_python_save_with_a_factory(user, tmp_path):
     assert meta["factory"]["function"] == "make_model"
     x = torch.rand(3, 1, 8, 8)
     assert torch.allclose(loaded(x), m((x - 0.1) / 0.9), atol=1e-6)
+
+
+def test_fine_tuning_an_imported_run_keeps_it_loadable(user, tmp_path, capsys):
+    import robustlab as rl
+
+    run = tmp_path / "imp"
+    assert _import(capsys, user, run, "w.pt", "--mean", "0.5", "--std", "0.25")[0] == 0
+    model, meta = checkpoint.load(run)
+    from robustlab import runs
+
+    train, _, _ = runs.load_data(meta["data"])
+    rl.train.fit(model, train, epochs=1, lr=0.01, batch_size=64, out=tmp_path / "tuned",
+                 meta={"data": meta["data"]}, device="cpu", log=False, progress=False)
+    tuned, tmeta = checkpoint.load(tmp_path / "tuned")
+    assert tmeta["factory"] == meta["factory"] and tmeta["normalization"] == meta["normalization"]
+    assert not torch.equal(tuned.model[0].weight, checkpoint.load(run)[0].model[0].weight)
+    code, _, err = run_cli(capsys, "eval", tmp_path / "tuned")
+    assert code == 0, err

@@ -269,6 +269,8 @@ def save(run: str | Path, model: nn.Module, meta: dict[str, Any] | None = None, 
     Built-in models (and `models.Normalized` around one) are rebuilt by name. Any other model
     needs `factory`: a module-level function (or "file.py:function") that builds it from
     `factory_kwargs`; its file's path and SHA-256 are recorded so every command can load the run.
+    A model loaded from such a run keeps its factory, so fine-tuning it (`train.fit(model, …,
+    out=NEW)`) writes a run every command can load too.
 
     Example:
         >>> import robustlab as rl, tempfile
@@ -291,6 +293,8 @@ def save(run: str | Path, model: nn.Module, meta: dict[str, Any] | None = None, 
         info["normalization"] = norm
     if factory is not None:
         info["factory"] = factory_record(factory, factory_kwargs)
+    elif isinstance(getattr(inner, "robustlab_factory", None), dict):
+        info["factory"] = inner.robustlab_factory  # a model loaded from a factory run
     save_weights(run / WEIGHTS, model)
     info["weights"] = _weights_record(run, model)
     info["versions"] = versions()
@@ -361,6 +365,7 @@ def read_info(run: str | Path) -> ModelInfo:
 def _build(run: Path, info: ModelInfo) -> nn.Module:
     if info.factory is not None:
         model = build_from_factory(info.factory, run)
+        model.robustlab_factory = dict(info.factory)  # saving it again (fine-tuning) keeps it
     elif info.architecture in models.REGISTRY:
         kwargs = dict(info.kwargs)
         kwargs["in_shape"] = tuple(kwargs["in_shape"])

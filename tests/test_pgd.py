@@ -236,6 +236,18 @@ def test_best_iterate_is_the_worst_case_of_the_visited_iterates(kw: dict) -> Non
         assert (by_loss < res.key()).sum() >= 5
 
 
+def test_best_iterate_never_worse_than_start() -> None:
+    # Ranked by the worst-case key (spec §3), the result is never less damaging than the start,
+    # even with a step so large that the iterates get worse.
+    model = small_cnn()
+    x, y = batch()
+    start = worst_case_key(model(x), y)
+    for momentum in (0.0, 0.9):
+        res = pgd(model, x, y, norm="linf", eps=0.1, steps=8, step_size=0.3, init="zero",
+                  momentum=momentum)
+        assert (res.key() >= start).all()
+
+
 class Path(nn.Module):
     """3 logits along a path of the first pixel t: at t = 0.5 correct (CE 0.22), at 0.6
     misclassified (softmax .45/.46/.09, CE 0.80), at 0.7 correct again with a higher CE (1.08);

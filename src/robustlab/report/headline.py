@@ -92,19 +92,24 @@ def plot_tradeoff(table: Table, rows: Sequence[Row], path: str | Path) -> Path:
     plt = pyplot()
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.35 * cols, 3.1 * nrows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.35 * cols, 3.1 * nrows + 0.5), squeeze=False,
+                             sharex=True)
     for ax, (row, pts) in zip(axes.flat, panels):
         xy = [(c.value, m.value) for _, c, m in pts]
         front = set(pareto(xy))
         for j, (i, c, m) in enumerate(pts):
             color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
             ax.errorbar([100 * c.value], [100 * m.value], xerr=[[e] for e in _err(c)],
-                        yerr=[[e] for e in _err(m)], fmt=marker, ms=7, color=color, lw=1,
-                        capsize=2, mfc=color if j in front else "white", mew=1.5, zorder=3)
+                        yerr=[[e] for e in _err(m)], fmt="none", ecolor=color, lw=0.9,
+                        alpha=0.45, capsize=0, zorder=2)
+            ax.plot([100 * c.value], [100 * m.value], marker=marker, ms=8, ls="",
+                    color=color, mfc=color if j in front else "white", mec=color, mew=1.8,
+                    zorder=4)
         fx = sorted((100 * xy[j][0], 100 * xy[j][1]) for j in front)
         if len(fx) > 1:
-            ax.plot([p[0] for p in fx], [p[1] for p in fx], ls="--", color="0.4", lw=1, zorder=2)
+            ax.plot([p[0] for p in fx], [p[1] for p in fx], ls="--", color="0.25", lw=1.2, zorder=3)
         ax.set_title(_wrap(row.label), fontsize=10)
+        ax.tick_params(labelbottom=True)
         ax.set_xlabel("clean Err (%)")
         ax.set_ylabel(f"{row.key.split(' ')[0]} (%)")
         ax.grid(True, alpha=0.3)
@@ -116,7 +121,7 @@ def plot_tradeoff(table: Table, rows: Sequence[Row], path: str | Path) -> Path:
         ax.axis("off")
     handles = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", ls="",
                           ms=7, label=m) for i, m in enumerate(table.models)]
-    handles.append(plt.Line2D([], [], color="0.4", ls="--", label="Pareto front (filled)"))
+    handles.append(plt.Line2D([], [], color="0.25", ls="--", label="Pareto front (filled)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(handles) > 7), 1, 1))

@@ -4,21 +4,23 @@ Every library runs L∞ PGD with a random start, --steps iterations of step 2.5�
 restart on the first --n-test Fashion-MNIST test images (digits upsampled to 28×28 when
 Fashion-MNIST is not installed), in batches of --batch-size. Reported per library: seconds per
 batch (median of --repeats timed runs after one warm-up), images per second, and the robust
-error (a fidelity check: all should be close). `robustlab-fast` adds robustlab's speed options
-(bf16 autocast, channels_last, early exit of already-misclassified examples; verdict in fp32). A
-library that is not installed is skipped with a note. Writes benchmarks/results/attack_speed.json.
+error (a fidelity check: all should be close). robustlab runs three ways: `robustlab-plain`
+(fp32, contiguous, no early exit: the reference), `robustlab` (its default fp32 path:
+channels_last where it helps and the verdict-preserving early exit of misclassified examples)
+and `robustlab-bf16` (the same with bf16 gradients; verdicts and stop tests in fp32); the robustlab
+rows say whether their per-example verdicts are identical to `robustlab-plain`'s. A library
+that is not installed is skipped with a note. Writes benchmarks/results/attack_speed.json.
 
     python benchmarks/attack_speed.py --device cuda              # the real benchmark
     python benchmarks/attack_speed.py --n-test 64 --epochs 0     # a tiny CPU smoke run
 
-Install the others with `.venv/bin/pip install foolbox adversarial-robustness-toolbox` and
+Install the others with `.venv/bin/pip install -e '.[bench]'` and
 `.venv/bin/pip install --no-deps torchattacks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -35,28 +37,30 @@ from robustlab.train import fit
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def robustlab_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
-    """Plain fp32 PGD, no early exit: the like-for-like comparison."""
+def _robustlab(model, eps: float, alpha: float, steps: int, **kw) -> Runner:
     g = torch.Generator().manual_seed(0)
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(model, x, y, norm="linf", eps=eps, steps=steps, step_size=alpha, init="cube",
-                   generator=g, bf16=a.bf16, channels_last=a.channels_last).x_adv
+                   generator=g, **kw).x_adv
 
     return run
 
 
-def robustlab_fast_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
-    """With the speed options: bf16 autocast, channels_last, and early exit of examples that are
-    already misclassified with wrong-class confidence ≥ --early-stop (verdict in fp32)."""
-    g = torch.Generator().manual_seed(0)
-    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+def robustlab_plain_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    """Unaccelerated: fp32, contiguous memory, no early exit (the reference verdicts)."""
+    return _robustlab(model, eps, alpha, steps, channels_last=False)
 
-    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd(fast, x, y, norm="linf", eps=eps, steps=steps, step_size=alpha, init="cube",
-                   generator=g, bf16=True, channels_last=True, early_stop=a.early_stop).x_adv
 
-    return run
+def robustlab_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    """robustlab's default fp32 path: channels_last where it helps (auto) and the
+    verdict-preserving early exit (an example stops once misclassified: `early_stop=0`)."""
+    return _robustlab(model, eps, alpha, steps, early_stop=a.early_stop)
+
+
+def robustlab_bf16_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
+    """The default path with bf16 gradients (every verdict and stop test on fp32 logits)."""
+    return _robustlab(model, eps, alpha, steps, early_stop=a.early_stop, bf16=True)
 
 
 def torchattacks_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
@@ -99,8 +103,9 @@ def art_runner(model, eps: float, alpha: float, steps: int, a) -> Runner:
 
 
 LIBRARIES: dict[str, tuple[str, Callable[..., Runner]]] = {
+    "robustlab-plain": ("robustlab", robustlab_plain_runner),
     "robustlab": ("robustlab", robustlab_runner),
-    "robustlab-fast": ("robustlab", robustlab_fast_runner),
+    "robustlab-bf16": ("robustlab", robustlab_bf16_runner),
     "torchattacks": ("torchattacks", torchattacks_runner),
     "foolbox": ("foolbox", foolbox_runner),
     "art": ("art", art_runner),
@@ -126,11 +131,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--libraries", default=",".join(LIBRARIES))
-    ap.add_argument("--bf16", action="store_true", help="robustlab with bf16 autocast")
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--early-stop", type=float, default=0.5,
-                    help="robustlab-fast: stop attacking an example once it is misclassified with "
-                         "wrong-class confidence ≥ this")
+    ap.add_argument("--early-stop", type=float, default=0.0,
+                    help="robustlab, robustlab-bf16: stop attacking an example once it is "
+                         "misclassified with wrong-class confidence ≥ this (0: once misclassified, "
+                         "which keeps every RErr verdict)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/attack_speed.json")
     a = ap.parse_args()
@@ -146,8 +150,6 @@ def main() -> None:
         fit(model, train, epochs=a.epochs, lr=0.05, batch_size=128, seed=a.seed, device=device,
             progress=False)
     model = model.to(device).eval()
-    if a.channels_last:
-        model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     a._shape, a._classes, a._device = test.shape, test.num_classes, device
@@ -172,7 +174,7 @@ def main() -> None:
         batches = [(x_all[i:i + a.batch_size], y_all[i:i + a.batch_size])
                    for i in range(0, a.n_test, a.batch_size)]
         run(*batches[0])  # warm-up
-        times, wrong = [], 0
+        times, wrong, verdicts = [], 0, []
         for r in range(a.repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -185,17 +187,33 @@ def main() -> None:
                 with torch.no_grad():
                     for (x, y), adv in zip(batches, advs):
                         assert (adv - x).abs().max() <= a.eps + 1e-5, name
-                        wrong += int(((model(adv).argmax(1) != y) | (model(x).argmax(1) != y)).sum())
+                        v = (model(adv).argmax(1) != y) | (model(x).argmax(1) != y)
+                        wrong += int(v.sum())
+                        verdicts.append(v.cpu())
         sec = statistics.median(times)
+        verdict = torch.cat(verdicts)
+        ref = next((r for r in rows if r["library"] == "robustlab-plain" and "verdicts" in r), None)
+        same = (None if ref is None or not name.startswith("robustlab")
+                else bool(torch.equal(verdict, torch.tensor(ref["verdicts"]))))
         rows.append({"library": name, "sec_per_batch": sec, "images_per_sec": a.batch_size / sec,
-                     "rerr": wrong / a.n_test})
-        print(f"{name:<13} {1000 * sec:9.1f} ms/batch  {a.batch_size / sec:9.1f} img/s  "
-              f"RErr {100 * wrong / a.n_test:5.1f}%")
+                     "rerr": wrong / a.n_test, "verdicts": verdict.tolist(),
+                     "identical_verdicts_to_plain": same})
+        print(f"{name:<15} {1000 * sec:9.1f} ms/batch  {a.batch_size / sec:9.1f} img/s  "
+              f"RErr {100 * wrong / a.n_test:5.1f}%"
+              + ("" if same is None else f"  verdicts identical to robustlab-plain: {same}"))
     base = next((r for r in rows if r["library"] == "robustlab" and "sec_per_batch" in r), None)
     if base:
         for r in rows:
             if "sec_per_batch" in r:
                 r["relative_to_robustlab"] = r["sec_per_batch"] / base["sec_per_batch"]
+        peers = [r for r in rows if "sec_per_batch" in r and not r["library"].startswith("robustlab")]
+        if peers:
+            fastest = min(peers, key=lambda r: r["sec_per_batch"])
+            print(f"robustlab default fp32 is {fastest['sec_per_batch'] / base['sec_per_batch']:.2f}× "
+                  f"as fast as the fastest peer ({fastest['library']})")
+    bf = next((r for r in rows if r["library"] == "robustlab-bf16" and "rerr" in r), None)
+    if base and bf:
+        print(f"bf16 RErr − fp32 RErr: {100 * (bf['rerr'] - base['rerr']):+.1f} points")
     out = {"benchmark": "attack_speed", "device": str(device), "model": a.model,
            "clean_err": clean_err, "config": {k: v for k, v in vars(a).items()
                                               if not k.startswith("_")},

@@ -50,11 +50,11 @@ def _hist_panel(ax: Any, t: dict[str, Any], c_conf: list[float], c_wrong: list[b
         ax.hist(ok_conf, bins=edges, alpha=0.55, color="tab:green", label="clean (correct)",
                 density=True)
     if t.get("threat") == "distal":
-        adv, lab = t.get("conf") or [], "distal input"
+        adv, lab = t.get("conf") or [], "adversarial (wrong) / distal"
     else:
         wrong = t.get("adv_wrong") or [True] * len(t["adv_conf"])
         adv = [c for c, w, cw in zip(t["adv_conf"], wrong, c_wrong) if w and not cw]
-        lab = "adversarial (wrong)"
+        lab = "adversarial (wrong) / distal"
     if adv:
         ax.hist(adv, bins=edges, alpha=0.55, color="tab:red", label=lab, density=True)
     if tau is not None:

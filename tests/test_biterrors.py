@@ -101,6 +101,13 @@ def test_single_rate_mask_is_nested_across_rates():
     assert all(torch.equal(pert[k], v) for k, v in ref.items())
 
 
+def test_threshold_is_exact_u_less_than_p():
+    # a bit flips iff u = H/2^32 < p, i.e. iff H < t: t is the smallest integer with t/2^32 ≥ p
+    for p in (0.0, 1e-9, 0.001, 0.1, 0.2, 1 / 3, 0.5, 0.999999, 1.0):
+        t = be.threshold(p)
+        assert (t - 1) / 2**32 < p <= t / 2**32 or (p == 0.0 and t == 0), p
+
+
 def test_independent_of_chunking_and_seeds_independent():
     a = be.random_masks(70_000, 8, 3, [0.01, 0.3], chunk=1024)
     b = be.random_masks(70_000, 8, 3, [0.01, 0.3], chunk=1 << 20)

@@ -36,7 +36,7 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
     if not rs:
         raise UserError("no bit error results to plot")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for i, r in enumerate(rs):
         try:
             rates, rerr = r["rates"], r["rerr"]
@@ -54,7 +54,8 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
         (line,) = ax.plot(x, m, marker="o", ms=3, label=f"{label} (Err {100 * r['clean_err']:.2f}%)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         if ci:
-            ax.errorbar(x, m, yerr=[[max(0.0, a - b) for a, (b, _) in zip(m, ci)],
+            dodge = 1 + 0.03 * (i - (len(rs) - 1) / 2)  # keep the error bars of models apart
+            ax.errorbar([v * dodge for v in x], m, yerr=[[max(0.0, a - b) for a, (b, _) in zip(m, ci)],
                                     [max(0.0, c - a) for a, (_, c) in zip(m, ci)]],
                         fmt="none", ecolor=line.get_color(), lw=1, capsize=2.5)
     ax.set_xscale("log")

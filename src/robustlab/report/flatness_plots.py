@@ -206,7 +206,8 @@ def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
             if m not in methods:
                 methods.append(m)
             bud = vals.get("budget") or r["budgets"]
-            b = [max(v, 0.5) for v in bud]  # budget 0 sits at 0.5 on the log axis
+            dodge = 1 + 0.025 * (i - (len(rs) - 1) / 2)  # keep the error bars apart
+            b = [max(v, 0.5) * dodge for v in bud]  # budget 0 sits at 0.5 on the log axis
             y = [100 * v for v in vals["rerr"]]
             ax.errorbar(b, y, yerr=_wilson_err(vals["rerr"], r.get("n_test")), marker="o", ms=3.5,
                         color=color, ls=METHOD_STYLES.get(m, "--"), lw=1.5, capsize=2,
@@ -222,11 +223,11 @@ def plot_bit_attack(results: Result | Sequence[Result], path: str | Path, *,
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
     ax.set_title("robust error under adversarial bit flips")
-    leg = ax.legend(handles=model_handles, title="model", loc="upper left",
-                    bbox_to_anchor=(1.02, 1.0), frameon=False)
-    ax.add_artist(leg)
-    ax.legend(handles=[plt.Line2D([], [], color="0.3", ls=METHOD_STYLES.get(m, "--"), lw=1.5,
-                                  label=METHOD_NAMES.get(m, m)) for m in methods],
-              title="method", loc="lower left", bbox_to_anchor=(1.02, 0.0), frameon=False)
+    spacer = plt.Line2D([], [], ls="", label=" ")
+    method_handles = [plt.Line2D([], [], color="0.3", ls=METHOD_STYLES.get(m, "--"), lw=1.5,
+                                 label=METHOD_NAMES.get(m, m)) for m in methods]
+    ax.legend(handles=[plt.Line2D([], [], ls="", label="model:"), *model_handles, spacer,
+                       plt.Line2D([], [], ls="", label="method:"), *method_handles],
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     return save(fig, path)

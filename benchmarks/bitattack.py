@@ -33,7 +33,7 @@ from common import bench_data, choose
 from robustlab import data, models
 from robustlab.device import resolve_device
 from robustlab.evaluate.bitattack import RESTARTS, STEPS, bit_attack
-from robustlab.io import atomic_write_json, versions
+from robustlab.io import atomic_write_json, read_json, versions
 from robustlab.quant import RQUANT8
 from robustlab.report.flatness_plots import plot_bit_attack
 from robustlab.train import fit
@@ -85,7 +85,11 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic problem, 1 epoch")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/bitattack.json")
+    ap.add_argument("--merge", default=None, metavar="JSON,...",
+                    help="no runs: print the tables of these result files and merge them to --out")
     a = ap.parse_args()
+    if a.merge:
+        return merge(a)
     budgets = [int(b) for b in a.budgets.split(",")]
     if a.smoke:
         a.epochs, a.n_attack, a.n_test, a.steps, a.archs = 1, 64, 128, 3, "mlp"
@@ -113,10 +117,21 @@ def main() -> None:
             print(f"{key}: clean Err {100 * res['clean_err']:.2f}% "
                   f"(train {t_train:.0f}s, attacks {res['attack_time_s']:.0f}s)", flush=True)
             save(a, budgets, train, device, results, t0, partial=True)  # survives interruption
-    print(f"\nRErr (%) by flipped bits on {len(test)} test images "
-          f"(attacks computed on {a.n_attack} training images)")
+    verdict = table(results, budgets, len(test), a.n_attack)
+    png = plot_bit_attack(list(results.values()), a.out.replace(".json", ".png"),
+                          labels=list(results))
+    save(a, budgets, train, device, results, t0, verdict=verdict)
+    print(f"written to {a.out} and {png}")
+
+
+def table(results: dict, budgets: list[int], n_test: int, n_attack: int) -> dict:
+    """Print the per-model table (methods, worst case, envelope, who found it, as text and as
+    Markdown); returns {model: budgets at which the projected attack is behind BFA}."""
+    print(f"\nRErr (%) by flipped bits on {n_test} test images "
+          f"(attacks computed on {n_attack} training images)")
     print(f"{'model':<16} {'':<10} {'clean':>5} " + " ".join(f"{b:>5}" for b in budgets))
-    verdict = {}
+    verdict, md = {}, []
+    short = {"attack": "proj", "bfa": "bfa", "attack+bfa": "both"}
     for key, res in results.items():
         r = res["results"]
         rows = [(m, r[m]["rerr"]) for m in res["methods"]]
@@ -126,20 +141,52 @@ def main() -> None:
             print(f"{key if i == 0 else '':<16} {m:<10} {pct(res['clean_err'])} "
                   + " ".join(pct(v) for v in vals))
         if "worst" in r:
-            print(f"{'':<16} {'found by':<10} {'':>5} " + " ".join(
-                f"{ {'attack': 'proj', 'bfa': 'bfa', 'attack+bfa': 'both'}[f]:>5}"
-                for f in r["worst"]["found_by"]))
+            found = [short.get(f, f) for f in r["worst"]["found_by"]]
+            print(f"{'':<16} {'found by':<10} {'':>5} " + " ".join(f"{f:>5}" for f in found))
+            w = r["worst"]
+            md.append(f"| {key} | projected | {pct(res['clean_err']).strip()} | "
+                      + " | ".join(pct(v).strip() for v in r["attack"]["rerr"]) + " |"
+                      if "attack" in r else None)
+            md.append("| | BFA | | " + " | ".join(pct(v).strip() for v in r["bfa"]["rerr"]) + " |"
+                      if "bfa" in r else None)
+            md.append("| | worst (by) | | " + " | ".join(
+                f"{pct(v).strip()} ({f})" for v, f in zip(w["rerr"], found)) + " |")
+            md.append("| | envelope | | " + " | ".join(pct(v).strip() for v in w["rerr_env"])
+                      + " |")
         if "attack" in r and "bfa" in r:
-            behind = [b for b, x, y in zip(budgets, r["attack"]["rerr"], r["bfa"]["rerr"]) if x < y]
-            verdict[key] = behind
+            verdict[key] = [b for b, x, y in zip(budgets, r["attack"]["rerr"], r["bfa"]["rerr"])
+                            if x < y]
     if verdict:
         print("\nprojected attack >= BFA at every budget:")
         for key, behind in verdict.items():
             print(f"  {key:<16} " + ("yes" if not behind else
                                      f"no (behind at {', '.join(map(str, behind))} bits)"))
+    md = [line for line in md if line]
+    if md:
+        print("\n| model | attack | clean | " + " | ".join(str(b) for b in budgets) + " |")
+        print("|---" * (len(budgets) + 3) + "|")
+        print("\n".join(md))
+    return verdict
+
+
+def merge(a: argparse.Namespace) -> None:
+    """--merge: print the table of earlier runs' JSON files and write them as one file."""
+    results, files = {}, [f.strip() for f in a.merge.split(",") if f.strip()]
+    docs = [read_json(f) for f in files]
+    for d in docs:
+        for key, res in d["models"].items():
+            results.setdefault(key, res)
+    budgets = docs[0]["config"]["budgets"]
+    first = next(iter(results.values()))
+    verdict = table(results, budgets, first["n_test"], first["n_attack"])
     png = plot_bit_attack(list(results.values()), a.out.replace(".json", ".png"),
                           labels=list(results))
-    save(a, budgets, train, device, results, t0, verdict=verdict)
+    atomic_write_json(a.out, {"benchmark": "bitattack", "merged_from": files,
+                              "configs": [d["config"] for d in docs], "data": docs[0]["data"],
+                              "device": docs[0]["device"], "models": results,
+                              "projected_behind_bfa": verdict,
+                              "total_time_s": sum(d["total_time_s"] for d in docs),
+                              "versions": versions()})
     print(f"written to {a.out} and {png}")
 
 

@@ -12,7 +12,9 @@ training set, so the test set is not attacked directly) and reports on the test 
 Methods: "attack" (the projected attack of `robustlab.weights.bits`; budgets are attacked in
 increasing order and each run also starts from the best flips of the next smaller budget), "bfa"
 (progressive bit search, one run whose prefixes give every budget) and "random" (random flips,
-at most one per weight, mean and max over `random_patterns` seeds) as a reference.
+at most one per weight, mean and max over `random_patterns` seeds) as a reference. Default:
+"attack,bfa"; the projected attack's defaults are `STEPS` steps per start, `STEP_SIZE` and
+`RESTARTS` starts (see `robustlab.weights.bits.bit_attack`).
 
 **Worst case and envelope (spec §3a).** With "attack" and/or "bfa", `results["worst"]` gives per
 budget the larger RErr of the two (`rerr`), which of them found it (`found_by`: "attack", "bfa",

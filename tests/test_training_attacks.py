@@ -50,14 +50,14 @@ def test_training_attacks_run_in_eval_mode_and_only_the_training_pass_updates_bn
     mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
     loss, _ = method.loss(ctx, x, y)
     assert model.training  # the mode is restored
-    # every attack forward is in eval mode; exactly one (the last, the training pass) is not
-    assert len(model.modes) >= 3 and model.modes[-1] and not any(model.modes[:-1]), model.modes
+    # every attack forward is in eval mode; exactly one (the training pass) is not
+    assert len(model.modes) >= 3 and sum(model.modes) == 1, model.modes
     assert int(bn.num_batches_tracked) == 1
-    # running statistics: one momentum update with the statistics of the training pass's input
-    # (the last forward's batch), nothing from the attack
+    # running statistics: one momentum update with the statistics of the training pass's input,
+    # nothing from the attack
     assert not torch.equal(bn.running_mean, mean0)
     with torch.no_grad():
-        trained_on = model.net[1](model.net[0](model.inputs[-1]))
+        trained_on = model.net[1](model.net[0](model.inputs[model.modes.index(True)]))
     m = bn.momentum
     assert torch.allclose(bn.running_mean, (1 - m) * mean0 + m * trained_on.mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, (1 - m) * var0 + m * trained_on.var(0, unbiased=True),
@@ -190,7 +190,7 @@ def test_patch_at_attacks_the_last_fraction_with_training_settings(monkeypatch) 
     (call,) = calls
     assert call["n"] == 2 and call["step_size"] == 0.1 and call["steps"] == 4
     assert call["location"] == "random" and call["stride"] == 1 and call["size"] == 3
-    trained_on = model.inputs[-1]
+    trained_on = model.inputs[model.modes.index(True)]
     assert torch.equal(trained_on[:6], x[:6]) and not torch.equal(trained_on[6:], x[6:])
     expected = 0.75 * F.cross_entropy(logits[:6], y[:6]) + 0.25 * F.cross_entropy(logits[6:], y[6:])
     assert torch.allclose(loss, expected, atol=1e-6)

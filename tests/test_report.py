@@ -316,3 +316,35 @@ def test_bit_attack_worst_case_envelope_and_headline():
             for lab in ("A", "B")]
     table = rows.build_table(runs)
     assert [r.key for r in headline.headline_rows(table)] == ["RErr 40 bits (worst)"]
+
+
+def test_intervals_of_each_metric_kind():
+    from robustlab.report.stats import auc_interval, t_quantile, wilson
+
+    # flatness: t interval over the random perturbations (loss increases 0.1, 0.2, 0.3)
+    flat = {"flatness_kind": "average", "variant": "robust", "n": 30, "loss": 1.0,
+            "details": [{"xi": 0.5, "flatness": 0.2, "loss": 1.0,
+                         "perturbed_losses": [1.1, 1.2, 1.3]}]}
+    m = summary.result_values("flatness", flat)["average flatness ξ=0.5"]
+    half = t_quantile(2) * 0.1 / 3 ** 0.5
+    assert (m.n, m.over, m.unit) == (3, "samples", "")
+    assert m.interval == pytest.approx((0.2 - half, 0.2 + half))
+    # RErr@τ: Wilson over the images that are not rejected, recounted from the confidences:
+    # 10 images; 2 rejected on both sides (confidence < τ), 3 of the other 8 wrong
+    conf = [0.9] * 8 + [0.1, 0.1]
+    adv = {"evaluator": "adversarial", "config": {"n": 10},
+           "clean": {"err": 0.0, "tau": {"0.99": 0.5}, "conf": conf, "wrong": [False] * 10},
+           "threats": {"l2": {"threat": "l2", "eps": 1.5, "n": 10, "rerr": 0.5, "auc": 0.8,
+                              "at": {"0.99": {"tau": 0.5, "rerr": 3 / 8, "fpr": 0.3}},
+                              "adv_conf": conf, "adv_wrong": [True] * 3 + [False] * 5 + [True] * 2}}}
+    vals = summary.result_values("adversarial", adv)
+    at = vals["RErr@99% l2"]
+    assert (at.n, at.interval) == (8, wilson(3, 8)) and at.label == "RErr@99% L2 ε=1.5"
+    assert vals["RErr l2"].interval == wilson(5, 10)
+    # ROC AUC: Hanley–McNeil with 10 correct clean images (positives), 5 successful attacks
+    auc = vals["AUC l2"]
+    assert (auc.better, auc.unit) == ("higher", "")
+    assert auc.interval == auc_interval(0.8, 10, 5)
+    q1, q2 = 0.8 / 1.2, 2 * 0.64 / 1.8
+    se = ((0.16 + 9 * (q1 - 0.64) + 4 * (q2 - 0.64)) / 50) ** 0.5
+    assert auc.interval == pytest.approx((0.8 - 1.959964 * se, min(1.0, 0.8 + 1.959964 * se)))

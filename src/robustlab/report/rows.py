@@ -206,7 +206,8 @@ def to_text(table: Table) -> str:
             for i in range(len(table.models)):
                 v, iv = cell_text(r, i)
                 cells.append(f"{v} {iv}".strip() + (" *" if r.best == i else ""))
-            lines.append([("~ " if r.note else "  ") + r.label, ARROW.get(r.better, ""), r.n, *cells]
+            lines.append([("~ " if r.note else "  ") + r.label + (" (%)" if r.unit == "%" else ""),
+                          ARROW.get(r.better, ""), r.n, *cells]
                          + ([f"({r.note})"] if r.note else []))
     widths = [max([len(head[j])] + [len(row[j]) for row in lines if len(row) > 1 and j < len(row)])
               for j in range(len(head))]
@@ -242,7 +243,8 @@ def to_markdown(table: Table) -> str:
                 v, iv = cell_text(r, i)
                 text = f"**{v}**" if r.best == i else v
                 cells.append(f"{text} {iv}".strip())
-            label = f"*{_md(r.label)}*" if r.note else _md(r.label)
+            text = r.label + (" (%)" if r.unit == "%" else "")
+            label = f"*{_md(text)}*" if r.note else _md(text)
             out.append("| " + " | ".join([label, ARROW.get(r.better, ""), r.n, *cells,
                                           _md(r.note)]) + " |")
     out.append("")

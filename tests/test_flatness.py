@@ -4,15 +4,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab import models
+from robustlab import attacks, models
 from robustlab.data import Dataset, synthetic
 from robustlab.evaluate.flatness import flatness, landscape
 
 torch.set_num_threads(1)
 
 
-def random_fgsm(model_fn, x, y, generator, eps=0.1):
-    """A tiny randomized stand-in attack: uniform start, one signed-gradient step, box."""
+def random_fgsm(model_fn, x, y, *, generator, eps=0.1):
+    """A tiny randomized stand-in attack in the standard `(model, x, y, *, generator)` form
+    (returning x_adv itself): uniform start, one signed-gradient step, box."""
     delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x) * eps
     xa = (x + delta).clamp(0, 1).requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model_fn(xa), y), xa)
@@ -144,3 +145,38 @@ def test_custom_dataset_object():
     r = flatness(trained_mlp(), ds, kind="average", xi=0.0, clean=True, samples=1,
                  progress=False)
     assert r["flatness"] == [0.0] and r["n"] == 8
+
+
+def test_a_standard_attack_object_gives_the_default_settings_numbers():
+    """`attack=rl.attacks.PGD(...)` (the standard interface) equals the same PGD given as
+    settings, exactly; APGD works too; the result file records the object's fields."""
+    m = trained_mlp()
+    train, test = data()
+    kw = dict(xi=[0.0, 0.05], samples=2, steps=2, n=24, seed=4, progress=False, train=train)
+    for kind in ("average", "worst"):
+        a = flatness(m, test, kind=kind, attack_settings={"steps": 3, "eps": 0.1}, **kw)
+        b = flatness(m, test, kind=kind, attack=attacks.PGD(eps=0.1, steps=3), **kw)
+        for k in ("flatness", "loss", "err", "robust_err", "train_loss"):
+            assert a[k] == b[k], (kind, k)
+        assert a["flatness"][1] != 0.0  # a real perturbation was measured
+        assert b["attack"]["custom"] == "PGD" and b["attack"]["eps"] == 0.1
+    la = landscape(m, test, points=3, attack_settings={"steps": 2, "eps": 0.1}, n=16,
+                   progress=False)
+    lb = landscape(m, test, points=3, attack=attacks.PGD(eps=0.1, steps=2), n=16, progress=False)
+    assert la["robust_loss"] == lb["robust_loss"] and la["clean_loss"] == lb["clean_loss"]
+    r = flatness(m, test, kind="average", xi=0.0, attack=attacks.APGD(eps=0.1, steps=3),
+                 samples=1, n=16, progress=False)
+    assert r["flatness"] == [0.0] and r["robust_err"] >= r["clean_err"]
+
+
+def test_the_older_positional_attack_form_still_works():
+    """An attack `(model_fn, x, y, generator) -> x_adv` (no `generator` keyword) is still run."""
+    m = trained_mlp()
+    _, test = data()
+
+    def positional(f, x, y, g):
+        return random_fgsm(f, x, y, generator=g)
+
+    kw = dict(kind="average", xi=0.1, samples=2, n=24, seed=2, progress=False)
+    assert flatness(m, test, attack=positional, **kw)["flatness"] == \
+        flatness(m, test, attack=random_fgsm, **kw)["flatness"]

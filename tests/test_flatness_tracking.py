@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab import models
+from robustlab import attacks, models
 from robustlab.data import synthetic
 from robustlab.errors import UserError
 from robustlab.evaluate.flatness import flatness
@@ -44,7 +44,8 @@ def test_pgd_metrics_match_a_one_batch_recomputation():
     r = robust_metrics(m, test, settings, torch.Generator().manual_seed(0), batch_size=16)
     attack, resolved = make_attack(settings, test.shape)
     assert resolved["eps"] == 0.2 and resolved["norm"] == "linf"
-    xa = attack(m, test.x, test.y, torch.Generator().manual_seed(0))
+    assert attack == attacks.PGD(**{k: v for k, v in resolved.items() if k != "attack"})
+    xa = attack(m, test.x, test.y, generator=torch.Generator().manual_seed(0)).x_adv
     assert (xa - test.x).abs().max() <= 0.2 + 1e-6
     with torch.no_grad():
         la, lc = m(xa), m(test.x)
@@ -54,6 +55,28 @@ def test_pgd_metrics_match_a_one_batch_recomputation():
     assert r["robust_loss"] > r["clean_loss"] and r["robust_err"] >= r["clean_err"]
     with pytest.raises(UserError, match="unknown attack setting"):
         make_attack({"bogus": 1}, test.shape)
+
+
+def test_a_standard_attack_object_gives_the_settings_numbers():
+    """robust_metrics / epoch_hook with `attack=rl.attacks.PGD(...)` equal the settings dict."""
+    m, _, test = setup()
+    m.eval()
+    settings = {"steps": 4, "eps": 0.15}
+    a = robust_metrics(m, test, settings, torch.Generator().manual_seed(2), batch_size=16)
+    b = robust_metrics(m, test, attacks.PGD(eps=0.15, steps=4), torch.Generator().manual_seed(2),
+                       batch_size=16)
+    assert a == b and a["robust_loss"] > a["clean_loss"]
+
+    class Ctx:  # what the trainer hands an epoch hook
+        device, forward = "cpu", m
+
+        @staticmethod
+        def eval_mode():
+            import contextlib
+            return contextlib.nullcontext()
+
+    assert epoch_hook(test, settings, seed=2, batch_size=16)(Ctx()) == \
+        epoch_hook(test, attacks.PGD(eps=0.15, steps=4), seed=2, batch_size=16)(Ctx())
 
 
 def test_trainer_hook_and_best_vs_last(tmp_path):

@@ -13,6 +13,7 @@ result. Worst-case flatness is one sequential ascent; every rank computes it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,11 +43,25 @@ DIRECTIONS = ("random", "adversarial")
 
 def default_attack(shape: Sequence[int], **overrides: Any) -> tuple[Attack, dict[str, Any]]:
     """The robust loss's inner attack: PGD-L∞ with the spec's default ε for the image size
-    (`robustlab.attacks`), returned with its settings for the result file."""
+    (`robustlab.attacks.PGD`), returned with its settings for the result file."""
     from robustlab.evaluate.robust_tracking import make_attack
 
     settings = {"norm": "linf", "steps": 20, **overrides}
     return make_attack(settings, shape)
+
+
+def _custom_settings(attack: Attack) -> dict[str, Any]:
+    """What the result file records of a caller's attack: its name and, for a dataclass attack
+    such as `robustlab.attacks.PGD`, its plain-valued fields."""
+    out: dict[str, Any] = {"custom": getattr(attack, "__name__", type(attack).__name__)}
+    if dataclasses.is_dataclass(attack) and not isinstance(attack, type):
+        for f in dataclasses.fields(attack):
+            v = getattr(attack, f.name)
+            if v is None or isinstance(v, (bool, int, float, str)):
+                out[f.name] = v
+            elif isinstance(v, tuple) and all(isinstance(e, (int, float)) for e in v):
+                out[f.name] = list(v)
+    return out
 
 
 def _xis(xi: float | Sequence[float]) -> list[float]:
@@ -153,8 +168,9 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
 
     kind: "average" (mean over `samples` random ν on the sphere of B_ξ) or "worst" (projected
     normalized ascent on ν jointly with the input attack, `steps` steps, max over `restarts`).
-    attack: `attack(model_fn, x, y, generator) -> x_adv`; default PGD-L∞ (`attack_settings`
-    override its options). `params` replaces the model's weights (default: the model's own, or its
+    attack: an input attack `attack(model, x, y, *, generator) -> AttackResult` such as
+    `rl.attacks.PGD(...)` or `rl.attacks.APGD(...)`; default PGD-L∞ (`attack_settings` override
+    its options). `params` replaces the model's weights (default: the model's own, or its
     dequantized weights when it carries a quantization scheme, `rl.models.quant_of`).
     With `train`, the same robust loss on as many training examples gives the test−train gap.
     `test`/`train`: a robustlab `Dataset`, `(x, y)` tensors, a torch `Dataset` or a `DataLoader`
@@ -186,7 +202,7 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
             attack, settings = default_attack(test.shape, **_attack_overrides(attack_settings,
                                                                               bounds))
         else:
-            settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
+            settings = _custom_settings(attack)
         settings = {"variant": "robust", **settings}
     inner = None if clean else attack
     part = _first(test, n, bounds)
@@ -269,7 +285,7 @@ def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "r
     if attack is None:
         attack, settings = default_attack(test.shape, **_attack_overrides(attack_settings, bounds))
     else:
-        settings = {"custom": getattr(attack, "__name__", type(attack).__name__)}
+        settings = _custom_settings(attack)
     part = _first(test, n, bounds)
     fixed = {k: v for k, v in base.items() if k not in names}
     gen = torch.Generator().manual_seed(seed)

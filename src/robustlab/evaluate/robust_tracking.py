@@ -16,18 +16,19 @@ import torch.nn.functional as F
 
 from robustlab import sources
 from robustlab.errors import UserError
+from robustlab.weights.objective import Attack, adversarial_inputs
 
 Model = Callable[[torch.Tensor], torch.Tensor]
-Attack = Callable[[Model, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 DEFAULT_SETTINGS: dict[str, Any] = {"norm": "linf", "steps": 10}
 
 
 def make_attack(settings: dict[str, Any] | None, shape: Sequence[int]
                 ) -> tuple[Attack, dict[str, Any]]:
-    """An input attack `attack(model_fn, x, y, generator) -> x_adv` from PGD settings
-    (`robustlab.attacks.pgd.PGD` fields; `eps` defaults to the spec's radius for the image
-    `shape`, `dataset="mnist"` selects MNIST's larger L∞ radius), and the resolved settings."""
+    """A PGD attack (`robustlab.attacks.PGD`, the standard `(model, x, y, *, generator) ->
+    AttackResult` interface) from PGD settings (its fields; `eps` defaults to the spec's radius
+    for the image `shape`, `dataset="mnist"` selects MNIST's larger L∞ radius), and the resolved
+    settings."""
     import dataclasses
 
     from robustlab.attacks.pgd import PGD
@@ -41,14 +42,7 @@ def make_attack(settings: dict[str, Any] | None, shape: Sequence[int]
         raise UserError(f"unknown attack setting {bad[0]!r}; allowed: {', '.join(sorted(fields))}")
     if s.get("eps") is None:
         s["eps"] = default_eps(s["norm"], tuple(shape), dataset)
-    pgd = PGD(**s)
-
-    def attack(model_fn: Model, x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
-        return pgd(model_fn, x, y, generator=generator).x_adv.detach()
-
-    attack.__name__ = f"pgd-{s['norm']}"
-    return attack, {"attack": "pgd", **s}
+    return PGD(**s), {"attack": "pgd", **s}
 
 
 def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any] | Attack | None,
@@ -59,7 +53,8 @@ def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any
     on the first `n` examples of `dataset` (all by default).
 
     `attack_settings`: a dict of PGD settings (see `make_attack`; default PGD-L∞ with 10 steps
-    at the spec's ε), or an attack callable. robust_err counts an example wrong clean or attacked
+    at the spec's ε), or an attack `(model, x, y, *, generator) -> AttackResult` such as
+    `robustlab.attacks.PGD(...)`. robust_err counts an example wrong clean or attacked
     (spec §2); robust_loss is the mean cross-entropy on the attacked inputs.
     """
     dataset = sources.as_data(dataset)
@@ -74,7 +69,7 @@ def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any
         raise UserError("robust tracking needs a non-empty held-out split")
     sums = None
     for x, y in ds.batches(batch_size, device=device):
-        xa = attack(model_fn, x, y, generator)
+        xa = adversarial_inputs(attack, model_fn, x, y, generator)
         with torch.no_grad():
             lc, la = model_fn(x).float(), model_fn(xa).float()
             wc, wa = lc.argmax(1) != y, la.argmax(1) != y

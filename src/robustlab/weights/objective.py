@@ -5,13 +5,15 @@ mean loss over a fixed evaluation set. The seed drives every random draw of the 
 (a fresh `torch.Generator` per call), so two calls with equal weights and equal seeds give
 bit-identical losses — this is what makes flatness exactly 0 at ξ = 0.
 
-An input attack is any callable `attack(model_fn, x, y, generator) -> x_adv` where
-`model_fn(x) -> logits`; `attack=None` means clean inputs (δ = 0).
+An input attack follows the standard interface of `robustlab.attacks`:
+`attack(model, x, y, *, generator) -> AttackResult` (e.g. `rl.attacks.PGD(...)`, `APGD(...)`), where
+`model(x) -> logits`; `attack=None` means clean inputs (δ = 0). `adversarial_inputs` runs one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -21,8 +23,31 @@ from torch import nn
 from torch.func import functional_call
 
 Params = dict[str, torch.Tensor]
-Attack = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor,
-                   torch.Generator], torch.Tensor]
+#: The standard input attack: `attack(model, x, y, *, generator) -> AttackResult`.
+Attack = Callable[..., Any]
+
+
+def _takes_generator_keyword(attack: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(attack)
+    except (TypeError, ValueError):  # builtins without a signature: assume the standard form
+        return True
+    return "generator" in sig.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def adversarial_inputs(attack: Attack, model: Callable[[torch.Tensor], torch.Tensor],
+                       x: torch.Tensor, y: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+    """`x_adv` (detached) of one input attack on (x, y). `attack` is called as
+    `attack(model, x, y, generator=generator)` and may return an `AttackResult` or the adversarial
+    tensor itself; a callable without a `generator` keyword gets the generator positionally
+    (the older `(model_fn, x, y, generator) -> x_adv` form)."""
+    if _takes_generator_keyword(attack):
+        out = attack(model, x, y, generator=generator)
+    else:
+        out = attack(model, x, y, generator)
+    return (out.x_adv if hasattr(out, "x_adv") else out).detach()
 
 
 class Objective(Protocol):
@@ -108,7 +133,7 @@ class ModelObjective:
                 gen: torch.Generator) -> torch.Tensor:
         if self.attack is None:
             return x
-        return self.attack(self.model_fn(params), x, y, gen).detach()
+        return adversarial_inputs(self.attack, self.model_fn(params), x, y, gen)
 
     def evaluate(self, params: Params, seed: int) -> dict[str, torch.Tensor]:
         """Mean loss and error on the attacked inputs, clean error and robust error (wrong clean

@@ -150,7 +150,7 @@ def _collectives(out: Path) -> None:
     lin(mine).pow(2).sum(1).mean().backward()
     distributed.reduce_gradients([lin.weight, lin.bias, unused], len(mine) / len(x))
     res = {"world": distributed.world_size(), "v": tree["v"].tolist(), "odd": tree["odd"].tolist(),
-           "i": tree["i"][0].tolist(), "list": distributed.gather_list([f"r{r}"] * (r + 1)),
+           "i": tree["i"][0].tolist(), "objs": distributed.all_gather_object([f"r{r}"] * (r + 1)),
            "map": distributed.sharded_map(lambda k: k * 10 + r, list(range(5))),
            "gw": lin.weight.grad.tolist(), "gb": lin.bias.grad.tolist(), "unused": unused.grad is None}
     (out / f"collectives{r}.json").write_text(json.dumps(res))
@@ -252,7 +252,7 @@ def test_gather_and_gradient_reduction_are_exact(session):
         assert res["v"] == full.tolist()  # bit-identical, original order
         assert res["odd"] == [bool(v % 2) for v in range(0, 14, 2)]
         assert res["i"] == list(range(7))
-        assert res["list"] == ["r0", "r1", "r1"]
+        assert res["objs"] == [["r0"], ["r1", "r1"]]
         assert res["map"] == [0, 11, 20, 31, 40]  # round robin: items 0,2,4 on rank 0, 1,3 on rank 1
         assert res["unused"]
     ref = _linear()

@@ -14,7 +14,7 @@ from robustlab.weights import (
     average_case,
     filter_normalized,
     select,
-    worst_case,
+    worst_case_ascent,
 )
 
 torch.set_num_threads(1)
@@ -53,8 +53,8 @@ def test_worst_case_matches_top_eigenvalue():
     obj, params, h, c = quadratic()
     xi = 0.1
     ball = RelativeBall(params, ["w"], xi)
-    res = worst_case(obj, ball, steps=100, restarts=2, step_size=xi / 2,
-                     generator=torch.Generator().manual_seed(2), progress=False)
+    res = worst_case_ascent(obj, ball, steps=100, restarts=2, step_size=xi / 2,
+                            generator=torch.Generator().manual_seed(2), progress=False)
     r = xi * c.norm()
     expected = float(0.5 * r**2 * torch.linalg.eigvalsh(h).max())
     assert abs(res["flatness"] - expected) <= 0.01 * expected
@@ -67,8 +67,8 @@ def test_xi_zero_gives_exactly_zero():
     ball = RelativeBall(params, ["w"], 0.0)
     avg = average_case(obj, ball, samples=5, generator=torch.Generator().manual_seed(0),
                        progress=False)
-    worst = worst_case(obj, ball, steps=5, restarts=2, generator=torch.Generator().manual_seed(0),
-                       progress=False)
+    worst = worst_case_ascent(obj, ball, steps=5, restarts=2,
+                              generator=torch.Generator().manual_seed(0), progress=False)
     assert avg["flatness"] == 0.0 and worst["flatness"] == 0.0
 
 

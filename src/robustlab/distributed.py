@@ -169,15 +169,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s `obj` on every rank."""
-    if not active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def gather(local: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """Concatenate every rank's per-item results (first dimension) in rank order, on every rank.
 
@@ -221,13 +212,6 @@ def gather_tree(local: Any, n: int | None = None) -> Any:
     if isinstance(local, (list, tuple)):
         return type(local)(gather_tree(v, n) for v in local)
     raise TypeError(f"gather_tree: cannot gather a {type(local).__name__}")
-
-
-def gather_list(local: list[Any]) -> list[Any]:
-    """Concatenate every rank's list of per-item (JSON-like) results in rank order."""
-    if not active():
-        return list(local)
-    return [item for part in all_gather_object(list(local)) for item in part]
 
 
 def sharded_map(fn: Any, items: Sequence[Any]) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.pgd import _init_one, pgd, project
+from robustlab.attacks.pgd import init_delta, pgd, project
 from robustlab.attacks.threat import NORMS, check_norm, default_eps
 from robustlab.data import Dataset
 from robustlab.errors import UserError
@@ -79,11 +79,6 @@ def histogram(values: torch.Tensor, bins: int = 30) -> dict[str, list[float]]:
     return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
 
 
-def _toward(delta: torch.Tensor, x: torch.Tensor, norm: str, r: float) -> torch.Tensor:
-    """The largest move towards `x + delta` inside the ball of radius r (and the box)."""
-    return project(delta, x, norm, r)
-
-
 def perturbation_examples(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, norm: str,
                           radii: Sequence[float], *, model: Callable | None = None,
                           generator: torch.Generator | None = None, steps: int = 40
@@ -96,18 +91,18 @@ def perturbation_examples(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor
     rand, adv = [], []
     for r in radii:
         if norm == "l0":
-            d = _init_one("norm", x1, norm, r, g, False)
+            d = init_delta(x1, norm, r, "norm", g)
             d = torch.where(d != 0, torch.rand(x1.shape, generator=g).round() - x1, d)
         else:
-            d = _init_one("norm", x1, norm, 1.0, g, False)
+            d = init_delta(x1, norm, 1.0, "norm", g)
             nrm = {"linf": d.abs().amax(), "l2": d.norm(), "l1": d.abs().sum()}[norm]
             d = d / nrm.clamp(min=1e-12) * r
         rand.append((x1 + project(d, x1, norm, r)).clamp(0, 1))
         if model is not None:
             adv.append(pgd(model, x1, y[:1], norm=norm, eps=r, steps=steps, init="zero",
                            momentum=0.9, backtrack=True).x_adv)
-        else:
-            adv.append((x1 + _toward(target[:1] - x1, x1, norm, r)).clamp(0, 1))
+        else:  # the largest move towards the target inside the ball (and the box)
+            adv.append((x1 + project(target[:1] - x1, x1, norm, r)).clamp(0, 1))
     return {"random": torch.cat(rand), "adversarial": torch.cat(adv)}
 
 

@@ -28,12 +28,13 @@ from robustlab.weights import (
     ModelObjective,
     RelativeBall,
     average_case,
+    check_count,
     check_xi,
     filter_normalized,
     loss_along,
     select,
     tensor_normalized,
-    worst_case,
+    worst_case_ascent,
 )
 from robustlab.weights.objective import Attack
 
@@ -69,12 +70,6 @@ def _xis(xi: float | Sequence[float]) -> list[float]:
     if not values:
         raise UserError("xi: give at least one relative radius")
     return [check_xi(v) for v in values]
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if int(value) != value or value < minimum:
-        raise UserError(f"{name}={value} must be an integer >= {minimum}")
-    return int(value)
 
 
 class _Dealt:
@@ -190,11 +185,11 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
     if kind not in KINDS:
         raise UserError(f"unknown flatness kind {kind!r}; choose one of {', '.join(KINDS)}")
     xis = _xis(xi)
-    samples = _check_int("samples", samples, 1)
-    steps = _check_int("steps", steps, 0)
-    restarts = _check_int("restarts", restarts, 1)
+    samples = check_count("samples", samples, 1)
+    steps = check_count("steps", steps, 0)
+    restarts = check_count("restarts", restarts, 1)
     if n is not None:
-        _check_int("n", n, 1)
+        check_count("n", n, 1)
     base, names = _setup(model, params, selection, device)
     settings: dict[str, Any] = {"variant": "clean"}
     if not clean:
@@ -234,8 +229,8 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
                 obj, ball, samples=samples, generator=gen, seed=seed, progress=prog),
                 objective, progress, gen)
         else:
-            r = worst_case(objective, ball, steps=steps, restarts=restarts, step_size=step_size,
-                           generator=gen, seed=seed, progress=progress)
+            r = worst_case_ascent(objective, ball, steps=steps, restarts=restarts,
+                                  step_size=step_size, generator=gen, seed=seed, progress=progress)
             nus.append(r.pop("nu"))
         values.append(r["flatness"])
         per_xi.append({"xi": v, **r})
@@ -277,7 +272,7 @@ def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "r
         raise UserError(f"unknown landscape direction {direction!r}; choose one of "
                         f"{', '.join(DIRECTIONS)}")
     xi = check_xi(xi)
-    points = _check_int("points", points, 2)
+    points = check_count("points", points, 2)
     extent = float(extent) if extent is not None else (2 * xi if xi > 0 else 0.5)
     if not extent > 0:
         raise UserError(f"landscape extent {extent} must be > 0")
@@ -297,8 +292,8 @@ def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "r
                 raise UserError("an adversarial landscape direction needs xi > 0")
             robust = ModelObjective(model, part, None, attack, batch_size=batch_size,
                                     fixed=fixed)
-            nu = worst_case(robust, RelativeBall(base, names, xi), steps=steps, generator=gen,
-                            seed=seed, progress=progress)["nu"]
+            nu = worst_case_ascent(robust, RelativeBall(base, names, xi), steps=steps,
+                                   generator=gen, seed=seed, progress=progress)["nu"]
         scale = 1.0 / xi if xi > 0 else 1.0
         dirs.append({k: nu[k] * scale for k in names})
     else:
@@ -323,11 +318,4 @@ def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "r
         out[f"{variant}_loss"] = (losses.tolist() if dims == 1
                                   else losses.view(points, points).tolist())
     return out
-
-
-def flatness_from_run(run: Any, **kwargs: Any) -> dict[str, Any]:
-    """`flatness` on an opened run (`robustlab.runs.open_run`): its test split, its train split for
-    the gap, and the weights it computes with (dequantized when the run is quantized)."""
-    kwargs.setdefault("train", run.train)
-    return flatness(run.model, run.test, params=run.params(), device=run.device, **kwargs)
 

@@ -3,7 +3,7 @@
 Nothing here imports `robustlab.train` or `robustlab.evaluate`.
 """
 
-from robustlab.weights.ascent import average_case, loss_along, worst_case
+from robustlab.weights.ascent import average_case, check_count, loss_along, worst_case_ascent
 from robustlab.weights.ball import (
     RelativeBall,
     check_xi,
@@ -17,6 +17,6 @@ from robustlab.weights.objective import FunctionObjective, ModelObjective, Objec
 __all__ = [
     "BitAttackResult", "bfa", "bit_attack", "random_flips",
     "FunctionObjective", "ModelObjective", "Objective", "RelativeBall", "average_case",
-    "check_xi", "eval_mode", "filter_normalized", "loss_along", "select", "tensor_normalized",
-    "worst_case",
+    "check_count", "check_xi", "eval_mode", "filter_normalized", "loss_along", "select", "tensor_normalized",
+    "worst_case_ascent",
 ]

@@ -15,7 +15,8 @@ from robustlab.weights.ball import Params, RelativeBall
 from robustlab.weights.objective import Objective
 
 
-def _check_count(name: str, value: int, minimum: int = 1) -> int:
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """`value` as an int; a UserError unless it is an integer >= `minimum`."""
     if int(value) != value or value < minimum:
         raise UserError(f"{name}={value} must be an integer >= {minimum}")
     return int(value)
@@ -26,7 +27,7 @@ def average_case(objective: Objective, ball: RelativeBall, *, samples: int = 10,
                  progress: bool | None = None) -> dict:
     """Mean over `samples` random ν on the sphere of B_ξ (or in the ball) of
     L(w + ν) − L(w), each L recomputed with the same attack seed."""
-    samples = _check_count("samples", samples)
+    samples = check_count("samples", samples)
     base = objective.value(ball.apply(ball.zeros()), seed)
     losses = []
     for _ in tqdm(range(samples), desc="average-case", disable=True if progress is False else None,
@@ -39,15 +40,15 @@ def average_case(objective: Objective, ball: RelativeBall, *, samples: int = 10,
             "std": float(losses_t.std()) if samples > 1 else 0.0}
 
 
-def worst_case(objective: Objective, ball: RelativeBall, *, steps: int = 20,
-               restarts: int = 1, step_size: float | None = None, generator: torch.Generator,
-               seed: int = 0, progress: bool | None = None) -> dict:
+def worst_case_ascent(objective: Objective, ball: RelativeBall, *, steps: int = 20,
+                       restarts: int = 1, step_size: float | None = None, generator: torch.Generator,
+                       seed: int = 0, progress: bool | None = None) -> dict:
     """Projected normalized ascent on ν ∈ B_ξ (jointly with the objective's input attack):
     ν_l += η‖w_l‖·g_l/‖g_l‖, project; each restart starts uniformly in the ball and keeps its best
     iterate. The best ν of each restart is re-evaluated with the reference `seed`; the result is
     the maximum over restarts minus L(w). `step_size` η defaults to ξ/4."""
-    steps = _check_count("steps", steps, 0)
-    restarts = _check_count("restarts", restarts)
+    steps = check_count("steps", steps, 0)
+    restarts = check_count("restarts", restarts)
     eta = ball.xi / 4 if step_size is None else float(step_size)
     if not eta >= 0:
         raise UserError(f"step size {step_size} must be >= 0")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,7 @@ from robustlab.attacks.patches import LOCATIONS, parse_location, patch_attack
 from robustlab.attacks.pgd import INITS, lp_norm, parse_init, pgd
 from robustlab.attacks.threat import check_norm, default_eps
 from robustlab.errors import UserError
-from robustlab.train.methods import Method, register, soft_cross_entropy
-
-if TYPE_CHECKING:
-    from robustlab.train.trainer import TrainContext
-
+from robustlab.train.methods import Context, Method, register, soft_cross_entropy
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, adversarial inputs, y)
 
@@ -80,7 +76,7 @@ class AT(Method):
     def radius(self, x: torch.Tensor) -> float:
         return self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
 
-    def attack(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def attack(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial inputs for (x, y), computed with the model in eval mode."""
         with ctx.eval_mode():
             res = pgd(ctx.forward, x, y, norm=self.attack_norm, eps=self.radius(x),
@@ -89,16 +85,16 @@ class AT(Method):
                       backtrack=self.attack_backtrack, generator=ctx.generator)
         return res.x_adv.detach()
 
-    def adversarial_loss(self, ctx: TrainContext, logits: torch.Tensor, x: torch.Tensor,
+    def adversarial_loss(self, ctx: Context, logits: torch.Tensor, x: torch.Tensor,
                          x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ctx.criterion(logits, y)
 
-    def prepare(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> Batch:
+    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """Attack the last f·n examples (at the current weights, in eval mode)."""
         k = _split(x.shape[0], self.fraction)
         return x, self.attack(ctx, x[x.shape[0] - k:], y[x.shape[0] - k:]), y
 
-    def loss_on(self, ctx: TrainContext, batch: Batch,
+    def loss_on(self, ctx: Context, batch: Batch,
                 params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of a prepared batch at `params` (default: the model's own weights)."""
         x, x_adv, y = batch
@@ -109,7 +105,7 @@ class AT(Method):
             loss = loss + (1 - self.fraction) * ctx.criterion(logits[:n - k], y[:n - k])
         return loss, logits
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss_on(ctx, self.prepare(ctx, x, y))
 
@@ -136,7 +132,7 @@ class CCAT(AT):
         if not self.rho >= 0:
             raise UserError(f"rho {self.rho} is invalid; it must be ≥ 0")
 
-    def adversarial_loss(self, ctx: TrainContext, logits: torch.Tensor, x: torch.Tensor,
+    def adversarial_loss(self, ctx: Context, logits: torch.Tensor, x: torch.Tensor,
                          x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = soft_target(x_adv - x, y, ctx.num_classes, self.radius(x), self.rho,
                              self.attack_norm)
@@ -178,7 +174,7 @@ class TRADES(Method):
             raise UserError(f"beta {self.beta} is invalid; it must be ≥ 0")
         _check_common(self)
 
-    def prepare(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> Batch:
+    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """x̃ maximizing KL(f(x) ‖ f(x̃)) at the current weights, in eval mode."""
         eps = self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
         with ctx.eval_mode():
@@ -189,11 +185,11 @@ class TRADES(Method):
                         init=self.attack_init, generator=ctx.generator).x_adv.detach()
         return x, x_adv, y
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss_on(ctx, self.prepare(ctx, x, y))
 
-    def loss_on(self, ctx: TrainContext, batch: Batch,
+    def loss_on(self, ctx: Context, batch: Batch,
                 params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CE(clean) + β·KL of a prepared batch at `params` (default: the model's own weights)."""
         x, x_adv, y = batch
@@ -237,7 +233,7 @@ class PatchAT(Method):
         if self.attack_lr is not None and not self.attack_lr > 0:
             raise UserError(f"attack-lr {self.attack_lr} is invalid; it must be > 0")
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         k = _split(n, self.fraction)

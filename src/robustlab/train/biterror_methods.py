@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,10 +28,7 @@ from robustlab.device import autocast
 from robustlab.errors import UserError
 from robustlab.models import forward_with
 from robustlab.quant import RQUANT8, Quantized, Scheme
-from robustlab.train.methods import Method, register
-
-if TYPE_CHECKING:
-    from robustlab.train.trainer import TrainContext
+from robustlab.train.methods import Context, Method, register
 
 THRESHOLD_10 = 1.75  # clean-loss threshold of the curriculum on 10-class problems
 
@@ -43,7 +40,7 @@ def curriculum_threshold(num_classes: int, loss_threshold: float = -1.0) -> floa
     return loss_threshold
 
 
-def _forward_at(ctx: TrainContext, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _forward_at(ctx: Context, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits at exactly `params` (no further quantization), with the run's speed options."""
     cfg = getattr(ctx, "config", None)
     if getattr(cfg, "channels_last", False) and x.ndim == 4:
@@ -78,18 +75,18 @@ class RandBET(Method):
         self._active: torch.Tensor | bool = False
 
     # -- the pattern -------------------------------------------------------------------
-    def pattern_seed_for(self, ctx: TrainContext) -> int:
+    def pattern_seed_for(self, ctx: Context) -> int:
         """A fresh pattern seed per batch, drawn from the run's generator."""
         return int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
 
-    def mask(self, ctx: TrainContext, q: Quantized) -> torch.Tensor:
+    def mask(self, ctx: Context, q: Quantized) -> torch.Tensor:
         return be.mask(q, self.pattern_seed_for(ctx), self.bit_error_rate)
 
     # -- training ------------------------------------------------------------------------
-    def scheme(self, ctx: TrainContext) -> Scheme:
+    def scheme(self, ctx: Context) -> Scheme:
         return ctx.quant if ctx.quant is not None else RQUANT8
 
-    def _gate(self, ctx: TrainContext, clean_loss: torch.Tensor) -> torch.Tensor | None:
+    def _gate(self, ctx: Context, clean_loss: torch.Tensor) -> torch.Tensor | None:
         """Weight of the perturbed gradient: 0.5 once bit errors are on, else 0 (a tensor)."""
         thr = curriculum_threshold(ctx.num_classes, self.loss_threshold)
         if self._active is True or math.isinf(thr):
@@ -100,7 +97,7 @@ class RandBET(Method):
         self._active = was | (clean_loss.detach() < thr)
         return self._active.to(clean_loss.dtype) * 0.5
 
-    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         params = ctx.params()
         names = [n for n, p in params.items() if p.requires_grad]
@@ -149,7 +146,7 @@ class PattBET(RandBET):
         be.check_seed(self.pattern_seed)
         self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def mask(self, ctx: TrainContext, q: Quantized) -> torch.Tensor:
+    def mask(self, ctx: Context, q: Quantized) -> torch.Tensor:
         key = (q.numel, q.scheme.bits, str(q.device))
         if key not in self._cache:
             self._cache = {key: be.mask(q, self.pattern_seed, self.bit_error_rate)}

@@ -9,18 +9,45 @@ override `backward`. Dataclass fields become CLI options of `robustlab train` (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from robustlab.errors import UserError
 
-if TYPE_CHECKING:
-    from robustlab.train.trainer import TrainContext
+
+class Context(Protocol):
+    """What a training method sees of the training loop (`robustlab.train.trainer.TrainContext`
+    implements it): the model, the forward pass, the criterion and the randomness. Methods depend
+    on this interface, never on the trainer."""
+
+    model: nn.Module
+    device: torch.device
+    num_classes: int
+    quant: Any
+    epoch: int
+    generator: torch.Generator
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The model's own parameters by name."""
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """Float logits at `params` (default: the model's own), fake-quantized when the run is."""
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of logits against integer labels."""
+
+    def eval_mode(self) -> contextlib.AbstractContextManager[None]:
+        """The model in eval mode inside, previous mode restored after."""
+
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -38,13 +65,13 @@ class Method:
     name: ClassVar[str] = "normal"
     needs_quant: ClassVar[bool] = False  # True: the run is quantization-aware (RQuant 8-bit unless given)
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scalar loss and the clean logits (used for the running accuracy)."""
         logits = ctx.forward(x)
         return ctx.criterion(logits, y), logits
 
-    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate gradients into the model's parameters; return (loss, clean logits), detached."""
         loss, logits = self.loss(ctx, x, y)
@@ -71,10 +98,8 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def discover() -> dict[str, type[Method]]:
     """Import every module of `robustlab.train` so their `@register` calls run."""
-    import robustlab.train as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"robustlab.train.{info.name}")
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")
     return METHODS
 
 

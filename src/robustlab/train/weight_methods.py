@@ -23,13 +23,12 @@ import torch
 
 from robustlab.errors import UserError
 from robustlab.train.biterror_methods import RandBET
-from robustlab.train.methods import Method, create, register
+from robustlab.train.methods import Context, Method, create, register
 from robustlab.weights.ball import RelativeBall, select
 from robustlab.weights.bits import bit_attack, check_budget
 
 if TYPE_CHECKING:
     from robustlab.quant import Quantized
-    from robustlab.train.trainer import TrainContext
 
 AWP_BASES = ("at", "trades")
 
@@ -75,11 +74,11 @@ class AWP(Method):
         self._base = create(self.awp_base, **opts)
         self._names: list[str] | None = None
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._base.loss(ctx, x, y)
 
-    def perturbation(self, ctx: TrainContext, proxy_loss: torch.Tensor
+    def perturbation(self, ctx: Context, proxy_loss: torch.Tensor
                      ) -> dict[str, torch.Tensor]:
         """ν_l = γ‖w_l‖·g_l/‖g_l‖ on the conv/linear weights, from the loss at w."""
         params = ctx.params()
@@ -92,7 +91,7 @@ class AWP(Method):
         ball = RelativeBall({n: params[n] for n in self._names}, self._names, self.awp_gamma)
         return ball.ascent(ball.zeros(), grads_d, self.awp_gamma)
 
-    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if ctx.epoch < self.awp_warmup or self.awp_gamma == 0:
             return self._base.backward(ctx, x, y)
@@ -112,7 +111,7 @@ class _AdversarialPattern(RandBET):
     owner: AdvBET | None = None
     batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def mask(self, ctx: TrainContext, q: Quantized) -> torch.Tensor:
+    def mask(self, ctx: Context, q: Quantized) -> torch.Tensor:
         o = self.owner
         assert o is not None and self.batch is not None
         x, y = self.batch
@@ -156,7 +155,7 @@ class AdvBET(Method):
                                           loss_threshold=self.loss_threshold)
         self._inner.owner = self
 
-    def backward(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         self._inner.batch = (x, y)
         try:
@@ -164,7 +163,7 @@ class AdvBET(Method):
         finally:
             self._inner.batch = None
 
-    def loss(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
+    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._inner.loss(ctx, x, y)
 

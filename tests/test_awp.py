@@ -6,12 +6,14 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from robustlab import models
+from robustlab.attacks.patches import patch_attack
 from robustlab.cli import main
 from robustlab.data import synthetic
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8
 from robustlab.train import fit
-from robustlab.train.adversarial_methods import AT, TRADES
+from robustlab.train.adversarial_methods import AT, TRADES, PatchAT
+from robustlab.train.biterror_methods import RandBET
 from robustlab.train.methods import create
 from robustlab.train.trainer import TrainConfig, TrainContext
 from robustlab.train.weight_methods import AWP, AdvBET
@@ -86,6 +88,54 @@ def test_awp_gradient_is_the_base_gradient_at_w_plus_nu(base):
     assert any(not torch.allclose(got[n], p.grad, atol=1e-6) for n, p in m.named_parameters())
 
 
+def _grads(m):
+    g = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+    return g
+
+
+def test_awp_wraps_patch_at_exactly():
+    """AWP over PatchAT: patches computed once at w, the PatchAT loss's gradient at w + ν."""
+    m, x, y = setup()
+    m.train()
+    gamma = 0.01
+    state = ctx_for(m).generator.get_state()
+    awp = AWP.over(PatchAT(patch_size=2, attack_steps=2), awp_gamma=gamma)
+    awp.backward(ctx_for(m, state), x, y)
+    got = _grads(m)
+    assert awp.config()["base"]["patch_size"] == 2 and awp.config()["awp_base"] == "patch-at"
+
+    c = ctx_for(m, state)  # by hand, with the same randomness
+    with c.eval_mode():
+        x_adv = patch_attack(m, x[16:], y[16:], size=2, steps=2, step_size=0.1,
+                             location="optimized-full", stride=2, generator=c.generator).x_adv
+    inp = torch.cat([x[:16], x_adv])
+    params = dict(m.named_parameters())
+
+    def loss_at(p):
+        logits = functional_call(m, p, (inp,))
+        return 0.5 * F.cross_entropy(logits[16:], y[16:]) + 0.5 * F.cross_entropy(logits[:16], y[:16])
+
+    names = select(m, "weights")
+    grads = torch.autograd.grad(loss_at(params), [params[n] for n in names])
+    nu = {n: gamma * params[n].detach().norm() * g / g.norm() for n, g in zip(names, grads)}
+    loss_at({**params, **{n: params[n] + nu[n] for n in names}}).backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-6), n
+    m.zero_grad(set_to_none=True)
+    PatchAT(patch_size=2, attack_steps=2).backward(ctx_for(m, state), x, y)  # ν matters
+    assert any(not torch.allclose(got[n], p.grad, atol=1e-6) for n, p in m.named_parameters())
+    m.zero_grad(set_to_none=True)
+
+    # by name (the CLI's way) equals wrapping the same configured base
+    AWP(awp_base="patch-at", awp_gamma=gamma, attack_steps=2).backward(ctx_for(m, state), x, y)
+    by_name = _grads(m)
+    AWP.over(PatchAT(attack_steps=2), awp_gamma=gamma).backward(ctx_for(m, state), x, y)
+    assert all(torch.equal(by_name[n], g) for n, g in _grads(m).items())
+    with pytest.raises(UserError, match="cannot wrap"):
+        AWP.over(RandBET())
+
+
 def test_awp_perturbation_is_relative_and_weights_only():
     m, x, y = setup()
     ctx = ctx_for(m)
@@ -99,8 +149,9 @@ def test_awp_perturbation_is_relative_and_weights_only():
 
 
 def test_awp_options_and_training():
-    with pytest.raises(UserError, match="awp-base"):
-        AWP(awp_base="ccat")
+    for bad in ("randbet", "advbet", "awp", "bogus"):  # not loss-based, or unknown
+        with pytest.raises(UserError, match="awp-base"):
+            AWP(awp_base=bad)
     with pytest.raises(UserError, match="awp-gamma"):
         AWP(awp_gamma=-1)
     m, x, y = setup()
@@ -115,14 +166,15 @@ def test_advbet_uses_adversarial_bit_errors(monkeypatch):
     ctx = ctx_for(m)
     adv = AdvBET(bit_budget=7, bit_attack_steps=2, loss_threshold=float("inf"))
     seen = []
-    orig = adv._inner.mask
+    orig = adv._inner.pattern
 
-    def spy(c, q):
-        mask = orig(c, q)
+    def spy(c, q, xb, yb):
+        assert xb is x and yb is y  # the batch reaches the pattern source as arguments
+        mask = orig(c, q, xb, yb)
         seen.append((q, mask))
         return mask
 
-    monkeypatch.setattr(adv._inner, "mask", spy)
+    monkeypatch.setattr(adv._inner, "pattern", spy)
     loss, logits = adv.backward(ctx, x, y)
     assert torch.isfinite(loss) and logits.shape == (32, 3)
     (q, mask), = seen

@@ -10,6 +10,7 @@ the clean part followed by the adversarial part, in the batch's order.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import field
 from typing import ClassVar
 
@@ -28,6 +29,21 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, adversarial input
 def _split(n: int, fraction: float) -> int:
     """Number of adversarial examples in a batch of n (at least 1 when fraction > 0)."""
     return min(n, max(1, int(round(fraction * n))))
+
+
+def _split_loss(ctx: Context, fraction: float, batch: Batch,
+                params: dict[str, torch.Tensor] | None,
+                adversarial_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                                           torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1−f)·CE(clean part) + f·`adversarial_loss(logits, x, x_adv, y)` of the adversarial part
+    (the last k examples), both in one forward pass at `params`; returns (loss, logits)."""
+    x, x_adv, y = batch
+    n, k = x.shape[0], x_adv.shape[0]
+    logits = ctx.forward(torch.cat([x[:n - k], x_adv]), params)
+    loss = fraction * adversarial_loss(logits[n - k:], x[n - k:], x_adv, y[n - k:])
+    if k < n:
+        loss = loss + (1 - fraction) * ctx.criterion(logits[:n - k], y[:n - k])
+    return loss, logits
 
 
 def _check_common(m: AT | TRADES) -> None:
@@ -97,17 +113,8 @@ class AT(Method):
     def loss_on(self, ctx: Context, batch: Batch,
                 params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of a prepared batch at `params` (default: the model's own weights)."""
-        x, x_adv, y = batch
-        n, k = x.shape[0], x_adv.shape[0]
-        logits = ctx.forward(torch.cat([x[:n - k], x_adv]), params)
-        loss = self.fraction * self.adversarial_loss(ctx, logits[n - k:], x[n - k:], x_adv, y[n - k:])
-        if k < n:
-            loss = loss + (1 - self.fraction) * ctx.criterion(logits[:n - k], y[:n - k])
-        return loss, logits
-
-    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loss_on(ctx, self.prepare(ctx, x, y))
+        return _split_loss(ctx, self.fraction, batch, params,
+                           lambda logits, x, x_adv, y: self.adversarial_loss(ctx, logits, x, x_adv, y))
 
 
 @register
@@ -185,10 +192,6 @@ class TRADES(Method):
                         init=self.attack_init, generator=ctx.generator).x_adv.detach()
         return x, x_adv, y
 
-    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loss_on(ctx, self.prepare(ctx, x, y))
-
     def loss_on(self, ctx: Context, batch: Batch,
                 params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CE(clean) + β·KL of a prepared batch at `params` (default: the model's own weights)."""
@@ -233,8 +236,8 @@ class PatchAT(Method):
         if self.attack_lr is not None and not self.attack_lr > 0:
             raise UserError(f"attack-lr {self.attack_lr} is invalid; it must be > 0")
 
-    def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """Patch the last f·n examples (at the current weights, in eval mode)."""
         n = x.shape[0]
         k = _split(n, self.fraction)
         with ctx.eval_mode():
@@ -243,8 +246,10 @@ class PatchAT(Method):
                                  step_size=self.attack_lr if self.attack_lr is not None else 0.1,
                                  location=self.location, stride=self.patch_stride,
                                  exclude=self.patch_exclude, generator=ctx.generator).x_adv.detach()
-        logits = ctx.forward(torch.cat([x[:n - k], x_adv]))
-        loss = self.fraction * ctx.criterion(logits[n - k:], y[n - k:])
-        if k < n:
-            loss = loss + (1 - self.fraction) * ctx.criterion(logits[:n - k], y[:n - k])
-        return loss, logits
+        return x, x_adv, y
+
+    def loss_on(self, ctx: Context, batch: Batch,
+                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1−f)·CE(clean) + f·CE(patched) of a prepared batch at `params`."""
+        return _split_loss(ctx, self.fraction, batch, params,
+                           lambda logits, x, x_adv, y: ctx.criterion(logits, y))

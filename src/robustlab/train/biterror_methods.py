@@ -80,7 +80,14 @@ class RandBET(Method):
         return int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
 
     def mask(self, ctx: Context, q: Quantized) -> torch.Tensor:
+        """A random bit error pattern (XOR mask on `q.codes`) at rate p."""
         return be.mask(q, self.pattern_seed_for(ctx), self.bit_error_rate)
+
+    def pattern(self, ctx: Context, q: Quantized, x: torch.Tensor, y: torch.Tensor
+                ) -> torch.Tensor:
+        """The bit error pattern trained against on the batch (x, y): the pattern source.
+        Random and fixed patterns ignore the batch (`mask`); adversarial ones attack it."""
+        return self.mask(ctx, q)
 
     # -- training ------------------------------------------------------------------------
     def scheme(self, ctx: Context) -> Scheme:
@@ -109,7 +116,9 @@ class RandBET(Method):
         g_clean = torch.autograd.grad(loss, tensors, allow_unused=True)
         with torch.no_grad():
             q = scheme.quantize({n: params[n].detach() for n in names})
-            pert = q.dequantize(torch.bitwise_xor(q.codes, self.mask(ctx, q)))
+        flips = self.pattern(ctx, q, x, y)
+        with torch.no_grad():
+            pert = q.dequantize(torch.bitwise_xor(q.codes, flips))
         leaves = {n: pert[n].detach().requires_grad_(True) for n in names}
         loss_p = ctx.criterion(_forward_at(ctx, leaves, x), y)
         g_pert = torch.autograd.grad(loss_p, list(leaves.values()), allow_unused=True)

@@ -1,10 +1,13 @@
 """Training methods: one small dataclass each, registered by name.
 
-A method turns a batch into gradients on the model's float parameters. The default `backward`
-calls `loss(ctx, x, y).backward()`; methods that need several forward passes (RandBET, AWP)
-override `backward`. Dataclass fields become CLI options of `robustlab train` (`--field-name`);
-`metadata={"help": ...}` documents them. Per-run state that must survive `--resume` goes through
-`state_dict` / `load_state_dict` (JSON-able values only).
+A method turns a batch into gradients on the model's float parameters. A loss-based method splits
+its loss into `prepare` (the batch as the loss needs it, e.g. with adversarial inputs, computed
+once) and `loss_on` (the loss of that batch at given weights); the default `backward` calls
+`loss(ctx, x, y).backward()`. Methods that need several forward passes (RandBET, AWP) override
+`backward`; AWP wraps any loss-based method through `prepare`/`loss_on`. Dataclass fields become
+CLI options of `robustlab train` (`--field-name`); `metadata={"help": ...}` documents them.
+Per-run state that must survive `--resume` goes through `state_dict` / `load_state_dict`
+(JSON-able values only).
 """
 
 from __future__ import annotations
@@ -65,11 +68,24 @@ class Method:
     name: ClassVar[str] = "normal"
     needs_quant: ClassVar[bool] = False  # True: the run is quantization-aware (RQuant 8-bit unless given)
 
+    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Any:
+        """The batch as the loss needs it, computed once at the current weights (adversarial
+        methods run their attack here). Default: `(x, y)` unchanged."""
+        return x, y
+
+    def loss_on(self, ctx: Context, batch: Any, params: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scalar loss of a prepared batch at `params` (default: the model's own weights) and the
+        logits of the inputs trained on. Wrappers such as AWP evaluate it at other weights."""
+        x, y = batch
+        logits = ctx.forward(x) if params is None else ctx.forward(x, params)
+        return ctx.criterion(logits, y), logits
+
     def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scalar loss and the clean logits (used for the running accuracy)."""
-        logits = ctx.forward(x)
-        return ctx.criterion(logits, y), logits
+        """Scalar loss and the logits of the inputs trained on (for the running accuracy):
+        `loss_on(prepare(x, y))`."""
+        return self.loss_on(ctx, self.prepare(ctx, x, y))
 
     def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,11 @@
 """Training against adversarial weight perturbations: AWP and AdvBET (spec §8).
 
-**AWP** (`--method awp`): adversarial examples x̃ are computed at w by the base method (`at` or
-`trades`, `--awp-base`); one normalized ascent step on the conv/linear weights,
-ν_l = γ‖w_l‖·g_l/‖g_l‖ with g the gradient of the base loss on those inputs, gives w + ν; the
-gradient of the same loss on the same adversarial inputs at w + ν is applied to w. The base
-method's `prepare` (the attack, run once at w) and `loss_on` (its loss at given weights) make
-this exact for AT and TRADES.
+**AWP** (`--method awp`): adversarial examples x̃ are computed at w by the base method (any
+loss-based method: `at`, `trades`, `patch-at`, `ccat`, `normal`; `--awp-base`); one normalized
+ascent step on the conv/linear weights, ν_l = γ‖w_l‖·g_l/‖g_l‖ with g the gradient of the base
+loss on those inputs, gives w + ν; the gradient of the same loss on the same adversarial inputs at
+w + ν is applied to w. The base method's `prepare` (the attack, run once at w) and `loss_on` (its
+loss at given weights, `robustlab.train.methods.Method`) make this exact for every base.
 
 **AdvBET** (`--method advbet`): RandBET (clean plus clamped perturbed gradient, averaged, with the
 loss-threshold curriculum) where the random bit error pattern is replaced by adversarial bit
@@ -16,6 +16,7 @@ projected attack of `robustlab.weights.bits`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,14 +24,17 @@ import torch
 
 from robustlab.errors import UserError
 from robustlab.train.biterror_methods import RandBET
-from robustlab.train.methods import Context, Method, create, register
+from robustlab.train.methods import METHODS, Context, Method, create, discover, register
 from robustlab.weights.ball import RelativeBall, select
 from robustlab.weights.bits import bit_attack, check_budget
 
 if TYPE_CHECKING:
     from robustlab.quant import Quantized
 
-AWP_BASES = ("at", "trades")
+
+def _loss_based(cls: type[Method]) -> bool:
+    """Whether a method's gradient is that of `loss_on(prepare(...))` (AWP can wrap it)."""
+    return cls.backward is Method.backward
 
 
 @register
@@ -41,7 +45,8 @@ class AWP(Method):
     name: ClassVar[str] = "awp"
 
     awp_base: str = field(default="at", metadata={
-        "help": f"loss AWP perturbs the weights against: {', '.join(AWP_BASES)}"})
+        "help": "the loss-based method AWP perturbs the weights against "
+                "(at, trades, patch-at, ccat, normal)"})
     awp_gamma: float = field(default=0.005, metadata={
         "help": "relative size γ of the weight perturbation, ‖ν_l‖ = γ‖w_l‖ (0.005-0.01)"})
     awp_warmup: int = field(default=0, metadata={
@@ -56,23 +61,39 @@ class AWP(Method):
         "help": "start of the training attack (default: the base method's)"})
 
     def __post_init__(self) -> None:
-        if self.awp_base not in AWP_BASES:
+        bases = sorted(n for n, c in discover().items() if _loss_based(c))
+        if self.awp_base not in bases:
             raise UserError(f"awp-base {self.awp_base!r} is invalid; choose one of "
-                            f"{', '.join(AWP_BASES)}")
+                            f"{', '.join(bases)}")
         if not self.awp_gamma >= 0:
             raise UserError(f"awp-gamma {self.awp_gamma} is invalid; it must be >= 0")
         if self.awp_warmup < 0:
             raise UserError(f"awp-warmup {self.awp_warmup} is invalid; it must be >= 0")
-        opts: dict[str, Any] = {"eps": self.eps, "attack_norm": self.attack_norm,
-                                "attack_steps": self.attack_steps, "attack_lr": self.attack_lr}
-        if self.attack_init is not None:
-            opts["attack_init"] = self.attack_init
-        if self.awp_base == "at":
-            opts["fraction"] = self.fraction
-        else:
-            opts["beta"] = self.beta
+        # the base gets those of AWP's options it takes (attack_init only when given)
+        own = {f.name for f in dataclasses.fields(METHODS[self.awp_base])}
+        opts: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(AWP)
+                                if f.name in own and not f.name.startswith("awp_")}
+        if self.attack_init is None:
+            opts.pop("attack_init", None)
         self._base = create(self.awp_base, **opts)
         self._names: list[str] | None = None
+
+    @classmethod
+    def over(cls, base: Method, **options: Any) -> AWP:
+        """AWP around an already configured loss-based method (e.g. `PatchAT(patch_size=5)`);
+        `options` are AWP's own (`awp_gamma`, `awp_warmup`)."""
+        if not _loss_based(type(base)):
+            raise UserError(f"awp cannot wrap {base.name!r}: it is not a loss-based method")
+        awp = cls(awp_base=base.name, **options)
+        awp._base, awp._given = base, True
+        return awp
+
+    def config(self) -> dict[str, Any]:
+        """Its options; with a base given to `over`, also that base's own configuration."""
+        out = super().config()
+        if getattr(self, "_given", False):
+            out["base"] = self._base.config()
+        return out
 
     def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,21 +126,18 @@ class AWP(Method):
         return loss.detach(), logits.detach()
 
 
-class _AdversarialPattern(RandBET):
-    """RandBET whose bit error pattern comes from the adversarial bit attack on the batch."""
+@dataclasses.dataclass
+class _PatternFrom(RandBET):
+    """RandBET (clean plus clamped perturbed gradient, curriculum) whose bit error pattern comes
+    from `source(ctx, q, x, y)`, called with the batch it is trained on."""
 
-    owner: AdvBET | None = None
-    batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    source: Callable[[Context, Quantized, torch.Tensor, torch.Tensor], torch.Tensor] | None = \
+        field(default=None, repr=False, compare=False)
 
-    def mask(self, ctx: Context, q: Quantized) -> torch.Tensor:
-        o = self.owner
-        assert o is not None and self.batch is not None
-        x, y = self.batch
-        with torch.enable_grad():  # RandBET asks for the mask under no_grad
-            r = bit_attack(ctx.model, q, x, y, budget=o.bit_budget, steps=o.bit_attack_steps,
-                           step_size=o.bit_attack_step_size, selection=o.bit_attack_params,
-                           generator=ctx.generator, batch_size=x.shape[0], progress=False)
-        return torch.bitwise_xor(r.codes, q.codes)
+    def pattern(self, ctx: Context, q: Quantized, x: torch.Tensor, y: torch.Tensor
+                ) -> torch.Tensor:
+        assert self.source is not None
+        return self.source(ctx, q, x, y)
 
 
 @register
@@ -151,17 +169,21 @@ class AdvBET(Method):
         if not self.bit_attack_step_size > 0:
             raise UserError(f"bit-attack-step-size {self.bit_attack_step_size} is invalid; "
                             "it must be > 0")
-        self._inner = _AdversarialPattern(bit_error_rate=0.0, grad_clamp=self.grad_clamp,
-                                          loss_threshold=self.loss_threshold)
-        self._inner.owner = self
+        self._inner = _PatternFrom(bit_error_rate=0.0, grad_clamp=self.grad_clamp,
+                                   loss_threshold=self.loss_threshold,
+                                   source=self.adversarial_pattern)
+
+    def adversarial_pattern(self, ctx: Context, q: Quantized, x: torch.Tensor, y: torch.Tensor
+                            ) -> torch.Tensor:
+        """The XOR mask of `bit_budget` adversarial bit flips on the batch (x, y)."""
+        r = bit_attack(ctx.model, q, x, y, budget=self.bit_budget, steps=self.bit_attack_steps,
+                       step_size=self.bit_attack_step_size, selection=self.bit_attack_params,
+                       generator=ctx.generator, batch_size=x.shape[0], progress=False)
+        return torch.bitwise_xor(r.codes, q.codes)
 
     def backward(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._inner.batch = (x, y)
-        try:
-            return self._inner.backward(ctx, x, y)
-        finally:
-            self._inner.batch = None
+        return self._inner.backward(ctx, x, y)
 
     def loss(self, ctx: Context, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,6 @@ An input attack follows the standard interface of `robustlab.attacks`:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from robustlab.attacks.base import eval_mode  # re-exported: weights.eval_mode is the same helper
 
 Params = dict[str, torch.Tensor]
 #: The standard input attack: `attack(model, x, y, *, generator) -> AttackResult`.
@@ -76,18 +77,6 @@ class FunctionObjective:
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         return loss.detach(), {n: torch.zeros_like(p) if g is None else g
                                for (n, p), g in zip(leaves.items(), grads)}
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() inside; restores the previous train/eval flags of every submodule."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 class ModelObjective:

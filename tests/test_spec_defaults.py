@@ -14,6 +14,7 @@ from robustlab.train.adversarial_methods import AT, CCAT, PatchAT
 from robustlab.train.biterror_methods import RandBET, curriculum_threshold
 from robustlab.train.trainer import TrainConfig
 from robustlab.train.weight_methods import AWP
+from robustlab.weights.ascent import average_case
 
 
 def _defaults(fn) -> dict:
@@ -61,3 +62,4 @@ def test_evaluation_defaults() -> None:
     # §8: average-case flatness K = 10 samples on 1000 test examples
     f = _defaults(flatness)
     assert f["samples"] == 10 and f["n"] == 1000
+    assert _defaults(average_case)["samples"] == 10

@@ -114,10 +114,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 # Options that may differ on --resume: --epochs extends a run; the rest do not change its weights.
 RESUME_SAFE = {"epochs", "resume", "quiet", "device", "out", "data_dir"}
 F32_MAX = 3.4028234663852886e38
+# Method options for which +inf is a documented value (e.g. bit errors from the first batch).
+INF_ALLOWED = {"loss_threshold"}
 
 
 def _check_method_options(method_opts: dict[str, object]) -> None:
     for k, v in sorted(method_opts.items()):
+        if k in INF_ALLOWED and v == math.inf:
+            continue
         if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= F32_MAX):
             raise UserError(f"--{k.replace('_', '-')} {v} is invalid; it must be a finite number")
 

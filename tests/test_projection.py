@@ -56,3 +56,17 @@ def test_l0_keeps_ceil_eps_entries_of_largest_magnitude(eps: float, kept: int) -
     expected = torch.zeros(6)
     expected[order[:kept]] = d.flatten()[order[:kept]]
     assert torch.equal(out != 0, expected != 0) and torch.allclose(out, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5), ("l1", 10.0)])
+def test_norm_init_is_a_random_direction_times_eps_uniform(norm: str, eps: float) -> None:
+    # spec §3: "uniform in norm (random direction × ε·U(0,1))": ‖δ‖ is uniform on [0, ε], so its
+    # mean is ε/2 and its spread covers the whole interval (not a point on the sphere)
+    from robustlab.attacks.pgd import init_delta, lp_norm
+
+    x = torch.full((4000, 1, 4, 4), 0.5)
+    d = init_delta(x, norm, eps, "norm", torch.Generator().manual_seed(0))
+    r = lp_norm(d, norm) / eps
+    assert float(r.max()) <= 1 + 1e-5
+    assert abs(float(r.mean()) - 0.5) < 0.02 and abs(float(r.var()) - 1 / 12) < 0.01
+    assert float((r < 0.1).float().mean()) == pytest.approx(0.1, abs=0.02)

@@ -10,8 +10,8 @@ from test_pgd import Blocks, batch, blocks_problem, gen, reachable, small_cnn, t
 from torch import nn
 
 from robustlab.attacks import APGD, apgd, lp_norm
-from robustlab.attacks.apgd import checkpoints, halve, step_sizes
-from robustlab.attacks.pgd import project_l1, project_l1_box
+from robustlab.attacks.apgd import APGDRule, checkpoints, halve, step_sizes
+from robustlab.attacks.pgd import EngineCfg, _ce, project_l1, project_l1_box
 from robustlab.errors import UserError
 
 torch.set_num_threads(1)
@@ -232,3 +232,43 @@ def test_callable_class_matches_function_and_bad_input_is_one_line() -> None:
             apgd(m, x, y % 2 if m is two else y, steps=1, **{"eps": 0.1, **kw})
         assert fragment in str(e.value) and "\n" not in str(e.value)
     assert F.softmax(model(x), 1).shape == (16, 5)
+
+
+def rule_state(n: int = 3) -> tuple[APGDRule, dict[str, torch.Tensor], torch.Tensor, EngineCfg]:
+    g = gen(9)
+    x = 0.3 + 0.4 * torch.rand(n, 1, 2, 2, generator=g)
+    cfg = EngineCfg("linf", 0.2, 10, _ce)
+    rule = APGDRule(10, 0.2)
+    st = {"xa": x + 0.05, "loss": torch.zeros(n), "grad": torch.randn(n, 1, 2, 2, generator=g)}
+    rule.init(st, x, cfg)
+    st["prev"] = x - 0.02
+    st["eta"] = torch.full((n,), 0.04)
+    return rule, st, x, cfg
+
+
+def test_apgd_step_is_the_momentum_update_of_the_spec() -> None:
+    rule, st, x, cfg = rule_state()
+    xa, prev, eta = st["xa"], st["prev"], 0.04
+    z = xa + eta * st["grad"].sign()  # inside the ball and the box: no projection binds
+    assert torch.allclose(rule.propose(st, x, None, 0, cfg), z)  # the first step is z
+    want = xa + 0.75 * (z - xa) + 0.25 * (xa - prev)
+    assert torch.allclose(rule.propose(st, x, None, 1, cfg), want, atol=1e-7)
+
+
+def test_apgd_continues_from_the_best_point_after_halving() -> None:
+    rule, st, x, cfg = rule_state()
+    best = x - 0.1
+    st["xmax"], st["gmax"] = best.clone(), torch.ones_like(x)
+    st["fmax"] = torch.tensor([5.0, 5.0, 5.0])
+    st["fmax_ckpt"] = torch.tensor([1.0, 1.0, 1.0])
+    st["inc"] = torch.tensor([0.0, 3.0, 3.0])  # example 0: no increases → halved at step 3
+    cand = x + 0.1
+    rule.update(st, cand, torch.tensor([0.0, 9.0, 0.5]), -torch.ones_like(x), 3, cfg)
+    # example 0: halved, back to the best point with its gradient and loss, no momentum
+    assert st["eta"][0] == 0.02 and torch.equal(st["xa"][0], best[0])
+    assert torch.equal(st["prev"][0], best[0]) and torch.equal(st["grad"][0], torch.ones(1, 2, 2))
+    assert st["loss"][0] == 5.0
+    # example 1: the new iterate improved the best (9 > 5), enough increases: continues from it
+    assert st["eta"][1] == 0.04 and torch.equal(st["xa"][1], cand[1])
+    assert st["fmax"][1] == 9.0 and torch.equal(st["xmax"][1], cand[1])
+    assert st["halvings"].tolist() == [1, 0, 0]

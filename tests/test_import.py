@@ -224,3 +224,29 @@ def test_fine_tuning_an_imported_run_keeps_it_loadable(user, tmp_path, capsys):
     assert not torch.equal(tuned.model[0].weight, checkpoint.load(run)[0].model[0].weight)
     code, _, err = run_cli(capsys, "eval", tmp_path / "tuned")
     assert code == 0, err
+
+
+def test_train_init_fine_tunes_an_imported_run_from_the_cli(user, tmp_path, capsys):
+    run = tmp_path / "imp"
+    assert _import(capsys, user, run, "w.pt", "--mean", "0.5", "--std", "0.25")[0] == 0
+    before = checkpoint.load(run)[0].model[0].weight.clone()
+    code, _, err = run_cli(capsys, "train", "--init", run, "--data", user / "d.npz", "--epochs", "1",
+                           "--batch-size", "64", "--lr", "0.01", "--quiet", "--out", tmp_path / "ft")
+    assert code == 0, err
+    tuned, meta = checkpoint.load(tmp_path / "ft")
+    assert meta["factory"]["function"] == "make_model" and "normalization" in meta
+    assert not torch.equal(tuned.model[0].weight, before)  # trained from the imported weights
+    # resuming with the same options is accepted; the run is complete after 1 epoch
+    code, _, err = run_cli(capsys, "train", "--init", run, "--data", user / "d.npz", "--epochs", "2",
+                           "--batch-size", "64", "--lr", "0.01", "--quiet", "--out", tmp_path / "ft",
+                           "--resume")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", tmp_path / "ft")
+    assert code == 0, err
+    # --model does not apply, and other data must fit the model
+    code, _, err = run_cli(capsys, "train", "--init", run, "--model", "mlp", "--data", user / "d.npz",
+                           "--out", tmp_path / "x")
+    assert code == 2 and "--model" in one_line(err)
+    code, _, err = run_cli(capsys, "train", "--init", run, "--data", "digits", "--out", tmp_path / "y")
+    assert code == 2 and "--init" in one_line(err)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -85,6 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="convnet", help=f"one of {', '.join(models.names())}")
     p.add_argument("--norm", default=None, choices=list(models.NORMS), help="normalization layers")
     p.add_argument("--width", type=positive_int, default=None, help="channel width (convnet, resnet20)")
+    p.add_argument("--init", default=None, metavar="RUN",
+                   help="start from the model and weights of an existing run (fine-tuning; also "
+                        "for runs made by `robustlab import`); --model, --norm and --width do "
+                        "not apply")
     p.add_argument("--method", default="normal", help="training method")
     d = TrainConfig()
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
@@ -159,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import data as data_mod
 
     data_mod.check_data_dir(args.data_dir)  # a missing folder is an error, not a fall back
-    out = Path(args.out or f"runs/{Path(args.data).stem}-{args.model}-{args.method}-s{args.seed}")
+    arch = Path(args.init).name if args.init else args.model
+    out = Path(args.out or f"runs/{Path(args.data).stem}-{arch}-{args.method}-s{args.seed}")
     runs.claim(out)  # a second writer of `out` exits 2 naming this one; removes stale temp files
     fresh_start = False  # --resume of a run interrupted before its first epoch finished
     if args.resume:
@@ -174,8 +179,11 @@ def run(args: argparse.Namespace) -> int:
     if len(train) == 0:
         raise UserError(f"--data {args.data}: the training set is empty")
     kwargs = {k: v for k, v in (("norm", args.norm), ("width", args.width)) if v is not None}
-    model = models.create(args.model, dataset=train, seed=args.seed, **kwargs)
-    if args.resume and (out / checkpoint.META).is_file():
+    if args.init is not None:
+        model = _init_model(args, train)
+    else:
+        model = models.create(args.model, dataset=train, seed=args.seed, **kwargs)
+    if args.resume and args.init is None and (out / checkpoint.META).is_file():
         _check_resume_meta(out, model, method, config, spec, quant)
     if args.resume and not fresh_start:  # a corrupt resume point is refused before any write
         import torch
@@ -208,6 +216,37 @@ def run(args: argparse.Namespace) -> int:
     if main:
         print(f"run written to {out}")
     return 0
+
+
+def _init_model(args: argparse.Namespace, train) -> object:
+    """The model of the run `--init` (built-in, Normalized or a factory model), checked against
+    the training data's image shape and classes."""
+    import torch
+
+    from robustlab import checkpoint
+
+    given = [f for f, v in (("--model", args.model != "convnet"), ("--norm", args.norm),
+                            ("--width", args.width)) if v]
+    if given:
+        raise UserError(f"{given[0]} does not apply with --init {args.init}: the model comes "
+                        "from that run")
+    init = Path(args.init)
+    if not (init / checkpoint.META).is_file():
+        raise UserError(f"--init {args.init} is not a run directory (no {checkpoint.META})")
+    model, _ = checkpoint.load(init)
+    x = train.x[:1]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as e:
+        raise UserError(f"--init {args.init}: the model does not accept the images of --data "
+                        f"{args.data} (shape {tuple(x.shape[1:])}): "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    classes = int(train.y.max()) + 1 if len(train) else 0
+    if out.ndim != 2 or out.shape[1] < classes:
+        raise UserError(f"--init {args.init}: the model has {out.shape[-1]} outputs but --data "
+                        f"{args.data} has {classes} classes")
+    return model
 
 
 def _recorded_options(out: Path) -> dict | None:

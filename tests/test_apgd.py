@@ -11,7 +11,14 @@ from torch import nn
 
 from robustlab.attacks import APGD, apgd, lp_norm
 from robustlab.attacks.apgd import APGDRule, checkpoints, halve, step_sizes
-from robustlab.attacks.pgd import EngineCfg, _ce, project_l1, project_l1_box
+from robustlab.attacks.pgd import (
+    EngineCfg,
+    _ce,
+    _inward,
+    project_l1,
+    project_l1_box,
+    sparse_direction,
+)
 from robustlab.errors import UserError
 
 torch.set_num_threads(1)
@@ -272,3 +279,37 @@ def test_apgd_continues_from_the_best_point_after_halving() -> None:
     assert st["eta"][1] == 0.04 and torch.equal(st["xa"][1], cand[1])
     assert st["fmax"][1] == 9.0 and torch.equal(st["xmax"][1], cand[1])
     assert st["halvings"].tolist() == [1, 0, 0]
+
+
+class InputRecorder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_l1_apgd_projects_exactly_onto_the_ball_and_box_intersection() -> None:
+    # Pixels near the top of the box: the plain L1 projection followed by the box loses mass,
+    # the exact projection onto the intersection does not.
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        inner[1].weight.copy_(torch.stack([torch.zeros(16), torch.linspace(0.2, 1.0, 16)]))
+        inner[1].bias.zero_()
+    model = InputRecorder(inner)
+    x = torch.full((2, 1, 4, 4), 0.9)
+    y = torch.zeros(2, dtype=torch.long)
+    eps = 1.0
+    apgd(model, x, y, norm="l1", eps=eps, steps=1, generator=gen())
+    x0, x1 = model.inputs[1], model.inputs[2]  # the start and the first iterate
+    x0g = x0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(inner(x0g), y, reduction="sum"), x0g)
+    k = torch.full((2,), 2.0)  # ⌈10% of 16⌉
+    step = sparse_direction(_inward(g, x0), k)
+    want = x + project_l1_box(x0 + 2 * eps * step - x, x, eps)
+    assert torch.allclose(x1, want, atol=1e-6)
+    naive = (x + project_l1(x0 + 2 * eps * step - x, eps)).clamp(0, 1)
+    assert not torch.allclose(x1, naive, atol=1e-3)

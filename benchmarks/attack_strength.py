@@ -131,6 +131,21 @@ def scored(wrong: torch.Tensor, conf: torch.Tensor, clean_wrong: torch.Tensor,
             | (clean_wrong & (clean_conf >= tau))}
 
 
+def print_rows(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    print(f"\nRErr / RErr@τ(99% TPR) in %, {a.n_test} Fashion-MNIST test images, LeNet")
+    head = (f"{'model':<7} {'threat':<9} {'library':<16} {'RErr':>5} {'@τ':>5} {'time s':>7} "
+            f"{'peer breaks, robustlab not':>27}")
+    print(head)
+    for r in rows:
+        print(f"{r['model']:<7} {r['threat'] + ' ' + format(r['eps'], 'g'):<9} {r['library']:<16} "
+              f"{pct(r['rerr'])} {pct(r['rerr_at_99'])} {r['time_s']:7.1f} "
+              f"{r['breaks_not_robustlab']:>13} / {r['breaks_not_robustlab_at_99']:<3}"
+              + (f"  margin {100 * r['margin_rerr']:+.1f} / {100 * r['margin_rerr_at_99']:+.1f} pts"
+                 if "margin_rerr" in r else "")
+              + (f", {r['time_vs_autoattack']:.2f}× AutoAttack's time" if "time_vs_autoattack" in r
+                 else ""))
+
+
 def pct(v: float) -> str:
     return f"{100 * v:5.1f}"
 
@@ -235,20 +250,10 @@ def main() -> None:
                 me["margin_rerr_at_99"] = me["rerr_at_99"] - ens["rerr_at_99"]
             if aa:
                 me["time_vs_autoattack"] = me["time_s"] / max(aa["time_s"], 1e-9)
-    print(f"\nRErr / RErr@τ(99% TPR) in %, {a.n_test} Fashion-MNIST test images, LeNet")
-    head = (f"{'model':<7} {'threat':<9} {'library':<16} {'RErr':>5} {'@τ':>5} {'time s':>7} "
-            f"{'peer breaks, robustlab not':>27}")
-    print(head)
-    for r in rows:
-        print(f"{r['model']:<7} {r['threat'] + ' ' + format(r['eps'], 'g'):<9} {r['library']:<16} "
-              f"{pct(r['rerr'])} {pct(r['rerr_at_99'])} {r['time_s']:7.1f} "
-              f"{r['breaks_not_robustlab']:>13} / {r['breaks_not_robustlab_at_99']:<3}"
-              + (f"  margin {100 * r['margin_rerr']:+.1f} / {100 * r['margin_rerr_at_99']:+.1f} pts"
-                 if "margin_rerr" in r else "")
-              + (f", {r['time_vs_autoattack']:.2f}× AutoAttack's time" if "time_vs_autoattack" in r
-                 else ""))
-    out = {"benchmark": "attack_strength", "config": vars(a), "rows": rows, "versions": versions()}
-    atomic_write_json(a.out, out)
+            print_rows(rows[-len(res):], a)  # each model and threat as soon as it is done
+            atomic_write_json(a.out, {"benchmark": "attack_strength", "config": vars(a),
+                                      "rows": rows, "versions": versions()})
+    print_rows(rows, a)
     print(f"written to {a.out}")
 
 

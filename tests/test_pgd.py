@@ -253,7 +253,10 @@ class Path(nn.Module):
     misclassified (softmax .45/.46/.09, CE 0.80), at 0.7 correct again with a higher CE (1.08);
     piecewise linear in between, so PGD from 0.5 with steps of 0.1 visits exactly these three."""
 
-    knots = torch.tensor([[0.8, 0.1, 0.1], [0.45, 0.46, 0.09], [0.34, 0.33, 0.33]]).log()
+    def __init__(self, knots: list[list[float]] | None = None):
+        super().__init__()
+        knots = knots or [[0.8, 0.1, 0.1], [0.45, 0.46, 0.09], [0.34, 0.33, 0.33]]
+        self.knots = torch.tensor(knots).log()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.flatten(1)[:, :1]
@@ -273,6 +276,19 @@ def test_a_visited_misclassified_iterate_is_never_replaced_by_a_correct_one() ->
     ce = F.cross_entropy(visited, y.expand(3), reduction="none")
     assert ce[2] > ce[1] > ce[0]  # the loss alone would pick the last, correct iterate
     assert res.success.item() and res.x_adv[0, 0, 0, 0].item() == pytest.approx(0.6)
+    assert torch.equal(res.logits, visited[1:2])
+
+
+def test_targeted_best_iterate_ranks_reaching_the_target_first() -> None:
+    # target 2: the middle iterate is classified as 2 (softmax .35/.25/.40), the last one has a
+    # higher target confidence (.45) but is classified as 0: the middle one must be returned
+    model = Recorder(Path([[0.8, 0.1, 0.1], [0.35, 0.25, 0.40], [0.50, 0.05, 0.45]]))
+    x = torch.full((1, 1, 1, 2), 0.5)
+    res = pgd(model, x, torch.tensor([0]), norm="linf", eps=0.2, steps=2, step_size=0.1,
+              init="zero", target=2)
+    visited = torch.stack(model.calls)[1:, 0]  # after the clean evaluation that resolves targets
+    assert visited.argmax(1).tolist() == [0, 2, 0]
+    assert res.success.item() and res.pred.item() == 2
     assert torch.equal(res.logits, visited[1:2])
 
 

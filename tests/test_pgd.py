@@ -570,3 +570,18 @@ def test_an_empty_batch_gives_an_empty_result() -> None:
                 apgd(model, x[:0], y[:0], eps=0.1, steps=2, loss="ce"),
                 square(model, x[:0], y[:0], eps=0.1, queries=3)):
         assert res.x_adv.shape == (0, 1, 8, 8) and res.logits.shape == (0, 5)
+
+
+def test_targeted_early_exit_stops_at_the_target_and_keeps_the_verdicts() -> None:
+    model, x, y = trained_digits()
+    c = 0.5
+    kw = dict(norm="linf", eps=0.2, steps=15, target="random", momentum=0.9)
+    off = pgd(model, x, y, generator=gen(6), **kw)
+    on = pgd(model, x, y, generator=gen(6), early_stop=c, **kw)
+    assert torch.equal(on.target, off.target)
+    assert 0.1 < off.success.float().mean() < 0.9
+    assert torch.equal(on.success, off.success)  # success = classified as the target
+    p_t = F.softmax(on.logits, 1).gather(1, on.target[:, None]).squeeze(1)
+    decided = on.success & (p_t >= c)
+    assert 10 < int(decided.sum())
+    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])

@@ -374,6 +374,9 @@ def _build(run: Path, info: ModelInfo) -> nn.Module:
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{run / META}: kwargs do not build a {info.architecture} "
                             f"({str(e).splitlines()[0]})") from None
+    elif info.architecture != "custom":
+        raise UserError(f"{run / META}: unknown architecture {info.architecture!r}; built-in "
+                        f"ones are {', '.join(sorted(models.REGISTRY))}, or 'custom' with a factory")
     else:
         raise UserError(f"{run} holds a custom model ({info.raw.get('class')}) without a recorded "
                         "factory: import it with `robustlab import --factory FILE.py:FUNCTION` "

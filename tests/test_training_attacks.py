@@ -146,13 +146,13 @@ class FixedTRADES(TRADES):
 
 @pytest.mark.parametrize("beta", [1.0, 6.0])
 def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta: float) -> None:
-    # TRADES: CE(f(x), y) + β·KL(p(x) ‖ p(x̃)) = CE + β·Σ_k p_k(x)·(log p_k(x) − log p_k(x̃)), mean
-    # over the batch; KL(p(x̃) ‖ p(x)) is a different number for these logits
+    # TRADES: CE(f(x), y) (with the run's label smoothing) + β·KL(p(x) ‖ p(x̃)), the KL being
+    # Σ_k p_k(x)·(log p_k(x) − log p_k(x̃)) averaged over the batch; KL(p(x̃) ‖ p(x)) is a different number for these logits
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).train()
     with torch.no_grad():
         model[1].weight.mul_(8)
-    ctx = TrainContext(model, TrainConfig(), torch.device("cpu"), 4)
+    ctx = TrainContext(model, TrainConfig(label_smoothing=0.1), torch.device("cpu"), 4)
     x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     loss, logits = FixedTRADES(beta=beta, eps=0.2).loss(ctx, x, y)
@@ -164,7 +164,7 @@ def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta: float) -> 
     kl = (lp_clean.exp() * (lp_clean - lp_adv)).sum(1).mean()
     reverse = (lp_adv.exp() * (lp_adv - lp_clean)).sum(1).mean()
     assert abs(float(kl - reverse)) > 1e-3  # the test can tell the two directions apart
-    expected = F.cross_entropy(model(x), y).double() + beta * kl
+    expected = F.cross_entropy(model(x), y, label_smoothing=0.1).double() + beta * kl
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
     assert torch.allclose(logits, model(x), atol=1e-5)
 

@@ -1,0 +1,84 @@
+"""Checks found missing by a mutation campaign (issue 15): each catches a realistic single bug that
+the rest of the suite let through. Grouped by spec section."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab import biterrors as be
+from robustlab import models
+from robustlab.attacks.corruptions import corrupt
+from robustlab.attacks.pgd import init_delta
+from robustlab.evaluate import metrics as mt
+from robustlab.quant import Scheme
+from robustlab.weights import FunctionObjective, RelativeBall, worst_case_ascent
+
+
+# §2: every threshold comparison is c ≥ τ (ties at τ are accepted)
+def test_confidence_exactly_at_tau_is_accepted_everywhere() -> None:
+    tau = 0.75
+    clean_wrong = torch.tensor([False, False, True, False])
+    clean_conf = torch.tensor([0.75, 0.9, 0.75, 0.5])
+    adv_wrong = torch.tensor([True, False, True, True])
+    adv_conf = torch.tensor([0.75, 0.9, 0.6, 0.74])
+    assert mt.fpr_at(tau, clean_wrong, adv_wrong, adv_conf) == 0.25  # only example 0
+    assert mt.tpr_at(clean_conf, tau) == 0.75
+    assert mt.distal_fpr(tau, adv_conf) == 0.5
+    assert mt.err_at(tau, adv_wrong, adv_conf) == 0.5  # accepted: 0 (wrong), 1 (right)
+    # RErr@τ: numerator examples 0, 2; denominator 0, 1, 2
+    assert mt.rerr_at(tau, clean_wrong, clean_conf, adv_wrong, adv_conf) == pytest.approx(2 / 3)
+
+
+# §3: the cube init is uniform in [−ε, ε] per entry (clipped to the box)
+def test_cube_init_is_uniform_in_the_eps_cube() -> None:
+    x = torch.full((2000, 1, 4, 4), 0.5)
+    d = init_delta(x, "linf", 0.1, "cube", torch.Generator().manual_seed(0))
+    assert float(d.abs().max()) <= 0.1 + 1e-7
+    assert abs(float(d.mean())) < 0.002 and abs(float(d.var()) - 0.01 / 3) < 2e-4
+
+
+# §3 corruptions: fixed severities; noise corruptions are what their names say
+def test_gaussian_noise_severities_and_impulse_noise_values() -> None:
+    x = torch.full((200, 1, 8, 8), 0.5)
+    sig = [float((corrupt(x, "gaussian_noise", s) - x).std()) for s in (1, 2, 3)]
+    assert sig == pytest.approx([0.08, 0.12, 0.18], rel=0.03)
+    for s, amount in ((1, 0.03), (3, 0.09), (5, 0.27)):
+        out = corrupt(x, "impulse_noise", s, generator=torch.Generator().manual_seed(s))
+        changed = out != x
+        assert set(out[changed].unique().tolist()) <= {0.0, 1.0}  # salt and pepper
+        assert float(changed.float().mean()) == pytest.approx(amount, abs=0.01)
+        assert torch.equal(out, corrupt(x, "impulse_noise", s, generator=torch.Generator().manual_seed(s)))
+
+
+# §6 chips: stuck cells read their stuck value whatever the flip probability
+def test_stuck_cells_never_flip() -> None:
+    q = Scheme(8).quantize({"w": torch.linspace(-1, 1, 64)})
+    stuck = [[-1, 0, 1, -1, -1, -1, -1, -1]]  # bit 1 stuck at 0, bit 2 stuck at 1
+    chip = be.chip_map_from_dict({"flip_prob": 1.0, "stuck": stuck})
+    got = chip.apply(q, 5).to(torch.int64)
+    c = q.codes.to(torch.int64)
+    assert torch.equal((got >> 1) & 1, torch.zeros_like(c))
+    assert torch.equal((got >> 2) & 1, torch.ones_like(c))
+    free = 0b11111001
+    assert torch.equal(got & free, (c ^ 0xFF) & free)  # every other bit flipped (p = 1)
+
+
+# §8 worst-case flatness: the maximum over restarts
+def test_worst_case_flatness_is_the_max_over_restarts() -> None:
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    obj = FunctionObjective(lambda p: ((p["w"] - c) ** 2).sum() + p["w"].sum())
+    ball = RelativeBall({"w": c.clone()}, ["w"], 0.3)
+    res = worst_case_ascent(obj, ball, steps=2, restarts=4, step_size=0.01,
+                            generator=torch.Generator().manual_seed(3), progress=False)
+    losses = res["perturbed_losses"]
+    assert len(losses) == 4 and max(losses) - min(losses) > 1e-6  # restarts differ
+    assert res["flatness"] == pytest.approx(max(losses) - res["loss"])
+
+
+# §8 relative ball: conv/linear weights and biases; never norm-layer parameters
+def test_perturbable_names_exclude_norm_layers() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3),
+                        nn.LayerNorm(3), nn.BatchNorm1d(3))
+    assert models.perturbable_names(net) == ["0.weight", "0.bias", "3.weight", "3.bias"]

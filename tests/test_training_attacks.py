@@ -147,7 +147,8 @@ class FixedTRADES(TRADES):
 @pytest.mark.parametrize("beta", [1.0, 6.0])
 def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta: float) -> None:
     # TRADES: CE(f(x), y) (with the run's label smoothing) + β·KL(p(x) ‖ p(x̃)), the KL being
-    # Σ_k p_k(x)·(log p_k(x) − log p_k(x̃)) averaged over the batch; KL(p(x̃) ‖ p(x)) is a different number for these logits
+    # Σ_k p_k(x)·(log p_k(x) − log p_k(x̃)) averaged over the batch; KL(p(x̃) ‖ p(x)) is a
+    # different number for these logits
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).train()
     with torch.no_grad():

@@ -293,9 +293,9 @@ def test_fitted_quantized_model_matches_its_saved_run(tmp_path):
     # the saved run as the CLI opens it (runs.open_run; a custom model is filled in from Python)
     loaded, meta = rl.checkpoint.load(tmp_path / "run", model=_linear(99))
     run = Run(tmp_path / "run", loaded, meta, quant_from_meta(meta), torch.device("cpu"))
-    assert run.quant == RQUANT4 and rl.models.quant_of(loaded) is None
+    assert run.quant == RQUANT4 and rl.models.quant_of(loaded) == RQUANT4  # load attaches it
     py, cli = rl.evaluate.clean(model, test), rl.evaluate.clean(run.predictor(), test)
-    assert py == cli
+    assert py == cli == rl.evaluate.clean(loaded, test)  # the loaded model: same numbers too
     with torch.no_grad():
         float_loss = float(nn.functional.cross_entropy(model(test.x), test.y))
     assert py["loss"] != pytest.approx(float_loss, abs=1e-6)  # 4-bit weights, not the floats

@@ -416,6 +416,13 @@ def load(run: str | Path, *, model: nn.Module | None = None, device: str | torch
         first = str(e).strip().splitlines()
         raise UserError(f"checkpoint {run} does not match its architecture: "
                         f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    if info.quant:  # a quantized run: rl.evaluate.* measure the weights it computes with
+        from robustlab import quant
+
+        try:
+            setattr(model, models.QUANT_ATTR, quant.Scheme.from_dict(info.quant))
+        except (TypeError, ValueError, KeyError) as e:
+            raise UserError(f"{run / META}: 'quant' is not a valid quantization scheme ({e})") from None
     return model.to(device).eval(), info.raw
 
 

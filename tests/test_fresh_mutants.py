@@ -82,3 +82,31 @@ def test_perturbable_names_exclude_norm_layers() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3),
                         nn.LayerNorm(3), nn.BatchNorm1d(3))
     assert models.perturbable_names(net) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+
+
+# §8: the clean variant uses δ = 0, even when an attack is given
+def test_clean_flatness_ignores_the_attack() -> None:
+    import torch.nn.functional as F
+
+    from robustlab.data import synthetic
+    from robustlab.evaluate.flatness import flatness
+
+    _, test = synthetic(8, 24, shape=(1, 4, 4), num_classes=3, seed=1)
+    m = models.create("mlp", in_shape=(1, 4, 4), num_classes=3, hidden=(8,), seed=0)
+
+    def shove(model_fn, x, y, *, generator):  # an "attack" that visibly changes the inputs
+        return (1 - x).detach()
+
+    r = flatness(m, test, kind="average", xi=0.1, clean=True, attack=shove, samples=1,
+                 progress=False)
+    with torch.no_grad():
+        assert r["loss"] == pytest.approx(float(F.cross_entropy(m(test.x), test.y)), abs=1e-5)
+
+
+# §4: with ε = 0 there is no perturbation and CCAT's target is the label itself
+def test_ccat_target_at_eps_zero_is_one_hot() -> None:
+    from robustlab.train.adversarial_methods import soft_target
+
+    y = torch.tensor([2, 0, 1])
+    t = soft_target(torch.zeros(3, 1, 2, 2), y, 4, eps=0.0, rho=10.0)
+    assert torch.equal(t, torch.nn.functional.one_hot(y, 4).float())

@@ -85,11 +85,15 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic problem, 1 epoch")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/bitattack.json")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default; 1 on a busy shared machine)")
     ap.add_argument("--merge", default=None, metavar="JSON,...",
                     help="no runs: print the tables of these result files and merge them to --out")
     a = ap.parse_args()
     if a.merge:
         return merge(a)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     budgets = [int(b) for b in a.budgets.split(",")]
     if a.smoke:
         a.epochs, a.n_attack, a.n_test, a.steps, a.archs = 1, 64, 128, 3, "mlp"

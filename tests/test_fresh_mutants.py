@@ -75,6 +75,10 @@ def test_worst_case_flatness_is_the_max_over_restarts() -> None:
     losses = res["perturbed_losses"]
     assert len(losses) == 4 and max(losses) - min(losses) > 1e-6  # restarts differ
     assert res["flatness"] == pytest.approx(max(losses) - res["loss"])
+    # the documented default step is ξ/4
+    res = worst_case_ascent(obj, ball, steps=1, generator=torch.Generator().manual_seed(3),
+                            progress=False)
+    assert res["step_size"] == pytest.approx(0.3 / 4)
 
 
 # §8 relative ball: conv/linear weights and biases; never norm-layer parameters
@@ -110,3 +114,21 @@ def test_ccat_target_at_eps_zero_is_one_hot() -> None:
     y = torch.tensor([2, 0, 1])
     t = soft_target(torch.zeros(3, 1, 2, 2), y, 4, eps=0.0, rho=10.0)
     assert torch.equal(t, torch.nn.functional.one_hot(y, 4).float())
+
+
+# §7 with §4's label smoothing: RandBET's losses use the run's criterion
+def test_randbet_uses_the_runs_label_smoothing() -> None:
+    import torch.nn.functional as F
+
+    from robustlab.train.biterror_methods import RandBET
+    from robustlab.train.trainer import TrainConfig, TrainContext
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    ctx = TrainContext(model, TrainConfig(label_smoothing=0.2), torch.device("cpu"), 3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+    loss, logits = RandBET(bit_error_rate=0.01).backward(ctx, x, y)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y, label_smoothing=0.2)),
+                                        abs=1e-6)
+    assert abs(float(loss) - float(F.cross_entropy(logits, y))) > 1e-3

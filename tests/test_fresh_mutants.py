@@ -132,3 +132,33 @@ def test_randbet_uses_the_runs_label_smoothing() -> None:
     assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y, label_smoothing=0.2)),
                                         abs=1e-6)
     assert abs(float(loss) - float(F.cross_entropy(logits, y))) > 1e-3
+
+
+# §8 AWP: ‖ν_l‖ = γ‖w_l‖ for the γ given (not only the 0.01 of test_awp)
+@pytest.mark.parametrize("gamma", [0.005, 0.02])
+def test_awp_perturbation_norm_follows_gamma(gamma: float) -> None:
+    from robustlab.train.trainer import TrainConfig, TrainContext
+    from robustlab.train.weight_methods import AWP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).train()
+    ctx = TrainContext(model, TrainConfig(), torch.device("cpu"), 3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+    awp = AWP(awp_gamma=gamma, attack_steps=1)
+    loss, _ = awp._base.loss(ctx, x, y)
+    nu = awp.perturbation(ctx, loss)
+    params = dict(model.named_parameters())
+    assert set(nu) == {"1.weight", "3.weight"}
+    for n, v in nu.items():
+        assert float(v.detach().norm()) == pytest.approx(gamma * float(params[n].detach().norm()), rel=1e-5)
+
+
+# §2 ROC AUC: positives are the clean inputs (score c), negatives the successful adversarial ones
+def test_detection_auc_orientation() -> None:
+    clean_wrong = torch.tensor([False, False, False, True])
+    clean_conf = torch.tensor([0.9, 0.95, 0.8, 0.99])
+    adv_wrong = torch.tensor([True, True, False, True])
+    adv_conf = torch.tensor([0.6, 0.85, 0.1, 0.99])
+    # positives 0.9, 0.95, 0.8; negatives 0.6, 0.85 → pairs won: 3 + 2 + 1 = 5 of 6
+    assert mt.detection_auc(clean_wrong, clean_conf, adv_wrong, adv_conf) == pytest.approx(5 / 6)

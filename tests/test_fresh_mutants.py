@@ -162,3 +162,23 @@ def test_detection_auc_orientation() -> None:
     adv_conf = torch.tensor([0.6, 0.85, 0.1, 0.99])
     # positives 0.9, 0.95, 0.8; negatives 0.6, 0.85 → pairs won: 3 + 2 + 1 = 5 of 6
     assert mt.detection_auc(clean_wrong, clean_conf, adv_wrong, adv_conf) == pytest.approx(5 / 6)
+
+
+# §2: τ keeps at least the fraction TPR of the held-out confidences (⌈TPR·n⌉ of them)
+def test_threshold_keeps_at_least_tpr_of_the_examples() -> None:
+    conf = torch.tensor([0.91, 0.99, 0.5, 0.97, 0.8, 0.95, 0.6, 0.99, 0.7, 0.93])
+    assert mt.threshold_at_tpr(conf, 0.95) == pytest.approx(0.5)  # ⌈9.5⌉ = 10: all of them
+    assert mt.threshold_at_tpr(conf, 0.85) == pytest.approx(0.6)  # ⌈8.5⌉ = 9
+    assert mt.threshold_at_tpr(conf, 0.8) == pytest.approx(0.7)  # exactly 8
+    for tpr in (0.95, 0.85, 0.8, 0.33):
+        assert mt.tpr_at(conf, mt.threshold_at_tpr(conf, tpr)) >= tpr
+
+
+# §3 frames: a border of the given width on every side, also on non-square images
+def test_frame_mask_on_a_non_square_image() -> None:
+    from robustlab.attacks import frame_mask
+
+    m = frame_mask((1, 10, 14), 2)
+    assert int(m.sum()) == 10 * 14 - 6 * 10
+    assert bool((m[..., 2:8, 2:12] == 0).all()) and bool((m[..., :, :2] == 1).all())
+    assert bool((m[..., :, 12:] == 1).all()) and bool((m[..., 8:, :] == 1).all())

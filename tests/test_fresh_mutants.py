@@ -182,3 +182,24 @@ def test_frame_mask_on_a_non_square_image() -> None:
     assert int(m.sum()) == 10 * 14 - 6 * 10
     assert bool((m[..., 2:8, 2:12] == 0).all()) and bool((m[..., :, :2] == 1).all())
     assert bool((m[..., :, 12:] == 1).all()) and bool((m[..., 8:, :] == 1).all())
+
+
+# §8 landscape: every point uses the same attack seed, so the centre is the robust loss at w
+def test_landscape_points_share_the_attack_seed() -> None:
+    import torch.nn.functional as F
+
+    from robustlab.data import synthetic
+    from robustlab.evaluate.flatness import flatness, landscape
+
+    _, test = synthetic(8, 24, shape=(1, 4, 4), num_classes=3, seed=1)
+    m = models.create("mlp", in_shape=(1, 4, 4), num_classes=3, hidden=(8,), seed=0)
+
+    def noisy(model_fn, x, y, *, generator):  # a seeded random "attack"
+        return (x + 0.3 * torch.rand(x.shape, generator=generator)).clamp(0, 1)
+
+    lv = landscape(m, test, dims=1, points=3, xi=0.2, attack=noisy, seed=4, progress=False)
+    ref = flatness(m, test, xi=0.0, attack=noisy, seed=4, samples=1, progress=False)
+    assert lv["robust_loss"][1] == pytest.approx(ref["loss"], abs=1e-6)
+    with torch.no_grad():
+        assert lv["clean_loss"][1] == pytest.approx(float(F.cross_entropy(m(test.x), test.y)),
+                                                    abs=1e-5)

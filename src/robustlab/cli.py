@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -52,8 +53,9 @@ def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], allowed: st
 
 positive_int = _number(int, lambda v: v >= 1, "an integer ≥ 1")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
-positive_float = _number(float, lambda v: v > 0, "a number > 0")
-nonneg_float = _number(float, lambda v: v >= 0, "a number ≥ 0")
+seed_int = _number(int, lambda v: 0 <= v < 2 ** 64, "an integer in 0..2^64−1")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+nonneg_float = _number(float, lambda v: 0 <= v < math.inf, "a finite number ≥ 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 unit_interval_open = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 

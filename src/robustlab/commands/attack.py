@@ -9,7 +9,7 @@ import argparse
 import math
 import sys
 
-from robustlab.cli import add_device, add_speed, list_of, nonneg_int, positive_int
+from robustlab.cli import add_device, add_speed, list_of, nonneg_int, positive_int, seed_int
 
 
 def _fraction(text: str) -> float:
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "with c ≥ the largest τ (the verdicts are the same)")
     p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks (flags)")
     p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
     p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
     p.add_argument("--name", default="attack", help="result name (default: %(default)s)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from robustlab.cli import add_device, list_of, nonneg_int, positive_float, positive_int
+from robustlab.cli import add_device, list_of, nonneg_int, positive_float, positive_int, seed_int
 
 
 def _class(text: str) -> int:
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", default=None, metavar="SCHEME",
                    help="quantization for runs trained without one (default: rquant8)")
     p.add_argument("--best", action="store_true", help="use the best snapshot, not the last")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -742,9 +742,22 @@ def _adv_cost(s: dict[str, Any], n: int) -> float:
             cost += n * steps * int(s.get("restarts", 1))
         elif item == "corrupt":
             cost += 0.3 * n * 11 * len(s.get("severities", (3,)))
+        elif item in ("linf", "l2", "l1") and _standard(s):
+            # APGD-CE, APGD-T (one run per target), APGD-conf; Square's queries are forwards only
+            apgd_steps = int(s.get("steps") or 100)
+            queries = int(s.get("queries") or (min(5000, 50 * apgd_steps) if s.get("steps")
+                                               else 5000))
+            cost += n * apgd_steps * (2 + int(s.get("targets", 9))) * int(s.get("restarts", 1))
+            cost += 0 if item == "l1" else n * queries * 0.4
         else:
             cost += n * steps * per
     return cost
+
+
+def _standard(s: dict[str, Any]) -> bool:
+    attacks = s.get("attacks", "standard")
+    names = attacks.split(",") if isinstance(attacks, str) else list(attacks)
+    return any(a.strip() != "pgd" for a in names)
 
 
 def _bit_cost(s: dict[str, Any], n: int) -> float:
@@ -756,12 +769,12 @@ def _bit_cost(s: dict[str, Any], n: int) -> float:
 def _bitattack_cost(s: dict[str, Any], n: int) -> float:
     n = min(int(s.get("n") or n), n)
     budgets = s.get("budgets") or [10, 20, 40, 80, 160, 320]
-    method = s.get("method", "attack")
+    method = s.get("method", "attack,bfa")
     methods = method.split(",") if isinstance(method, str) else list(method)
     n_att = int(s.get("n_attack", 512))
     cost = 0.0
     if "attack" in methods:
-        cost += len(budgets) * (int(s.get("steps", 20)) * int(s.get("restarts", 1)) * n_att + 0.3 * n)
+        cost += len(budgets) * (int(s.get("steps", 20)) * int(s.get("restarts", 3)) * n_att + 0.3 * n)
     if "random" in methods:
         cost += len(budgets) * int(s.get("random_patterns", 5)) * 0.3 * n
     if "bfa" in methods:

@@ -347,7 +347,7 @@ def init_delta(x: torch.Tensor, norm: str, eps: float, init: str, generator: tor
 
 # ---------------------------------------------------------------- the engine
 
-BLOCK_ROWS = {"cpu": 128}
+BLOCK_ROWS = {"cpu": 64}
 DEFAULT_BLOCK_ROWS = 1024
 
 

@@ -165,3 +165,17 @@ def test_attack_command_prints_contributions_and_rejects_unknown_attacks(tmp_pat
     assert res["config"]["attacks"] == list(STANDARD) and isinstance(res["flags"], list)
     assert main(["attack", str(run), "--attacks", "fab", "--quiet"]) == 2
     assert "unknown attack 'fab'" in capsys.readouterr().err
+
+
+def test_three_class_model_skips_targeted_dlr_with_a_note() -> None:
+    # DLR-T needs 4 classes: a 3-class model still gets the rest of the standard suite
+    import robustlab as rl
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(400, 3, 2, 2), torch.randint(0, 3, (400,))
+    res = rl.evaluate.adversarial(model, (x, y), suite="linf:0.03", n=40, tprs=(0.99,),
+                                  queries=20, steps=3, progress=False)
+    info = res["threats"]["linf:0.03"]
+    assert "apgd-t" not in info["attacks"] and {"apgd-ce", "apgd-conf", "square"} <= set(info["attacks"])
+    assert any("apgd-t skipped" in n and "3" in n for n in info["notes"])

@@ -188,8 +188,10 @@ Step = tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], Attack
 
 
 def _plan(model: Model, threat: str, eps: float | None, s: _Settings, *, width: int | None = None,
-          size: tuple[int, int] | None = None) -> tuple[list[Step], list[str]]:
-    """The attacks run in sequence for one threat model, and the notes on those skipped."""
+          size: tuple[int, int] | None = None, num_classes: int | None = None
+          ) -> tuple[list[Step], list[str]]:
+    """The attacks run in sequence for one threat model, and the notes on those skipped (DLR
+    losses need 3 classes, targeted DLR 4: with fewer, those attacks are skipped with a note)."""
     from robustlab.attacks import apgd, square
 
     steps: list[Step] = []
@@ -249,6 +251,9 @@ def _plan(model: Model, threat: str, eps: float | None, s: _Settings, *, width: 
                 steps.append(square_step())
             else:
                 notes.append(f"square skipped: no {threat} version")
+        elif num_classes is not None and num_classes < {"apgd-dlr": 3, "apgd-t": 4}.get(name, 0):
+            notes.append(f"{name} skipped: its DLR loss needs at least "
+                         f"{ {'apgd-dlr': 3, 'apgd-t': 4}[name]} classes (the model has {num_classes})")
         else:
             steps.append(apgd_step(name, losses[name]))
     if not steps:
@@ -528,7 +533,8 @@ def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att
     else:
         size = (int(item.param),) * 2 if item.param is not None else patch_size(shape)
         info["size"] = list(size)
-    plan, notes = _plan(model, item.threat, eps, s, width=width, size=size)
+    plan, notes = _plan(model, item.threat, eps, s, width=width, size=size,
+                        num_classes=int(clean_logits.shape[1]))
     names = [name for name, _ in plan]
     times = [0.0] * len(plan)
     adv_logits: list[torch.Tensor] = []

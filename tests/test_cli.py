@@ -42,7 +42,7 @@ def test_train_eval_info(tmp_path, capsys):
     (["--model", "vgg"], "unknown model 'vgg'"),
     (["--data", "nosuchdata"], "unknown dataset 'nosuchdata'"),
     (["--method", "magic"], "unknown method 'magic'"),
-    (["--lr", "-1"], "--lr: -1 is out of range; it must be a number > 0"),
+    (["--lr", "-1"], "--lr: -1 is out of range; it must be a finite number > 0"),
     (["--epochs", "two"], "'two' is not a number"),
     (["--batch-size", "0"], "--batch-size: 0 is out of range"),
     (["--clip", "0"], "--clip: 0 is out of range"),

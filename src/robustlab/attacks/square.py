@@ -11,8 +11,9 @@ window; the proposal is accepted when it lowers the margin loss z_y − max_{k�
   the window to ±ε (one random sign per channel).
 - L2: the start is a grid of bump patterns (1/(d + 1)², d the distance from the block's centre in
   the max norm) with random signs, scaled to ‖δ‖₂ = ε; a proposal takes two random windows W1,
-  W2, zeroes δ on W2 \\ W1 and adds a bump with random per-channel signs to W1, scaled so that
-  ‖δ‖₂ = ε again (the mass freed on W2 moves to W1).
+  W2 and, per channel, sets W1 to the direction ρ·bump + δ_W1/‖δ_W1‖ (ρ = ±1) scaled to all the
+  mass of W1 ∪ W2 plus an equal share of the unused budget ε² − ‖δ‖², and zeroes W2 (the
+  paper's Algorithm 3), so ‖δ‖₂ = ε again.
 - Every proposal is clipped to the box `bounds`, which only shrinks |δ|, so it stays in the ball.
 
 One query is the start, each further query one proposal. Random numbers are drawn for every
@@ -151,17 +152,22 @@ def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int
     if norm == "linf":
         vals = eps * d["signs"][:, :, None, None]
         return torch.where(m1, vals.expand_as(delta), delta)
+    # Per channel (the paper's Algorithm 3): the new W1 content points along ρ·bump + the old W1
+    # content (both of unit norm) and takes all the mass of W1 ∪ W2 in that channel plus an equal
+    # share of the unused budget; W2 is zeroed.
     m2 = _window(d["r2"], d["c2"], h, w, s)
-    u = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape))
-    u = u / _bview(u.flatten(1).norm(dim=1).clamp(min=1e-12), u)
+    ch = delta.shape[1]
+    bump = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape))  # unit norm per channel
     union = (m1 | m2).expand_as(delta)
     outside = torch.where(union, torch.zeros_like(delta), delta)
-    budget = (eps ** 2 - outside.flatten(1).pow(2).sum(1)).clamp(min=0)
+    unused = (eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp(min=0)  # N
     d1 = torch.where(m1.expand_as(delta), delta, torch.zeros_like(delta))
-    a = (d1 * u).flatten(1).sum(1)
-    q = d1.flatten(1).pow(2).sum(1)
-    coef = -a + (a * a - q + budget).clamp(min=0).sqrt()
-    return outside + d1 + _bview(coef, u) * u
+    n1 = d1.flatten(2).norm(dim=2)  # N×C
+    temp = bump + d1 / n1.clamp(min=1e-12)[:, :, None, None]
+    mass = (torch.where(union, delta, torch.zeros_like(delta)).flatten(2).pow(2).sum(2)
+            + unused[:, None] / ch).sqrt()  # N×C
+    scale = mass / temp.flatten(2).norm(dim=2).clamp(min=1e-12)
+    return outside + temp * scale[:, :, None, None]
 
 
 def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",

@@ -108,19 +108,6 @@ def test_suite_and_eps_parsing() -> None:
         parse_eps("l5=1")
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, data.Dataset]:
-    train, test = data.synthetic(600, 300, shape=(1, 8, 8), num_classes=4, seed=1)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
-    return model.eval(), test
-
-
 def test_suite_metrics_are_consistent_with_the_protocol(trained) -> None:
     model, test = trained
     res = adversarial(model, test, "linf:0.25,l2:1.2,distal,corrupt", n=100, steps=10, attacks="pgd",

@@ -3,29 +3,14 @@ stays silent on a normal trained model; flags are warnings in the result, never 
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab import data
 from robustlab.commands.attack import flag_lines
 from robustlab.evaluate.adversarial import adversarial, model_flags, result_flags
 
 KW = dict(n=40, steps=5, queries=100, targets=2, batch_size=40, progress=False)
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, data.Dataset]:
-    train, test = data.synthetic(600, 300, shape=(1, 8, 8), num_classes=4, seed=1)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
-    return model.eval(), test
 
 
 class Randomized(nn.Module):

@@ -7,25 +7,11 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustlab import data
 from robustlab.errors import UserError
 from robustlab.evaluate.adversarial import STANDARD, adversarial, parse_attacks
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, data.Dataset]:
-    train, test = data.synthetic(600, 300, shape=(1, 8, 8), num_classes=4, seed=1)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
-    return model.eval(), test
 
 
 class Tempered(nn.Module):

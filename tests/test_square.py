@@ -97,3 +97,16 @@ def test_bad_input_is_one_line() -> None:
         with pytest.raises(UserError) as e:
             square(model, x, y, **{"eps": 0.1, **kw})
         assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_l2_pattern_is_two_pyramids_of_opposite_sign() -> None:
+    # spec §3a / the paper: Σ_{j=d+1}^{n+1} 1/j² on ring d; two halves of opposite sign, unit norm
+    from robustlab.attacks.square import _bump, _mountain
+
+    m = _mountain(3, 3, torch.device("cpu"), torch.float64)
+    assert torch.allclose(m, torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25],
+                                           [0.25, 0.25, 0.25]], dtype=torch.float64))
+    b = _bump(6, torch.device("cpu"), torch.float64)
+    assert b.shape == (6, 6) and abs(float(b.norm()) - 1) < 1e-12
+    assert (b[:, :3] > 0).all() and (b[:, 3:] < 0).all()
+    assert torch.allclose(b[:, :3], -b[:, 3:])  # equal halves for even sides

@@ -4,16 +4,17 @@ Gradient-free: it only queries the model's logits, so it is the check against gr
 Per example it keeps a current perturbation and proposes a change confined to a random square
 window; the proposal is accepted when it lowers the margin loss z_y − max_{k≠y} z_k.
 
-- The side of the square is s = round(√(p·H·W)) (at least 1, at most min(H, W) − 1), where the
+- The side of the square is s = round(√(p·H·W)) (at least 1, 3 for L2, at most min(H, W) − 1); the
   fraction p starts at `p_init` (0.8) and is halved at the paper's iterations 10, 50, 200, 500,
   1000, 2000, 4000, 6000 and 8000 of 10 000, rescaled to the number of queries (`p_schedule`).
 - L∞: the start is vertical stripes x + ε·ρ (ρ = ±1 per column and channel); a proposal sets
   the window to ±ε (one random sign per channel).
-- L2: the start is a grid of bump patterns (1/(d + 1)², d the distance from the block's centre in
-  the max norm) with random signs, scaled to ‖δ‖₂ = ε; a proposal takes two random windows W1,
-  W2 and, per channel, sets W1 to the direction ρ·bump + δ_W1/‖δ_W1‖ (ρ = ±1) scaled to all the
-  mass of W1 ∪ W2 plus an equal share of the unused budget ε² − ‖δ‖², and zeroes W2 (the
-  paper's Algorithm 3), so ‖δ‖₂ = ε again.
+- L2: the pattern is the paper's: two pyramids of opposite sign side by side in an s×s window
+  (a pyramid has Σ_{j=d+1}^{n+1} 1/j² on its max-norm ring d), randomly transposed, s ≥ 3; the
+  start is a grid of such patterns with random signs, scaled to ‖δ‖₂ = ε; a proposal takes two
+  random windows W1, W2 and, per channel, sets W1 to the direction ρ·bump + δ_W1/‖δ_W1‖
+  (ρ = ±1) scaled to all the mass of W1 ∪ W2 plus an equal share of the unused budget
+  ε² − ‖δ‖², and zeroes W2 (the paper's Algorithm 3), so ‖δ‖₂ = ε again.
 - Every proposal is clipped to the box `bounds`, which only shrinks |δ|, so it stays in the ball.
 
 One query is the start, each further query one proposal. Random numbers are drawn for every
@@ -65,8 +66,10 @@ def p_schedule(iteration: int, queries: int, p_init: float = 0.8) -> float:
     return p_init / 2 ** sum(i > b for b in _HALVE_AT)
 
 
-def square_side(p: float, h: int, w: int) -> int:
-    return int(min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1)))
+def square_side(p: float, h: int, w: int, smallest: int = 1) -> int:
+    """round(√(p·H·W)), at least `smallest` (3 for L2, whose pattern needs room), at most
+    min(H, W) − 1."""
+    return int(min(max(round(math.sqrt(p * h * w)), smallest), max(min(h, w) - 1, 1)))
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,23 +107,41 @@ def _draws(x: torch.Tensor, norm: str, s: int, generator: torch.Generator) -> di
     if norm == "l2":
         d["r2"], d["c2"] = _corners(n, h, w, s, generator, x.device)
     d["signs"] = _signs((n, ch), generator, x)
+    if norm == "l2":
+        d["flip"] = _signs((n,), generator, x) > 0
     return d
 
 
+def _mountain(h1: int, h2: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """h1×h2 pyramid: at max-norm ring d from the centre, Σ_{j=d+1}^{n+1} 1/j² (n = ⌊h1/2⌋)."""
+    n = h1 // 2
+    r = torch.arange(h1, device=device, dtype=dtype)[:, None] - h1 // 2
+    c = torch.arange(h2, device=device, dtype=dtype)[None, :] - h2 // 2
+    d = torch.maximum(r.abs(), c.abs())
+    inv = 1.0 / torch.arange(1, n + 2, device=device, dtype=dtype) ** 2  # 1/j², j = 1..n+1
+    tail = inv.flip(0).cumsum(0).flip(0)  # tail[d] = Σ_{j=d+1}^{n+1} 1/j²
+    return torch.where(d <= n, tail[d.clamp(max=n).long()], torch.zeros_like(d))
+
+
 def _bump(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """s×s pattern 1/(d + 1)², d the max-norm distance from the centre, unit L2 norm."""
-    i = torch.arange(s, device=device, dtype=dtype)
-    c = (s - 1) / 2
-    d = torch.maximum((i[:, None] - c).abs(), (i[None, :] - c).abs()).floor()
-    eta = 1.0 / (d + 1) ** 2
-    return eta / eta.norm()
+    """The s×s L2 update pattern of the paper: two pyramids of opposite sign side by side
+    (s×⌊s/2⌋ and s×(s − ⌊s/2⌋)), unit L2 norm; a single pyramid when s = 1."""
+    k = s // 2
+    if k == 0:
+        eta = _mountain(s, s, device, dtype)
+    else:
+        eta = torch.cat([_mountain(s, k, device, dtype), -_mountain(s, s - k, device, dtype)], 1)
+    return eta / eta.norm().clamp(min=1e-12)
 
 
 def _place_bump(r: torch.Tensor, c: torch.Tensor, s: int, signs: torch.Tensor,
-                shape: tuple[int, ...]) -> torch.Tensor:
-    """The bump of side s at corners (r, c), times per-channel `signs` (N×C), as N×C×H×W."""
+                shape: tuple[int, ...], flip: torch.Tensor | None = None) -> torch.Tensor:
+    """The bump of side s at corners (r, c), times per-channel `signs` (N×C), as N×C×H×W;
+    transposed where `flip` (N, bool)."""
     n, ch, h, w = shape
     bump = _bump(s, signs.device, signs.dtype)
+    if flip is not None:
+        bump = torch.where(flip[:, None, None], bump.t()[None], bump[None])
     full = torch.zeros(n, h + s, w + s, device=signs.device, dtype=signs.dtype)
     rows = (r[:, None] + torch.arange(s, device=r.device)[None, :])  # N×s
     cols = (c[:, None] + torch.arange(s, device=c.device)[None, :])
@@ -157,7 +178,7 @@ def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int
     # share of the unused budget; W2 is zeroed.
     m2 = _window(d["r2"], d["c2"], h, w, s)
     ch = delta.shape[1]
-    bump = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape))  # unit norm per channel
+    bump = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape), d["flip"])  # unit/channel
     union = (m1 | m2).expand_as(delta)
     outside = torch.where(union, torch.zeros_like(delta), delta)
     unused = (eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp(min=0)  # N
@@ -248,7 +269,7 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
     st["done"] = (stop_test(logits, ls, cfg.early_stop) if stopping
                   else torch.zeros(m, dtype=torch.bool, device=x.device))
     for it in range(cfg.steps - 1):
-        s = square_side(p_schedule(it, cfg.steps, p_init), h, w)
+        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, 3 if cfg.norm == "l2" else 1)
         draws = _draws(x, cfg.norm, s, generator)  # for every example, then indexed
         run = (~st["done"]).nonzero().squeeze(1) if stopping else None
         if run is not None and run.numel() == 0:

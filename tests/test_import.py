@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from clihelp import one_line, run_cli
 from safetensors.torch import save_file
 
 from robustlab import checkpoint, models
-from robustlab.cli import main
 
 FACTORY = textwrap.dedent("""
     from torch import nn
@@ -20,21 +20,6 @@ FACTORY = textwrap.dedent("""
         return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                              nn.Flatten(), nn.Linear(width * 64, classes))
 """)
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _make(width=8):

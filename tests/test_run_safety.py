@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clihelp import one_line, run_cli
 from safetensors.torch import load_file, save_file
 
 from robustlab import checkpoint, io, runs
@@ -21,21 +22,6 @@ from robustlab.errors import UserError
 TRAIN = ["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet",
          "--device", "cpu"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="session")
@@ -431,3 +417,27 @@ def test_read_only_file_system_is_refused_up_front(run, capsys, monkeypatch):
     code, _, err = run_cli(capsys, *TRAIN, "--out", run.parent / "new")
     assert code == 2 and "is not writable" in one_line(err)
     assert not (run / "results").exists() and not (run.parent / "new").exists()
+
+
+def test_remove_created_only_removes_the_folder_this_invocation_made(tmp_path):
+    from robustlab.io import create_dir, remove_created
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("x")
+    assert create_dir(user) is None  # existed already: never ours
+    remove_created(user, create_dir(user))
+    assert (user / "keep.txt").is_file()
+    mine = tmp_path / "a" / "mine"
+    token = create_dir(mine)
+    assert token is not None
+    (mine / "w.bin").write_bytes(b"1")
+    remove_created(mine, token)
+    assert not mine.exists()
+    # a folder put in its place (same path, another folder) is left alone
+    token = create_dir(mine)
+    mine.rename(tmp_path / "moved")
+    mine.mkdir()
+    (mine / "other.txt").write_text("y")
+    remove_created(mine, token)
+    assert (mine / "other.txt").is_file() and (tmp_path / "moved").is_dir()

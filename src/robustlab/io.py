@@ -14,7 +14,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +113,34 @@ def clean_temp_files(folder: str | Path, *, owner_alive: Callable[[], bool] | No
             except OSError:
                 pass
     return removed
+
+
+def create_dir(path: str | Path) -> int | None:
+    """Create the folder `path` (and its parents). Returns its inode when this call created the
+    folder itself (an exclusive mkdir), None when it existed already: `remove_created` then
+    never removes a folder this invocation did not make."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return None
+    return os.lstat(path).st_ino
+
+
+def remove_created(path: str | Path, token: int | None) -> None:
+    """Remove the folder `create_dir` made (its `token`) with what this invocation wrote into it;
+    nothing when the token is None or `path` is no longer that same folder."""
+    if token is None:
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_ino == token:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

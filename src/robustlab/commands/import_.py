@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
+from robustlab.io import create_dir, remove_created
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise UserError(f"the model of {ref} must output N×{test.num_classes} logits for "
                         f"--data {args.data}; it gave {shape}")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    created = create_dir(out)
     try:
         checkpoint.save(out, model, {
             "data": spec, "seed": None, "method": None, "quant": None,
@@ -159,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
                          "sha256": checkpoint.file_sha256(weights)}},
             factory=ref, factory_kwargs=kwargs)
     except BaseException:
-        if created:  # only what this invocation created
-            shutil.rmtree(out, ignore_errors=True)
+        remove_created(out, created)  # only a folder this invocation created
         raise
     print(f"{ref} with {models.count_parameters(model)} parameters"
           + (" (normalization inside the model)" if args.mean is not None else "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shutil
 import types
 import typing
 from pathlib import Path
@@ -26,7 +25,7 @@ from robustlab.cli import (
     unit_interval_open,
 )
 from robustlab.errors import UserError
-from robustlab.io import atomic_write_text
+from robustlab.io import atomic_write_text, create_dir, remove_created
 from robustlab.train import methods as method_registry
 from robustlab.train.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -194,9 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
     main = distributed.is_main()
-    created = not out.exists()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    created = create_dir(out) if main else None
     try:
         if main:
             _write_config(out, args)
@@ -207,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None)
     except UserError:
         # remove only what this invocation created and that holds no finished epoch
-        if created and main and not checkpoint.has_state(out):
-            shutil.rmtree(out, ignore_errors=True)
+        if main and not checkpoint.has_state(out):
+            remove_created(out, created)
         raise
     finally:
         if owns_group:

@@ -16,13 +16,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import math
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from robustlab.errors import UserError
+from robustlab.values import (  # noqa: F401  (re-exported for the commands)
+    list_of,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+    unit_interval_open,
+)
 
 EXIT_USAGE = 2
 
@@ -33,44 +42,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
-
-
-# ---- typed option values: the message names the bad value and what is allowed ----
-
-def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], allowed: str):
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number; it must be {allowed}") from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; it must be {allowed}")
-        return value
-
-    parse.__name__ = allowed
-    return parse
-
-
-positive_int = _number(int, lambda v: v >= 1, "an integer ≥ 1")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
-seed_int = _number(int, lambda v: 0 <= v < 2 ** 64, "an integer in 0..2^64−1")
-positive_float = _number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
-nonneg_float = _number(float, lambda v: 0 <= v < math.inf, "a finite number ≥ 0")
-probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-unit_interval_open = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def list_of(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """Comma-separated values, each parsed by `item`."""
-
-    def parse(text: str) -> list[Any]:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        return [item(p) for p in parts]
-
-    parse.__name__ = f"list of {getattr(item, '__name__', 'values')}"
-    return parse
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

@@ -8,22 +8,19 @@ Each evaluation kind lives in its own module here (`tasks/<kind>.py`) and regist
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any
 
-from robustlab.tasks.spec import REGISTRY, EvalSpec, make_result, option, register, spec_class, spec_of
-
-_CORE = {"spec", "vocabulary"}
-
-
-def load_all() -> dict[str, type[EvalSpec]]:
-    """Import every spec module of this package; the registry."""
-    for m in pkgutil.iter_modules(__path__):
-        if m.name not in _CORE and not m.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{m.name}")
-    return REGISTRY
+from robustlab.tasks.spec import (
+    REGISTRY,
+    EvalSpec,
+    load_all,
+    make_result,
+    option,
+    register,
+    spec_class,
+    spec_of,
+)
 
 
 def evaluate(spec: EvalSpec, run: Any, *, name: str | None = None, progress: bool | None = None,

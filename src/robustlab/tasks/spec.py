@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import typing
 from collections.abc import Callable
@@ -166,11 +167,20 @@ def register(cls: S) -> S:
     return cls
 
 
+_CORE = {"__init__", "spec", "vocabulary"}
+
+
+def load_all() -> dict[str, type[EvalSpec]]:
+    """Import every spec module of the tasks package (one module a kind); the registry."""
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem not in _CORE and not path.stem.startswith("_"):
+            importlib.import_module(f"robustlab.tasks.{path.stem}")
+    return REGISTRY
+
+
 def spec_class(kind: str) -> type[EvalSpec]:
     """The spec of a kind; a one-line error naming the kinds there are."""
-    from robustlab import tasks
-
-    tasks.load_all()
+    load_all()
     try:
         return REGISTRY[kind]
     except KeyError:
@@ -180,9 +190,7 @@ def spec_class(kind: str) -> type[EvalSpec]:
 
 def spec_of(result: dict[str, Any]) -> type[EvalSpec] | None:
     """The spec that wrote a result (its `kind`), or None for results of no registered kind."""
-    from robustlab import tasks
-
-    tasks.load_all()
+    load_all()
     return REGISTRY.get(str(result.get("kind") or result.get("evaluator") or ""))
 
 
@@ -266,4 +274,4 @@ class _Deprecated(argparse.Action):
 
 
 __all__ = ["EvalSpec", "REGISTRY", "SCHEMA", "Term", "add_options", "deprecated", "flag",
-           "make_result", "option", "register", "spec_class", "spec_of"]
+           "load_all", "make_result", "option", "register", "spec_class", "spec_of"]

@@ -50,8 +50,19 @@ def run(args: argparse.Namespace) -> int:
         if lines:
             print(f"epochs        {len(lines)}; last: {lines[-1]}")
     results = sorted((run_dir / "results").glob("*.json"))
-    for p in results:
-        read_result(p)  # a malformed result file is one line, exit 2
-    if results:
-        print(f"results       {', '.join(p.stem for p in results)}")
+    described = [_describe(p.stem, read_result(p)) for p in results]  # malformed: one line, exit 2
+    if described:
+        print(f"results       {', '.join(described)}")
     return 0
+
+
+def _describe(name: str, result: dict) -> str:
+    """'name' or 'name (kind: title)': the kind through the registry (`report.summary.kind_of`:
+    the `kind` of results with a schema, guessed for older files)."""
+    from robustlab.report.summary import kind_of, spec_for
+
+    kind = kind_of(name, result)
+    if kind in (name, "other"):
+        return name
+    cls = spec_for(kind)
+    return f"{name} ({kind}" + (f": {cls.title}" if cls is not None and cls.title else "") + ")"

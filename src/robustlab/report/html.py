@@ -339,9 +339,39 @@ def flatness_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str
     return [f for f in out if f]
 
 
+BUILT_IN_KINDS = {"clean", "adversarial", "patches", "biterrors", "chip", "energy", "bitattack",
+                  "flatness", "landscape", "epsilons", "tracking"}  # drawn by the sections above
+
+
+def spec_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
+    """Figures of results of other registered kinds: their spec's `figures(result, folder)`."""
+    out = []
+    for r in runs:
+        for name, res in r["results"].items():
+            kind = summary.kind_of(name, res)
+            cls = summary.spec_for(kind)
+            if kind in BUILT_IN_KINDS or cls is None or not summary.overrides(cls, "figures"):
+                continue
+            folder = figs.tmp / f"spec{figs.count}-{len(out)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            title = f"{cls.title or kind} ({name}, {r['label']})"
+            try:
+                paths = summary.spec_instance(cls, res).figures(res, folder)
+            except Exception as e:  # a broken figure must not take the whole report down
+                log.warning("figure %r failed: %s", title, e)
+                figs.failures.append(f"{title}: {type(e).__name__}: {e}")
+                continue
+            for i, path in enumerate(p for p in paths if Path(p).suffix == ".png"):
+                fig = figs.make(title if i == 0 else f"{title} [{i + 1}]", cls.title or kind,
+                                lambda dest, src=Path(path): dest.write_bytes(src.read_bytes()))
+                if fig:
+                    out.append(fig)
+    return out
+
+
 SECTION_GROUPS = {"adversarial": ("input attacks",), "biterrors": ("random bit errors",),
                   "bitattack": ("adversarial bit errors",), "flatness": ("flatness",),
-                  "training": ("training",)}
+                  "training": ("training",), "other": ("other",)}
 
 SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[dict[str, Any]]]]] = [
     ("adversarial", "Input attacks", adversarial_figures),
@@ -349,6 +379,7 @@ SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[di
     ("bitattack", "Adversarial bit errors", bitattack_figures),
     ("flatness", "Flatness", flatness_figures),
     ("training", "Training", training_figures),
+    ("other", "Other evaluations", spec_figures),
 ]
 
 

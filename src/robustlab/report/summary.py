@@ -57,8 +57,16 @@ def _num(v: Any) -> float | None:
 
 
 def kind_of(name: str, r: dict[str, Any]) -> str:
-    """What kind of result a dict is: clean, adversarial, biterrors, chip, energy, bitattack,
-    flatness, landscape, or other."""
+    """What kind of result a dict is: the registry key it carries (results with a `schema`), else,
+    for older files, guessed from their keys: clean, adversarial, biterrors, chip, energy,
+    bitattack, flatness, landscape, or other."""
+    if r.get("schema") is not None and r.get("kind"):
+        return str(r["kind"])
+    return _legacy_kind(r)
+
+
+def _legacy_kind(r: dict[str, Any]) -> str:
+    """The kind of a result written before results carried `schema` (guessed from its keys)."""
     ev = r.get("evaluator")
     if ev:
         return str(ev)
@@ -282,7 +290,7 @@ def section_settings(runs: list[dict[str, Any]]) -> dict[str, str]:
         for name, res in r["results"].items():
             text = result_setting(name, res)
             if text:
-                g = GROUPS.get(kind_of(name, res), "other")
+                g = group_of(kind_of(name, res))
                 seen.setdefault(g, {}).setdefault(text, []).append(str(r["label"]))
         if r.get("history"):
             seen.setdefault("training", {}).setdefault(
@@ -309,8 +317,60 @@ def result_metrics(name: str, r: dict[str, Any]) -> dict[str, float]:
     return {k: m.value for k, m in result_values(name, r).items()}
 
 
+def spec_for(kind: str) -> type[Any] | None:
+    """The registered spec class of `kind` (`robustlab.tasks`), or None."""
+    from robustlab import tasks
+
+    if not _LOADED:
+        tasks.load_all()
+        _LOADED.append(True)
+    return tasks.REGISTRY.get(kind)
+
+
+_LOADED: list[bool] = []
+
+
+def spec_instance(cls: type[Any], r: dict[str, Any]) -> Any:
+    """The spec that wrote `r` (its recorded settings), else the spec with its defaults."""
+    import contextlib
+    import io
+
+    from robustlab.errors import UserError
+
+    settings = r.get("settings") if r.get("schema") is not None else None
+    for attempt in ((lambda: cls.from_settings(settings)) if isinstance(settings, dict) else None,
+                    cls):
+        if attempt is None:
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # no deprecation notes in reports
+                return attempt()
+        except (UserError, TypeError, ValueError):
+            continue
+    return cls.__new__(cls)
+
+
+def overrides(cls: type[Any], method: str) -> bool:
+    from robustlab.tasks.spec import EvalSpec
+
+    return getattr(cls, method, None) is not getattr(EvalSpec, method)
+
+
+def _spec_values(cls: type[Any], name: str, r: dict[str, Any]) -> dict[str, Metric]:
+    out: dict[str, Metric] = {}
+    for k, v in spec_instance(cls, r).metrics(name, r).items():
+        if isinstance(v, Metric):
+            out[k] = v
+        elif _num(v) is not None:
+            out[k] = Metric(float(v), label=k, over="", unit="%" if "err" in k.lower() else "")
+    return out
+
+
 def _result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
     kind = kind_of(name, r)
+    cls = spec_for(kind)
+    if cls is not None and overrides(cls, "metrics"):  # the spec knows its metrics
+        return _spec_values(cls, name, r)
     out: dict[str, Metric] = {}
     pre = "" if name in DEFAULT_NAMES.get(kind, ()) else f"{name}/"
     if kind == "clean":
@@ -523,6 +583,14 @@ GROUPS = {"clean": "clean", "adversarial": "input attacks", "patches": "input at
           "bitattack": "adversarial bit errors", "flatness": "flatness", "training": "training"}
 
 
+def group_of(kind: str) -> str:
+    """The capability group of a kind: `GROUPS`, else its spec's `group`, else 'other'."""
+    if kind in GROUPS:
+        return GROUPS[kind]
+    cls = spec_for(kind)
+    return str(getattr(cls, "group", "") or "other") if cls is not None else "other"
+
+
 def value_groups(results: dict[str, dict[str, Any]], history: list[dict[str, Any]]
                  ) -> dict[str, dict[str, Metric]]:
     """Metrics of one run's results and history grouped by capability (`GROUPS` values), clean
@@ -532,7 +600,7 @@ def value_groups(results: dict[str, dict[str, Any]], history: list[dict[str, Any
     items = sorted(results.items(), key=lambda kv: (order.index(kind_of(*kv))
                                                     if kind_of(*kv) in order else 99, kv[0]))
     for name, r in items:
-        g = GROUPS.get(kind_of(name, r), "other")
+        g = group_of(kind_of(name, r))
         for k, v in result_values(name, r).items():
             if k.endswith("Err (attacked split)"):
                 if k == "Err (attacked split)" and "Err" not in groups.get("clean", {}):

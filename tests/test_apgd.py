@@ -11,14 +11,8 @@ from torch import nn
 
 from robustlab.attacks import APGD, apgd, lp_norm
 from robustlab.attacks.apgd import APGDRule, checkpoints, halve, step_sizes
-from robustlab.attacks.pgd import (
-    EngineCfg,
-    _ce,
-    _inward,
-    project_l1,
-    project_l1_box,
-    sparse_direction,
-)
+from robustlab.attacks.norms import inward, project_l1, project_l1_box, sparse_direction
+from robustlab.attacks.pgd import EngineCfg, ce_loss
 from robustlab.errors import UserError
 
 torch.set_num_threads(1)
@@ -244,7 +238,7 @@ def test_callable_class_matches_function_and_bad_input_is_one_line() -> None:
 def rule_state(n: int = 3) -> tuple[APGDRule, dict[str, torch.Tensor], torch.Tensor, EngineCfg]:
     g = gen(9)
     x = 0.3 + 0.4 * torch.rand(n, 1, 2, 2, generator=g)
-    cfg = EngineCfg("linf", 0.2, 10, _ce)
+    cfg = EngineCfg("linf", 0.2, 10, ce_loss)
     rule = APGDRule(10, 0.2)
     st = {"xa": x + 0.05, "loss": torch.zeros(n), "grad": torch.randn(n, 1, 2, 2, generator=g)}
     rule.init(st, x, cfg)
@@ -308,7 +302,7 @@ def test_l1_apgd_projects_exactly_onto_the_ball_and_box_intersection() -> None:
     x0g = x0.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(inner(x0g), y, reduction="sum"), x0g)
     k = torch.full((2,), 2.0)  # ⌈10% of 16⌉
-    step = sparse_direction(_inward(g, x0), k)
+    step = sparse_direction(inward(g, x0), k)
     want = x + project_l1_box(x0 + 2 * eps * step - x, x, eps)
     assert torch.allclose(x1, want, atol=1e-6)
     naive = (x + project_l1(x0 + 2 * eps * step - x, eps)).clamp(0, 1)

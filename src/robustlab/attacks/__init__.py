@@ -30,14 +30,15 @@ from robustlab.attacks.base import (
 from robustlab.attacks.corruptions import CORRUPTIONS, corrupt
 from robustlab.attacks.distal import Distal, distal
 from robustlab.attacks.frames import Frames, frame_mask, frames
+from robustlab.attacks.norms import Norm, get_norm, project_l0, project_l1
 from robustlab.attacks.patches import LOCATIONS, Patch, allowed_corners, patch_attack, place
-from robustlab.attacks.pgd import INITS, OBJECTIVES, PGD, lp_norm, pgd, project, project_l0, project_l1
+from robustlab.attacks.pgd import INITS, OBJECTIVES, PGD, lp_norm, pgd, project
 from robustlab.attacks.square import Square, square
-from robustlab.attacks.threat import NORMS, THREATS, Threat, default_eps
+from robustlab.attacks.threat import NORMS, default_eps
 
 __all__ = [
-    "APGD", "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "THREATS",
-    "AttackResult", "Distal", "Frames", "Patch", "Threat", "allowed_corners", "apgd",
+    "APGD", "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "Norm",
+    "AttackResult", "Distal", "Frames", "Patch", "get_norm", "allowed_corners", "apgd",
     "check_bounds", "confidence", "corrupt", "eval_mode", "target_key",
     "default_eps", "distal", "evaluate_logits", "frame_mask", "frames", "lp_norm", "patch_attack",
     "pgd", "place", "project", "project_l0", "project_l1", "square", "Square", "worst_case",

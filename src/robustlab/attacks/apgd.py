@@ -39,22 +39,18 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, check_bounds, eval_mode
+from robustlab.attacks.base import AttackResult, Model, bview, check_attack_args, check_bounds, eval_mode
+from robustlab.attacks.norms import NORMS, Bounds, get_norm, inward, sparse_direction
 from robustlab.attacks.pgd import (
-    _TARGETED,
-    Bounds,
+    TARGETED,
     EngineCfg,
     Labels,
-    _bview,
-    _ce,
-    _conf,
-    _dlr,
-    _dlr_targeted,
-    _inward,
-    _zero_loss,
     block_rows,
-    direction,
-    eval_rows,
+    ce_loss,
+    clean_logits,
+    conf_loss,
+    dlr_loss,
+    dlr_targeted_loss,
     init_delta,
     int_labels,
     pending,
@@ -62,13 +58,19 @@ from robustlab.attacks.pgd import (
     resolve_channels_last,
     resolve_target,
     run_part,
-    sparse_direction,
 )
 from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
 
 LOSSES = ("ce", "dlr", "dlr-t", "conf")
-APGD_NORMS = ("linf", "l2", "l1")
+
+
+def apgd_norms() -> tuple[str, ...]:
+    """The registered norms APGD supports (`Norm.apgd`)."""
+    return tuple(name for name, lp in NORMS.items() if lp.apgd)
+
+
+APGD_NORMS = apgd_norms()
 ALPHA = 0.75  # momentum
 RHO = 0.75  # fraction of loss increases below which η is halved
 L1_START_FRACTION = 0.1
@@ -164,7 +166,7 @@ class APGDRule:
         st["fmax_ckpt"] = st["loss"].clone()
         st["halved"] = torch.zeros(n, dtype=torch.bool, device=x.device)
         st["halvings"] = torch.zeros(n, dtype=torch.long, device=x.device)
-        if cfg.norm == "l1":
+        if cfg.lp.apgd_sparse:  # L1-APGD: sparse steps on k entries, k adapted
             st["xref"] = x.clone()
             d = x[0].numel()
             st["k"] = torch.full((n,), float(max(1, math.ceil(L1_START_FRACTION * d))),
@@ -176,11 +178,11 @@ class APGDRule:
         if mask is not None:
             g = g * mask
         xa = st["xa"]
-        if cfg.norm == "l1":
-            d = sparse_direction(_inward(g, xa, cfg.bounds), st["k"])
-        else:
-            d = direction(g if cfg.norm == "linf" else _inward(g, xa, cfg.bounds), cfg.norm)
-        z = project_point(xa + _bview(st["eta"], d) * d, x, cfg, mask)
+        lp = cfg.lp
+        if lp.inward_steps:
+            g = inward(g, xa, cfg.bounds)
+        d = sparse_direction(g, st["k"]) if "k" in st else lp.direction(g)
+        z = project_point(xa + bview(st["eta"], d) * d, x, cfg, mask)
         if step == 0:
             return z
         return project_point(xa + ALPHA * (z - xa) + (1 - ALPHA) * (xa - st["prev"]), x, cfg, mask)
@@ -191,14 +193,14 @@ class APGDRule:
         st["prev"], st["xa"], st["grad"], st["loss"] = st["xa"], cand, grad, loss
         up = loss > st["fmax"]
         st["fmax"] = torch.where(up, loss, st["fmax"])
-        st["xmax"] = torch.where(_bview(up, cand), cand, st["xmax"])
-        st["gmax"] = torch.where(_bview(up, cand), grad, st["gmax"])
+        st["xmax"] = torch.where(bview(up, cand), cand, st["xmax"])
+        st["gmax"] = torch.where(bview(up, cand), grad, st["gmax"])
         if step not in self.prev_w:
             return
         h = halve(st["inc"], step - self.prev_w[step], st["fmax"], st["fmax_ckpt"], st["halved"])
         st["eta"] = torch.where(h, st["eta"] / 2, st["eta"])
         st["halvings"] = st["halvings"] + h.long()
-        hv = _bview(h, cand)
+        hv = bview(h, cand)
         st["xa"] = torch.where(hv, st["xmax"], st["xa"])
         st["prev"] = torch.where(hv, st["xmax"], st["prev"])
         st["grad"] = torch.where(hv, st["gmax"], st["grad"])
@@ -206,30 +208,22 @@ class APGDRule:
         st["halved"] = h
         st["fmax_ckpt"] = st["fmax"].clone()
         st["inc"] = torch.zeros_like(st["inc"])
-        if cfg.norm == "l1":
+        if "k" in st:
             support = (st["xmax"] - st["xref"]).flatten(1).ne(0).sum(1).clamp(min=1).float()
             st["k"] = (st["k"] * support).sqrt().round().clamp(min=1)
 
 
-_LOSS_FNS = {"ce": _ce, "dlr": _dlr, "dlr-t": _dlr_targeted, "conf": _conf}
+_LOSS_FNS = {"ce": ce_loss, "dlr": dlr_loss, "dlr-t": dlr_targeted_loss, "conf": conf_loss}
 
 
 def _check(norm: str, eps: float, loss: str, targets: int, steps: int, restarts: int,
            early_stop: float | None, k: int, targeted: bool) -> None:
-    if norm not in APGD_NORMS:
-        raise UserError(f"APGD norm {norm!r} is not supported; choose one of {', '.join(APGD_NORMS)}")
-    if not eps >= 0 or math.isinf(eps):
-        raise UserError(f"eps {eps} is invalid; it must be a finite number ≥ 0")
+    get_norm(norm, apgd_norms(), "APGD")
+    check_attack_args(eps=eps, steps=steps, restarts=restarts, early_stop=early_stop)
     if loss not in LOSSES:
         raise UserError(f"unknown APGD loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if steps < 0:
-        raise UserError(f"steps {steps} is invalid; it must be an integer ≥ 0")
-    if restarts < 1:
-        raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
     if targets < 1:
         raise UserError(f"targets {targets} is invalid; it must be an integer ≥ 1")
-    if early_stop is not None and not 0 <= early_stop <= 1:
-        raise UserError(f"early-stop confidence {early_stop} is invalid; it must be in [0, 1]")
     if loss == "dlr" and k < 3:
         raise UserError(f"loss 'dlr' needs at least 3 classes (the model has {k}); use 'ce'")
     if loss == "dlr-t" and k < 4 and not targeted:
@@ -269,11 +263,10 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
     x = x.detach()
     n = x.shape[0]
     rows = block_rows(n, x.device)
-    base = EngineCfg(norm, float(eps) if eps is not None else 0.0, int(steps), _ce, early_stop,
+    base = EngineCfg(norm, float(eps) if eps is not None else 0.0, int(steps), ce_loss, early_stop,
                      bool(bf16), resolve_channels_last(channels_last, x), bounds, l1_box=True)
     with eval_mode(model):
-        clean = eval_rows(model, x, None, dataclasses.replace(base, objective=_zero_loss), rows,
-                          grad=False)[1]
+        clean = clean_logits(model, x, base, rows)
         k = clean.shape[1]
         _check(norm, float(eps), loss, targets, steps, restarts, early_stop, k, target is not None)
         runs: list[tuple[Labels, Any, int]] = []  # (labels, objective, target rank)
@@ -281,8 +274,8 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
         if target is not None:
             t = resolve_target(target, x, labels_int, clean, generator)
             name = "dlr" if loss == "dlr-t" else loss
-            obj = _TARGETED[name] if name in _TARGETED else _TARGETED["ce"]
-            yo = torch.stack([labels_int, t], 1) if obj is _dlr_targeted else t
+            obj = TARGETED[name] if name in TARGETED else TARGETED["ce"]
+            yo = torch.stack([labels_int, t], 1) if obj is dlr_targeted_loss else t
             runs.append((Labels(yo, labels_int, t), obj, 0))
         elif loss == "dlr-t":
             ranked = clean.scatter(1, labels_int.view(-1, 1), float("-inf")).argsort(
@@ -290,7 +283,7 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
             target_classes = ranked
             for r in range(ranked.shape[1]):
                 yo = torch.stack([labels_int, ranked[:, r]], 1)
-                runs.append((Labels(yo, labels_int), _dlr_targeted, r))
+                runs.append((Labels(yo, labels_int), dlr_targeted_loss, r))
         else:
             runs.append((Labels(labels_int, labels_int), _LOSS_FNS[loss], 0))
         result: AttackResult | None = None
@@ -300,7 +293,7 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
                 idx = pending(result, labels, early_stop, n, x.device)
                 if idx.numel() == 0 and result is not None:
                     break
-                init = "cube" if norm == "linf" else "norm"
+                init = get_norm(norm).apgd_start
                 x0 = x + init_delta(x, norm, float(eps), init, generator, bounds=bounds)
                 rule = APGDRule(int(steps), float(eps))
                 info = {"restart": torch.full((n,), r, dtype=torch.long, device=x.device),

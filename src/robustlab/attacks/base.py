@@ -110,9 +110,31 @@ class AttackResult:
         return AttackResult(self.x_adv.to(device), self.logits.to(device), y, info, t)
 
 
+def bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example vector `v` (N) viewed as N×1×…×1 to broadcast against `like` (N×…)."""
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per example: `a` where mask, else `b` (mask of shape N, tensors N×…)."""
-    return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), a, b)
+    return torch.where(bview(mask, a), a, b)
+
+
+def check_attack_args(*, eps: float, steps: int | None = None, restarts: int = 1,
+                      early_stop: float | None = None) -> None:
+    """The argument checks every iterative attack shares (one-line `UserError`s).
+
+    `eps` a finite number ≥ 0, `steps` (iterations or queries, when given) ≥ 0, `restarts` ≥ 1,
+    `early_stop` (when given) a confidence in [0, 1].
+    """
+    if not eps >= 0 or math.isinf(eps):
+        raise UserError(f"eps {eps} is invalid; it must be a finite number ≥ 0")
+    if steps is not None and steps < 0:
+        raise UserError(f"steps {steps} is invalid; it must be an integer ≥ 0")
+    if restarts < 1:
+        raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
+    if early_stop is not None and not 0 <= early_stop <= 1:
+        raise UserError(f"early-stop confidence {early_stop} is invalid; it must be in [0, 1]")
 
 
 def worst_case(results: Sequence[AttackResult]) -> AttackResult:

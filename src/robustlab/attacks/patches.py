@@ -22,8 +22,16 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, check_bounds, eval_mode, evaluate_logits, merge_into
-from robustlab.attacks.pgd import _bview, _stopped, objective_fn, resolve_channels_last
+from robustlab.attacks.base import (
+    AttackResult,
+    Model,
+    bview,
+    check_bounds,
+    eval_mode,
+    evaluate_logits,
+    merge_into,
+)
+from robustlab.attacks.pgd import objective_fn, resolve_channels_last, stopped
 from robustlab.attacks.threat import patch_size
 from robustlab.errors import UserError
 
@@ -167,7 +175,7 @@ def _patch_once(model: Model, x: torch.Tensor, y: Any, cfg: _PatchCfg, allowed: 
                                   "best_loss": loss}
     stopping = cfg.early_stop is not None
     if stopping:
-        s["done"] = _stopped(logits, y, cfg.early_stop)
+        s["done"] = stopped(logits, y, cfg.early_stop)
     for _ in range(cfg.steps):
         idx, st = None, s
         if stopping:
@@ -190,10 +198,10 @@ def _patch_once(model: Model, x: torch.Tensor, y: Any, cfg: _PatchCfg, allowed: 
         loss, st["grad"], logits = _loss_grad(model, xs, st["content"], st["pos"], ys, cfg)
         better = loss > st["best_loss"]
         if stopping:
-            done = _stopped(logits, ys, cfg.early_stop)
+            done = stopped(logits, ys, cfg.early_stop)
             better = better | done
             st["done"] = st["done"] | done
-        st["best"] = torch.where(_bview(better, st["content"]), st["content"], st["best"])
+        st["best"] = torch.where(bview(better, st["content"]), st["content"], st["best"])
         st["best_pos"] = torch.where(better[:, None], st["pos"], st["best_pos"])
         st["best_loss"] = torch.where(better, loss, st["best_loss"])
         if idx is not None:
@@ -260,7 +268,7 @@ def _patch_attack(model: Model, x: torch.Tensor, y: Any, size: int | tuple[int, 
     for _ in range(restarts):
         idx = torch.arange(n, device=x.device)
         if result is not None and early_stop is not None:
-            idx = (~_stopped(result.logits, labels, early_stop)).nonzero().squeeze(1)
+            idx = (~stopped(result.logits, labels, early_stop)).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
         # Starts are drawn for every example and then indexed (early exit does not shift them).

@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from robustlab.attacks.base import (
     AttackResult,
     Model,
+    bview,
+    check_attack_args,
     check_bounds,
     eval_mode,
     merge_into,
@@ -56,31 +58,34 @@ from robustlab.attacks.base import (
     worst_case_key,
     wrong_confidence,
 )
-from robustlab.attacks.threat import NORMS, check_norm, default_eps
+from robustlab.attacks.norms import Bounds, Norm, draw, get_norm, inward
+from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
 
 OBJECTIVES = ("ce", "conf", "distal", "dlr")
 INITS = ("zero", "cube", "norm", "tiny", "box")
 TARGETS = ("random", "least-likely")
 Objective = Callable[[torch.Tensor, Any], torch.Tensor]
-Bounds = tuple[float, float]
 
 
 # ---------------------------------------------------------------- objectives (to maximize)
 
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example."""
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def _conf(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def conf_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{k≠y} softmax_k (against CCAT)."""
     return wrong_confidence(logits, y)
 
 
-def _distal(logits: torch.Tensor, y: Any) -> torch.Tensor:
+def distal_loss(logits: torch.Tensor, y: Any) -> torch.Tensor:
+    """max_k log softmax_k (no labels)."""
     return F.log_softmax(logits, dim=1).amax(1)
 
 
-def _dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(max_{k≠y} z_k − z_y)/(z_π1 − z_π3): −DLR, maximized by the attack (needs K ≥ 3)."""
     z_sorted = logits.sort(dim=1, descending=True).values
     z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
@@ -89,7 +94,7 @@ def _dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (z_other - z_y) / (z_sorted[:, 0] - third + 1e-12)
 
 
-def _dlr_targeted(logits: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+def dlr_targeted_loss(logits: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
     """(z_t − z_y)/(z_π1 − (z_π3 + z_π4)/2) for `yt` = N×2 (true class y, target t); K ≥ 4."""
     y, t = yt[:, 0], yt[:, 1]
     z_sorted = logits.sort(dim=1, descending=True).values
@@ -100,228 +105,67 @@ def _dlr_targeted(logits: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
     return (z_t - z_y) / (z_sorted[:, 0] - 0.5 * (third + fourth) + 1e-12)
 
 
-def _ce_to_target(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def ce_to_target_loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """−CE to the target class t."""
     return -F.cross_entropy(logits, t, reduction="none")
 
 
-def _conf_of_target(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def conf_of_target_loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """softmax_t."""
     return F.softmax(logits, 1).gather(1, t.view(-1, 1)).squeeze(1)
 
 
-_OBJECTIVES: dict[str, Objective] = {"ce": _ce, "conf": _conf, "distal": _distal, "dlr": _dlr}
+OBJECTIVE_FNS: dict[str, Objective] = {"ce": ce_loss, "conf": conf_loss, "distal": distal_loss,
+                                       "dlr": dlr_loss}
 # Targeted attacks (`target=`): the objective receives the target class t (`dlr`: the pair (y, t)).
-_TARGETED: dict[str, Objective] = {"ce": _ce_to_target, "conf": _conf_of_target,
-                                   "dlr": _dlr_targeted}
+TARGETED: dict[str, Objective] = {"ce": ce_to_target_loss, "conf": conf_of_target_loss,
+                                   "dlr": dlr_targeted_loss}
 
 
 def objective_fn(objective: str | Objective) -> Objective:
     """The per-example loss to maximize for an objective name (or a callable, returned as is)."""
     if callable(objective):
         return objective
-    if objective not in _OBJECTIVES:
+    if objective not in OBJECTIVE_FNS:
         raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    return _OBJECTIVES[objective]
+    return OBJECTIVE_FNS[objective]
 
 
-# ---------------------------------------------------------------- norms and projections
-
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
+# ---------------------------------------------------------------- norms (robustlab.attacks.norms)
 
 def lp_norm(delta: torch.Tensor, norm: str, *, pixels: bool = False) -> torch.Tensor:
     """Per-example norm of δ (L0: number of nonzero entries, or pixels with `pixels`)."""
-    flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1)
-    if norm == "l2":
-        return flat.norm(dim=1)
-    if norm == "l1":
-        return flat.abs().sum(1)
-    if norm == "l0":
-        if pixels and delta.ndim == 4:
-            return (delta != 0).any(1).flatten(1).sum(1).to(delta.dtype)
-        return (flat != 0).sum(1).to(delta.dtype)
-    raise UserError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-
-
-def project_l1(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """Exact Euclidean projection of every δ_n onto the L1 ball of radius ε (sort-based, batched).
-
-    Soft-thresholding |δ| at θ_n, where θ_n follows from the sorted magnitudes (Duchi et al. 2008):
-    ρ = max{j : u_j > (Σ_{i≤j} u_i − ε)/j}, θ = (Σ_{i≤ρ} u_i − ε)/ρ.
-    """
-    v = delta.flatten(1)
-    a = v.abs()
-    n, d = a.shape
-    eps_t = torch.as_tensor(eps, dtype=a.dtype, device=a.device).expand(n)
-    u = a.sort(dim=1, descending=True).values
-    css = u.cumsum(1) - eps_t[:, None]
-    j = torch.arange(1, d + 1, device=a.device, dtype=a.dtype)
-    rho = ((u * j > css) * j).amax(1).clamp(min=1)
-    theta = css.gather(1, (rho.long() - 1)[:, None]).squeeze(1) / rho
-    shrunk = v.sign() * (a - theta[:, None]).clamp(min=0)
-    inside = a.sum(1) <= eps_t
-    return torch.where(inside[:, None], v, shrunk).view_as(delta)
-
-
-def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float,
-                   bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
-    """Exact Euclidean projection of δ onto {‖δ‖₁ ≤ ε} ∩ {lo ≤ x + δ ≤ hi} (batched).
-
-    The solution is δ_i(λ) = sign(v_i)·clip(|v_i| − λ, 0, c_i), c_i the room in v_i's direction
-    (hi − x_i or x_i − lo), with the smallest λ ≥ 0 giving ‖δ(λ)‖₁ ≤ ε. S(λ) = ‖δ(λ)‖₁ is
-    piecewise linear with breakpoints |v_i| − c_i (slope −1 starts) and |v_i| (it ends): sort them,
-    accumulate S at every breakpoint and interpolate on the segment that crosses ε (L1-APGD's
-    projection, Croce & Hein 2021). Computed in float64.
-    """
-    lo, hi = bounds
-    shape, dtype = delta.shape, delta.dtype
-    v = delta.flatten(1).double()
-    xf = x.flatten(1).double().expand_as(v)
-    cap = torch.where(v >= 0, hi - xf, xf - lo).clamp(min=0)
-    m = v.abs()
-    s0 = torch.minimum(m, cap).sum(1)
-    n, d = v.shape
-    bp = torch.cat([(m - cap).clamp(min=0), m], 1)
-    w = torch.cat([-torch.ones_like(m), torch.ones_like(m)], 1)
-    bs, order = bp.sort(1)
-    slope = w.gather(1, order).cumsum(1)  # slope of S on [bs_j, bs_{j+1}]
-    gain = slope[:, :-1] * bs.diff(dim=1)
-    s_at = s0[:, None] + torch.cat([torch.zeros_like(s0[:, None]), gain.cumsum(1)], 1)
-    j = (s_at > eps).sum(1).clamp(1, 2 * d - 1)  # first breakpoint with S ≤ ε
-    b0 = bs.gather(1, (j - 1)[:, None]).squeeze(1)
-    s_b0 = s_at.gather(1, (j - 1)[:, None]).squeeze(1)
-    sl = slope.gather(1, (j - 1)[:, None]).squeeze(1)
-    lam = b0 + (s_b0 - eps) / (-sl).clamp(min=1.0)
-    lam = torch.where(s0 <= eps, torch.zeros_like(lam), lam)
-    out = v.sign() * torch.minimum((m - lam[:, None]).clamp(min=0), cap)
-    return out.to(dtype).view(shape)
-
-
-def project_l0(delta: torch.Tensor, k: int, *, pixels: bool = False) -> torch.Tensor:
-    """Keep the k entries (or pixels, across channels) of largest |δ| per example; zero the rest."""
-    if pixels and delta.ndim == 4:
-        mag = delta.abs().sum(1).flatten(1)
-        if k >= mag.shape[1]:
-            return delta
-        keep = torch.zeros_like(mag).scatter_(1, mag.topk(k, dim=1).indices, 1.0)
-        return delta * keep.view(delta.shape[0], 1, *delta.shape[2:])
-    flat = delta.flatten(1)
-    if k >= flat.shape[1]:
-        return delta
-    keep = torch.zeros_like(flat).scatter_(1, flat.abs().topk(k, dim=1).indices, 1.0)
-    return (flat * keep).view_as(delta)
+    return get_norm(norm).norm(delta, pixels=pixels)
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float, *,
             mask: torch.Tensor | None = None, pixels: bool = False,
             bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
-    """Onto {δ : ‖δ‖ ≤ ε, x + δ ∈ [lo, hi], δ = 0 outside `mask`}: norm projection, then the box.
-
-    The box clamp only shrinks |δ| entry-wise, so the result stays inside the ball.
-    """
-    if mask is not None:
-        delta = delta * mask
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    elif norm == "l2":
-        nrm = delta.flatten(1).norm(dim=1)
-        delta = delta * _bview((eps / nrm.clamp(min=1e-12)).clamp(max=1.0), delta)
-    elif norm == "l1":
-        delta = project_l1(delta, eps)
-    elif norm == "l0":
-        delta = project_l0(delta, l0_budget(eps), pixels=pixels)
-    return (x + delta).clamp(*bounds) - x
-
-
-def l0_budget(eps: float) -> int:
-    return int(math.ceil(eps - 1e-9))
+    """Onto {δ : ‖δ‖ ≤ ε, x + δ ∈ [lo, hi], δ = 0 outside `mask`}: norm projection, then the box."""
+    return get_norm(norm).project(delta, x, eps, mask=mask, pixels=pixels, bounds=bounds)
 
 
 def direction(g: torch.Tensor, norm: str, *, l1_fraction: float = 0.025) -> torch.Tensor:
     """The normalized ascent step of `norm` from the gradient g (per example)."""
-    flat = g.flatten(1)
-    if norm == "linf":
-        return g.sign()
-    if norm == "l2":
-        return g / _bview(flat.norm(dim=1).clamp(min=1e-12), g)
-    if norm == "l1":
-        k = max(1, int(math.ceil(l1_fraction * flat.shape[1])))
-        idx = flat.abs().topk(k, dim=1).indices
-        step = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
-        return (step / step.abs().sum(1, keepdim=True).clamp(min=1.0)).view_as(g)
-    return g / _bview(flat.abs().sum(1).clamp(min=1e-12), g)  # l0
-
-
-def sparse_direction(g: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """g on the k_n entries of largest |g| (k per example, nonzero entries only), L1-normalized.
-
-    L1-APGD's sparse step. The entries keep their gradient magnitudes (the paper takes their
-    signs): repeated steps then concentrate the mass on the most useful entries, which the
-    exact L1 ∩ box projection keeps sparse. On a linear model this reaches the closed-form
-    L1 radius with APGD-T, which the signed step does not (see tests/test_apgd.py).
-    """
-    flat = g.flatten(1)
-    mag = flat.abs()
-    srt = mag.sort(dim=1, descending=True).values
-    kth = srt.gather(1, (k.long().clamp(1, flat.shape[1]) - 1)[:, None])
-    keep = (mag >= kth) & (mag > 0)
-    step = flat * keep
-    return (step / step.abs().sum(1, keepdim=True).clamp(min=1e-30)).view_as(g)
-
-
-def _inward(g: torch.Tensor, x_adv: torch.Tensor, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
-    """Zero gradient entries that push a pixel at the box boundary further out."""
-    lo, hi = bounds
-    out = ((x_adv <= lo) & (g < 0)) | ((x_adv >= hi) & (g > 0))
-    return g.masked_fill(out, 0.0)
+    return get_norm(norm).direction(g, l1_fraction=l1_fraction)
 
 
 # ---------------------------------------------------------------- initialization
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor, kind: str
-          ) -> torch.Tensor:
-    gdev = generator.device
-    if kind == "uniform":
-        t = torch.rand(shape, generator=generator, device=gdev)
-    else:
-        t = torch.randn(shape, generator=generator, device=gdev)
-    return t.to(device=like.device, dtype=like.dtype)
-
-
-def _init_one(kind: str, x: torch.Tensor, norm: str, eps: float, generator: torch.Generator,
-              pixels: bool, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
-    n = x.shape[0]
+def init_one(kind: str, x: torch.Tensor, norm: str, eps: float, generator: torch.Generator,
+             pixels: bool = False, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
+    """A starting δ of one init kind (see the module docstring; before projection)."""
     lo, hi = bounds
     if kind == "zero":
         return torch.zeros_like(x)
     if kind == "tiny":
-        return 0.001 * _rand(x.shape, generator, x, "normal")
+        return 0.001 * draw(x.shape, generator, x, "normal")
     if kind == "box":
-        return lo + (hi - lo) * _rand(x.shape, generator, x, "uniform") - x
+        return lo + (hi - lo) * draw(x.shape, generator, x, "uniform") - x
     if kind == "cube":
         half = min(eps, hi - lo)
-        return (2 * _rand(x.shape, generator, x, "uniform") - 1) * half
-    # "norm": a random direction of the norm times ε·U(0, 1)
-    radius = _rand((n,), generator, x, "uniform") * eps
-    if norm == "linf":
-        u = 2 * _rand(x.shape, generator, x, "uniform") - 1
-        dirn = u / _bview(u.flatten(1).abs().amax(1).clamp(min=1e-12), u)
-    elif norm == "l2":
-        u = _rand(x.shape, generator, x, "normal")
-        dirn = u / _bview(u.flatten(1).norm(dim=1).clamp(min=1e-12), u)
-    elif norm == "l1":
-        u = _rand(x.shape, generator, x, "uniform").clamp(min=1e-12)
-        s = _rand(x.shape, generator, x, "normal").sign()
-        lap = -u.log() * s  # Laplace: uniform direction on the L1 sphere after normalizing
-        dirn = lap / _bview(lap.flatten(1).abs().sum(1).clamp(min=1e-12), lap)
-    else:  # l0: ⌈ε⌉ random entries with values U(−1, 1), magnitude scaled by U(0, 1)
-        scores = _rand(x.shape, generator, x, "uniform")
-        vals = 2 * _rand(x.shape, generator, x, "uniform") - 1
-        dirn = project_l0(scores, l0_budget(eps), pixels=pixels).ne(0).to(x.dtype) * vals
-        return dirn * _bview(radius / max(eps, 1e-12), dirn)
-    return dirn * _bview(radius, dirn)
+        return (2 * draw(x.shape, generator, x, "uniform") - 1) * half
+    return get_norm(norm).random_start(x, eps, generator, pixels=pixels)  # "norm"
 
 
 def parse_init(init: str) -> list[str]:
@@ -338,10 +182,10 @@ def init_delta(x: torch.Tensor, norm: str, eps: float, init: str, generator: tor
     """A starting δ (before projection); a list of kinds picks one per example at random."""
     kinds = parse_init(init)
     if len(kinds) == 1:
-        return _init_one(kinds[0], x, norm, eps, generator, pixels, bounds)
+        return init_one(kinds[0], x, norm, eps, generator, pixels, bounds)
     choice = torch.randint(len(kinds), (x.shape[0],), generator=generator,
                            device=generator.device).to(x.device)
-    cands = torch.stack([_init_one(k, x, norm, eps, generator, pixels, bounds) for k in kinds])
+    cands = torch.stack([init_one(k, x, norm, eps, generator, pixels, bounds) for k in kinds])
     return cands.gather(0, choice.view(1, -1, *([1] * (x.ndim - 1))).expand(1, *x.shape)).squeeze(0)
 
 
@@ -384,7 +228,12 @@ class EngineCfg:
     channels_last: bool = False
     bounds: Bounds = (0.0, 1.0)
     pixels: bool = False
-    l1_box: bool = False  # L1: exact projection onto the L1 ball ∩ box (APGD), not L1 then box
+    l1_box: bool = False  # exact projection onto the ball ∩ box (L1-APGD), not ball then box
+
+    @property
+    def lp(self) -> Norm:
+        """The norm object of `norm`."""
+        return get_norm(self.norm)
 
 
 @dataclasses.dataclass
@@ -430,7 +279,7 @@ def stop_test(logits: torch.Tensor, labels: Labels, threshold: float) -> torch.T
     return p.amax(1) >= threshold
 
 
-def _stopped(logits: torch.Tensor, y: Any, threshold: float) -> torch.Tensor:
+def stopped(logits: torch.Tensor, y: Any, threshold: float) -> torch.Tensor:
     """Stop test with plain labels (None or soft labels: confidence in any class)."""
     lab = y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
     return stop_test(logits, Labels(y, lab), threshold)
@@ -496,16 +345,17 @@ def eval_rows(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg, rows: int
     return tuple(torch.cat(ts) for ts in zip(*parts))
 
 
+def clean_logits(model: Model, x: torch.Tensor, cfg: EngineCfg, rows: int) -> torch.Tensor:
+    """float32 logits at `x` in the engine's fixed blocks of `rows` rows (no gradient)."""
+    return eval_rows(model, x, None, dataclasses.replace(cfg, objective=_zero_loss), rows,
+                     grad=False)[1]
+
+
 def project_point(xa: torch.Tensor, x: torch.Tensor, cfg: EngineCfg,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """The feasible point nearest to `xa`: x + δ with δ projected onto the ball (∩ box), in the box."""
-    delta = xa - x
-    if cfg.l1_box and cfg.norm == "l1":
-        if mask is not None:
-            delta = delta * mask
-        delta = project_l1_box(delta, x, cfg.eps, cfg.bounds)
-    else:
-        delta = project(delta, x, cfg.norm, cfg.eps, mask=mask, pixels=cfg.pixels, bounds=cfg.bounds)
+    delta = cfg.lp.project(xa - x, x, cfg.eps, mask=mask, pixels=cfg.pixels, bounds=cfg.bounds,
+                           exact=cfg.l1_box)
     return (x + delta).clamp(*cfg.bounds)
 
 
@@ -518,7 +368,7 @@ def keep_best(st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tenso
     else:
         better = (key > st["best_key"]) | ((key == st["best_key"]) & (loss > st["best_obj"]))
         st["best_key"] = torch.where(better, key, st["best_key"])
-    st["best"] = torch.where(_bview(better, cand), cand, st["best"])
+    st["best"] = torch.where(bview(better, cand), cand, st["best"])
     st["best_logits"] = torch.where(better[:, None], logits, st["best_logits"])
     st["best_obj"] = torch.where(better, loss, st["best_obj"])
 
@@ -629,22 +479,23 @@ class PGDRule:
         g = st["grad"]
         if mask is not None:
             g = g * mask
-        if cfg.norm != "linf":
-            g = _inward(g, st["xa"], cfg.bounds)
+        lp = cfg.lp
+        if lp.inward_steps:
+            g = inward(g, st["xa"], cfg.bounds)
         if self.momentum > 0:
-            gn = g / _bview(g.flatten(1).abs().sum(1).clamp(min=1e-12), g)
+            gn = g / bview(g.flatten(1).abs().sum(1).clamp(min=1e-12), g)
             st["m"] = self.momentum * st["m"] + (1 - self.momentum) * gn
             g = st["m"]
-        d = direction(g, cfg.norm, l1_fraction=self.l1_fraction)
-        return project_point(st["xa"] + _bview(st["lr"], d) * d, x, cfg, mask)
+        d = lp.direction(g, l1_fraction=self.l1_fraction)
+        return project_point(st["xa"] + bview(st["lr"], d) * d, x, cfg, mask)
 
     def update(self, st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
                grad: torch.Tensor, step: int, cfg: EngineCfg) -> None:
         if self.backtrack:
             accept = loss > st["loss"]
             st["lr"] = torch.where(accept, st["lr"], st["lr"] / 1.5)
-            st["xa"] = torch.where(_bview(accept, cand), cand, st["xa"])
-            st["grad"] = torch.where(_bview(accept, cand), grad, st["grad"])
+            st["xa"] = torch.where(bview(accept, cand), cand, st["xa"])
+            st["grad"] = torch.where(bview(accept, cand), grad, st["grad"])
             st["loss"] = torch.where(accept, loss, st["loss"])
         else:
             st["xa"], st["grad"], st["loss"] = cand, grad, loss
@@ -681,33 +532,20 @@ def resolve_target(target: Any, x: torch.Tensor, y: torch.Tensor | None, clean_l
 
 def _check(norm: str, eps: float, steps: int, restarts: int, step_size: float | None,
            momentum: float, l1_fraction: float, early_stop: float | None) -> None:
-    check_norm(norm)
-    if not eps >= 0 or math.isinf(eps):
-        raise UserError(f"eps {eps} is invalid; it must be a finite number ≥ 0")
-    if steps < 0:
-        raise UserError(f"steps {steps} is invalid; it must be an integer ≥ 0")
-    if restarts < 1:
-        raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
+    get_norm(norm)
+    check_attack_args(eps=eps, steps=steps, restarts=restarts, early_stop=early_stop)
     if step_size is not None and not step_size > 0:
         raise UserError(f"step size {step_size} is invalid; it must be > 0")
     if not 0 <= momentum < 1:
         raise UserError(f"momentum {momentum} is invalid; it must be in [0, 1)")
     if not 0 < l1_fraction <= 1:
         raise UserError(f"l1 fraction {l1_fraction} is invalid; it must be in (0, 1]")
-    if early_stop is not None and not 0 <= early_stop <= 1:
-        raise UserError(f"early-stop confidence {early_stop} is invalid; it must be in [0, 1]")
 
 
 def default_step_size(eps: float, steps: int, norm: str = "linf") -> float:
-    """2.5·ε/steps (enough to cross the ball in 40% of the iterations); for L0 5·ε.
-
-    The L0 step g/‖g‖₁ spreads unit mass over all entries, so a step must be large for single
-    entries to reach the box (on Fashion-MNIST, ε₀ = 15: RErr of a normal model 33% with
-    2.5·ε/steps, 78% with 5·ε, both 20 iterations).
-    """
-    if norm == "l0":
-        return 5.0 * eps
-    return 2.5 * eps / max(steps, 1)
+    """The norm's default PGD step: 2.5·ε/steps (enough to cross the ball in 40 % of the
+    iterations); for L0 5·ε (see `robustlab.attacks.norms.L0.default_step_size`)."""
+    return get_norm(norm).default_step_size(eps, steps)
 
 
 def int_labels(y: Any) -> torch.Tensor | None:
@@ -750,11 +588,11 @@ def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
     if target is not None:
         if callable(objective):
             obj = objective
-        elif objective in _TARGETED:
-            obj = _TARGETED[objective]
+        elif objective in TARGETED:
+            obj = TARGETED[objective]
         else:
             raise UserError(f"objective {objective!r} cannot be targeted; choose one of "
-                            f"{', '.join(_TARGETED)}")
+                            f"{', '.join(TARGETED)}")
     else:
         obj = objective_fn(objective)
         if y is None and not callable(objective) and objective != "distal":
@@ -770,12 +608,11 @@ def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
     with eval_mode(model):
         labels = Labels(y, labels_int)
         if target is not None:
-            clean = eval_rows(model, x, None, dataclasses.replace(cfg, objective=_zero_loss),
-                              block_rows(n, x.device), grad=False)[1]
+            clean = clean_logits(model, x, cfg, block_rows(n, x.device))
             t = resolve_target(target, x, labels_int, clean, generator)
-            yo = torch.stack([labels_int, t], 1) if obj is _dlr_targeted and labels_int is not None \
+            yo = torch.stack([labels_int, t], 1) if obj is dlr_targeted_loss and labels_int is not None \
                 else t
-            if obj is _dlr_targeted and labels_int is None:
+            if obj is dlr_targeted_loss and labels_int is None:
                 raise UserError("a targeted dlr attack needs the true labels y")
             labels = Labels(yo, labels_int, t)
         rows = block_rows(n, x.device)

@@ -35,12 +35,11 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, check_bounds, eval_mode, merge_into
+from robustlab.attacks.base import AttackResult, Model, bview, check_bounds, eval_mode, merge_into
 from robustlab.attacks.pgd import (
     Bounds,
     EngineCfg,
     Labels,
-    _bview,
     block_rows,
     eval_rows,
     int_labels,
@@ -66,10 +65,15 @@ def p_schedule(iteration: int, queries: int, p_init: float = 0.8) -> float:
     return p_init / 2 ** sum(i > b for b in _HALVE_AT)
 
 
-def square_side(p: float, h: int, w: int, smallest: int = 1) -> int:
+def square_side(p: float, h: int, w: int, smallest: int = 1, odd: bool = False) -> int:
     """round(√(p·H·W)), at least `smallest` (3 for L2, whose pattern needs room), at most
-    min(H, W) − 1."""
-    return int(min(max(round(math.sqrt(p * h * w)), smallest), max(min(h, w) - 1, 1)))
+    min(H, W) − 1; with `odd` (L2) an even side becomes the next odd one (the previous one where
+    that does not fit), so that both pyramids of the pattern have a centre line."""
+    top = max(min(h, w) - 1, 1)
+    s = int(min(max(round(math.sqrt(p * h * w)), smallest), top))
+    if odd and s % 2 == 0:
+        s = s + 1 if s + 1 <= top else max(s - 1, 1)
+    return s
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,16 +157,22 @@ def _init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator) ->
     n, ch, h, w = x.shape
     if norm == "linf":
         return eps * _signs((n, ch, 1, w), generator, x).expand(n, ch, h, w)
-    b = max(1, round(min(h, w) / 5))
+    # L2: a grid of s0×s0 tiles (s0 = ⌊min(H, W)/5⌋, 5×5 tiles on a square image), centred; each
+    # tile holds the update pattern, randomly transposed, with a random sign per example and
+    # channel; then scaled to ‖δ‖₂ = ε.
+    s0 = max(min(h, w) // 5, 1)
+    nh, nw = h // s0, w // s0
+    top, left = (h - nh * s0) // 2, (w - nw * s0) // 2
+    pat = _bump(s0, x.device, x.dtype)
     delta = torch.zeros_like(x)
-    for i in range(0, h, b):
-        for j in range(0, w, b):
-            sh, sw = min(b, h - i), min(b, w - j)
-            s = min(sh, sw)
-            pat = _bump(s, x.device, x.dtype)
+    for i in range(nh):
+        for j in range(nw):
             sg = _signs((n, ch), generator, x)
-            delta[:, :, i:i + s, j:j + s] = pat[None, None] * sg[:, :, None, None]
-    return delta * _bview(eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
+            flip = _signs((n,), generator, x) > 0
+            tile = torch.where(flip[:, None, None], pat.t()[None], pat[None])  # N×s0×s0
+            r, c = top + i * s0, left + j * s0
+            delta[:, :, r:r + s0, c:c + s0] = tile[:, None] * sg[:, :, None, None]
+    return delta * bview(eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
 
 
 def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int,
@@ -234,7 +244,7 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
     cfg = EngineCfg(norm, float(eps), int(queries), _margin, early_stop, False, False, bounds)
     labels = Labels(y_int, y_int)
     result: AttackResult | None = None
-    with eval_mode(model):
+    with eval_mode(model), torch.no_grad():  # forward-only: no autograd graph
         for r in range(restarts):
             idx = pending(result, labels, early_stop, n, x.device)
             if idx.numel() == 0 and result is not None:
@@ -269,7 +279,8 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
     st["done"] = (stop_test(logits, ls, cfg.early_stop) if stopping
                   else torch.zeros(m, dtype=torch.bool, device=x.device))
     for it in range(cfg.steps - 1):
-        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, 3 if cfg.norm == "l2" else 1)
+        l2 = cfg.norm == "l2"
+        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, 3 if l2 else 1, odd=l2)
         draws = _draws(x, cfg.norm, s, generator)  # for every example, then indexed
         run = (~st["done"]).nonzero().squeeze(1) if stopping else None
         if run is not None and run.numel() == 0:
@@ -285,7 +296,7 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
         sv = {k: v[sel] for k, v in st.items()}
         keep_best(sv, cand, obj_c, logits_c, lr)
         accept = obj_c > sv["obj"]
-        sv["cur"] = torch.where(_bview(accept, cand), cand, sv["cur"])
+        sv["cur"] = torch.where(bview(accept, cand), cand, sv["cur"])
         sv["obj"] = torch.where(accept, obj_c, sv["obj"])
         sv["used"] = sv["used"] + 1
         if stopping:

@@ -8,7 +8,9 @@ report FPR@τ, corruptions Err and Err@τ.
 
 Suite items: `linf`, `l2`, `l1`, `l0`, `frames`, `patch`, `distal`, `corrupt`; an item may carry
 a parameter after a colon: a radius (`linf:0.2`, `distal:0.3`), a frame width (`frames:3`), a
-patch side (`patch:5`) or a severity (`corrupt:5`).
+patch side (`patch:5`) or a severity (`corrupt:5`). Each item names a registered `SuiteThreat`
+(`SUITE_THREATS`: one `LpThreat` per registered norm, frames, patch, distal, corrupt) that holds
+its defaults, validates its parameter and runs its attacks; the suite is a loop over them.
 
 Attacks (spec §3a): the default `standard` runs, per L∞/L2 threat, APGD-CE, APGD-T (the top-9
 non-true classes as targets), APGD-conf and Square in sequence; L1 runs the three APGD attacks
@@ -55,9 +57,10 @@ from robustlab.attacks import corruptions as corr
 from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, merge_into
 from robustlab.attacks.distal import distal
 from robustlab.attacks.frames import frame_mask, frames
+from robustlab.attacks.norms import NORMS as NORM_OBJECTS
 from robustlab.attacks.patches import check_size, patch_attack
 from robustlab.attacks.pgd import OBJECTIVES, pgd
-from robustlab.attacks.threat import DISTAL_EPS, NORMS, THREATS, default_eps, frame_width, patch_size
+from robustlab.attacks.threat import DISTAL_EPS, NORMS, default_eps, frame_width, patch_size
 from robustlab.data import Dataset
 from robustlab.errors import UserError
 from robustlab.evaluate import metrics as M
@@ -70,7 +73,7 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 @dataclasses.dataclass(frozen=True)
 class SuiteItem:
     key: str          # as written in the suite, e.g. "linf:0.2"
-    threat: str       # one of THREATS
+    threat: str       # a key of SUITE_THREATS
     param: float | None  # radius / width / side / severity (None: the default)
 
 
@@ -87,21 +90,19 @@ def _number(text: str, what: str) -> float:
 def parse_suite(suite: str | Sequence[str]) -> list[SuiteItem]:
     """Suite items from 'linf,l2:3,patch' (or a list of such strings)."""
     parts = [p.strip() for p in (suite.split(",") if isinstance(suite, str) else suite) if p.strip()]
+    names = threat_names()
     if not parts:
-        raise UserError(f"empty suite; choose from {', '.join(THREATS)}")
+        raise UserError(f"empty suite; choose from {', '.join(names)}")
     items, seen = [], set()
     for part in parts:
         name, _, arg = part.partition(":")
         name = name.strip().lower()
-        if name not in THREATS:
-            raise UserError(f"unknown suite item {part!r}; choose from {', '.join(THREATS)} "
+        if name not in names:
+            raise UserError(f"unknown suite item {part!r}; choose from {', '.join(names)} "
                             "(optionally with :PARAMETER, e.g. linf:0.2)")
         param = _number(arg, f"parameter of {name}") if arg else None
-        if name in ("frames", "patch") and param is not None and (param < 1 or param != int(param)):
-            raise UserError(f"{part!r}: the {'frame width' if name == 'frames' else 'patch side'} "
-                            "must be an integer ≥ 1")
-        if name == "corrupt" and param is not None and param not in corr.SEVERITIES:
-            raise UserError(f"{part!r}: the corruption severity must be one of 1..5")
+        if param is not None:
+            SUITE_THREATS[name].check_param(part, param)
         if part in seen:
             continue
         seen.add(part)
@@ -122,10 +123,11 @@ def parse_eps(text: str | dict[str, float] | None) -> dict[str, float]:
             if not sep:
                 raise UserError(f"--eps item {part!r} must look like NORM=RADIUS, e.g. linf=0.2")
             pairs.append((k.strip(), v.strip()))
+    keys = [t.eps_key for t in SUITE_THREATS.values() if t.eps_key is not None]
     out = {}
     for k, v in pairs:
-        if k not in NORMS + ("distal",):
-            raise UserError(f"unknown norm {k!r} in --eps; choose one of {', '.join(NORMS)}, distal")
+        if k not in keys:
+            raise UserError(f"unknown norm {k!r} in --eps; choose one of {', '.join(keys)}")
         out[k] = _number(v, f"eps for {k}")
     return out
 
@@ -185,81 +187,6 @@ class _Settings:
 
 
 Step = tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], AttackResult]]
-
-
-def _plan(model: Model, threat: str, eps: float | None, s: _Settings, *, width: int | None = None,
-          size: tuple[int, int] | None = None, num_classes: int | None = None
-          ) -> tuple[list[Step], list[str]]:
-    """The attacks run in sequence for one threat model, and the notes on those skipped (DLR
-    losses need 3 classes, targeted DLR 4: with fewer, those attacks are skipped with a note)."""
-    from robustlab.attacks import apgd, square
-
-    steps: list[Step] = []
-    notes: list[str] = []
-    cl = s.channels_last
-    common = dict(early_stop=s.early_stop, bf16=s.bf16)
-
-    def pgd_step(obj: str, init: str, restarts: int) -> Step:
-        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
-            kw = dict(steps=s.steps, objective=obj, init=init, restarts=restarts, momentum=s.momentum,
-                      backtrack=s.backtrack, generator=g, channels_last=cl, **common)
-            if threat == "frames":
-                return frames(model, x, y, width=width, **kw)
-            return pgd(model, x, y, norm=threat, eps=eps, **kw)
-        return f"{obj}/{init}×{restarts}", run
-
-    def apgd_step(name: str, loss: str) -> Step:
-        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
-            return apgd(model, x, y, norm=threat, eps=eps, loss=loss, targets=s.targets,
-                        steps=s.apgd_steps, restarts=s.restarts, generator=g,
-                        channels_last=s.channels_last, **common)
-        return name, run
-
-    def square_step() -> Step:
-        def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
-            return square(model, x, y, norm=threat, eps=eps, queries=s.queries, generator=g,
-                          early_stop=s.early_stop)
-        return "square", run
-
-    def pgd_steps() -> list[Step]:
-        out = []
-        for obj in s.objectives:
-            for init, restarts in (("zero", 1), ("box" if threat == "frames" else "norm",
-                                                  s.restarts - 1)):
-                if restarts >= 1:
-                    out.append(pgd_step(obj, init, restarts))
-        return out
-
-    if threat == "patch":
-        assert size is not None
-        for obj in s.objectives:
-            def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, obj: str = obj
-                    ) -> AttackResult:
-                return patch_attack(model, x, y, size=size, steps=s.patch_steps, step_size=0.05,
-                                    location="optimized-full", restarts=s.restarts, objective=obj,
-                                    generator=g, channels_last=cl, **common)
-            steps.append((f"{obj}/optimized-full×{s.restarts}", run))
-        return steps, notes
-    if threat in ("l0", "frames"):
-        return pgd_steps(), notes
-    losses = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-t", "apgd-conf": "conf"}
-    for name in s.attacks:
-        if name == "pgd":
-            steps.extend(pgd_steps())
-        elif name == "square":
-            if threat in ("linf", "l2"):
-                steps.append(square_step())
-            else:
-                notes.append(f"square skipped: no {threat} version")
-        elif num_classes is not None and num_classes < {"apgd-dlr": 3, "apgd-t": 4}.get(name, 0):
-            notes.append(f"{name} skipped: its DLR loss needs at least "
-                         f"{ {'apgd-dlr': 3, 'apgd-t': 4}[name]} classes (the model has {num_classes})")
-        else:
-            steps.append(apgd_step(name, losses[name]))
-    if not steps:
-        notes.append("no selected attack has this norm: PGD ran instead")
-        steps = pgd_steps()
-    return steps, notes
 
 
 def _decided(logits: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -419,12 +346,8 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
         if c not in corr.CORRUPTIONS:
             raise UserError(f"unknown corruption {c!r}; choose from {', '.join(corr.names())}")
     shape = tuple(test.shape)
-    for item in items:  # fail on impossible frames/patches before any attack runs
-        if item.threat == "frames":
-            frame_mask(shape, int(item.param) if item.param is not None else None)
-        elif item.threat == "patch":
-            check_size(shape[-2:], (int(item.param),) * 2 if item.param is not None
-                       else patch_size(shape))
+    for item in items:  # fail on impossible items (frames, patches) before any attack runs
+        SUITE_THREATS[item.threat].check(item.param, shape)
     dev = torch.device(device) if device is not None else _model_device(model)
     was_training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
@@ -487,19 +410,13 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
         bar = tqdm(total=len(items) * len(distributed.shard(batches)), desc="attacks", unit="batch",
                    leave=False, disable=not distributed.is_main() or (
                        None if progress is None else not progress))
+        ctx = SuiteContext(model, eps_over, x_att, y_att, clean_logits, taus, s, dev, batch_size,
+                           shape, dataset or test.name, bar, n_examples, logits_of, severities,
+                           names)
         for item in items:
-            g = torch.Generator().manual_seed(_item_seed(seed, item.key))
             t1 = time.perf_counter()
-            if item.threat == "distal":
-                r = _run_distal(model, item, eps_over, n_att, shape, s, _item_seed(seed, item.key), dev,
-                                taus, batch_size, bar)
-            elif item.threat == "corrupt":
-                r = _run_corrupt(logits_of, item, x_att, y_att, taus, severities, names, g,
-                                 len(batches), bar)
-            else:
-                r, ex = _run_attack(model, item, eps_over, x_att, y_att, clean_logits, taus, s,
-                                    _item_seed(seed, item.key), dev, batch_size, shape,
-                                    dataset or test.name, bar, n_examples)
+            r, ex = SUITE_THREATS[item.threat].run(item, ctx, _item_seed(seed, item.key))
+            if ex is not None:
                 examples[item.key] = ex
             r["time_s"] = round(time.perf_counter() - t1, 3)
             out["threats"][item.key] = r
@@ -516,112 +433,332 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
             model.train()
 
 
-def _run_attack(model: Model, item: SuiteItem, eps_over: dict[str, float], x_att: torch.Tensor,
-                y_att: torch.Tensor, clean_logits: torch.Tensor, taus: dict[str, float],
-                s: _Settings, item_seed: int, dev: torch.device, batch_size: int,
-                shape: tuple[int, ...], dataset: str, bar: tqdm, n_examples: int
-                ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    info: dict[str, Any] = {"threat": item.threat}
-    eps, width, size = None, None, None
-    if item.threat in NORMS:
-        eps = item.param if item.param is not None else eps_over.get(
-            item.threat, default_eps(item.threat, shape, dataset))
-        info["eps"] = eps
-    elif item.threat == "frames":
-        width = int(item.param) if item.param is not None else frame_width(shape[-2])
-        info["width"] = width
-    else:
-        size = (int(item.param),) * 2 if item.param is not None else patch_size(shape)
-        info["size"] = list(size)
-    plan, notes = _plan(model, item.threat, eps, s, width=width, size=size,
-                        num_classes=int(clean_logits.shape[1]))
-    names = [name for name, _ in plan]
-    times = [0.0] * len(plan)
-    adv_logits: list[torch.Tensor] = []
-    records: dict[str, list[torch.Tensor]] = {"by": [], "broken_by": [], "attacked": [], "masked": []}
-    first = None
-    for i in distributed.shard(range(0, x_att.shape[0], batch_size)):
-        x, y = x_att[i:i + batch_size].to(dev), y_att[i:i + batch_size].to(dev)
-        res, rec = _sequence(plan, x, y, clean_logits[i:i + batch_size], s.decide,
-                             (item_seed + i // batch_size) % (2 ** 63), times)
-        if first is None:
-            first = _examples(x, res, n_examples)
-        adv_logits.append(res.logits.cpu())
-        for k, v in rec.items():
-            records[k].append(v)
-        bar.update(1)
-    n = x_att.shape[0]
-    logits = distributed.gather_batches(adv_logits, n)
-    rec = {k: distributed.gather_batches(v, n) for k, v in records.items()}
-    adv_wrong = logits.argmax(1) != y_att
-    adv_conf = confidence(logits)
-    clean_wrong = clean_logits.argmax(1) != y_att
-    info["attacks"] = names
-    if notes:
-        info["notes"] = notes
-    by = rec["by"].long()
-    broken = rec["broken_by"].long()
-    attacked = rec["attacked"].long()
-    info["by_attack"] = {
-        name: {"attacked": int((attacked > j).sum()), "added": int((broken == j).sum()),
-               "kept": int((by == j).sum()), "time_s": round(times[j], 3)}
-        for j, name in enumerate(names)}
-    info["verdict_by"] = [names[j] if j >= 0 else "clean" for j in by.tolist()]
-    info["masked"] = int((rec["masked"] > 0).sum())
-    info.update(M.adversarial_metrics(clean_wrong, confidence(clean_logits), adv_wrong, adv_conf,
-                                      taus))
-    info["adv_conf"] = _rounded(adv_conf)
-    info["adv_wrong"] = adv_wrong.tolist()
-    if first is None:  # this rank had no batch (more ranks than batches)
-        return info, {}
-    first["y"] = y_att[:first["clean"].shape[0]]
-    return info, first
+# ---------------------------------------------------------------- suite threats (registered)
+
+@dataclasses.dataclass
+class SuiteContext:
+    """Everything a suite threat's run needs from one `adversarial` call."""
+
+    model: Model
+    eps_over: dict[str, float]      # radius overrides (`--eps`)
+    x_att: torch.Tensor             # the attacked examples (CPU)
+    y_att: torch.Tensor
+    clean_logits: torch.Tensor
+    taus: dict[str, float]          # τ per TPR key
+    settings: _Settings
+    device: torch.device
+    batch_size: int
+    shape: tuple[int, ...]
+    dataset: str
+    bar: tqdm
+    n_examples: int                 # example images kept per threat
+    logits_of: Callable[[torch.Tensor], torch.Tensor]  # batched float32 logits, on the CPU
+    severities: Sequence[int]
+    corruptions: Sequence[str]
 
 
-def _run_distal(model: Model, item: SuiteItem, eps_over: dict[str, float], n: int,
-                shape: tuple[int, ...], s: _Settings, item_seed: int, dev: torch.device,
-                taus: dict[str, float], batch_size: int, bar: tqdm) -> dict[str, Any]:
-    eps = item.param if item.param is not None else eps_over.get("distal", DISTAL_EPS)
-    confs = []
-    for i, g in _batch_generators(item_seed, n, batch_size):
-        m = min(batch_size, n - i)
-        res = distal(model, m, shape, eps=eps, steps=s.steps, init="zero", restarts=s.restarts,
-                     momentum=s.momentum, backtrack=s.backtrack, early_stop=s.early_stop,
-                     generator=g, device=dev, bf16=s.bf16, channels_last=s.channels_last)
-        confs.append(res.conf.cpu())
-        bar.update(1)
-    conf = distributed.gather_batches(confs, n)
-    return {"threat": "distal", "eps": eps, "n": n,
-            "mean_conf": float(conf.double().mean()),
-            "at": {k: {"tau": t, "fpr": M.distal_fpr(t, conf)} for k, t in taus.items()},
-            "conf": _rounded(conf)}
+class SuiteThreat:
+    """One threat model of the suite: its defaults, its validation and how it is attacked.
+
+    Subclasses set `name` (the suite item, e.g. `linf`), optionally `eps_key` (the `--eps` key
+    that overrides its radius) and implement `run`. Register an instance in `SUITE_THREATS`;
+    `parse_suite`, `parse_eps` and `adversarial` then know it. Adding a threat = one class.
+    """
+
+    name: str = ""
+    eps_key: str | None = None
+
+    def check_param(self, part: str, param: float) -> None:
+        """Validate the item's `:PARAMETER` (already a finite number ≥ 0); `part` is the item."""
+
+    def check(self, param: float | None, shape: tuple[int, ...]) -> None:
+        """Fail on an impossible item for images of `shape` before any attack runs."""
+
+    def run(self, item: SuiteItem, ctx: SuiteContext, item_seed: int
+            ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        """Attack and score; returns the threat's result and its example images (or None)."""
+        raise NotImplementedError
 
 
-def _run_corrupt(logits_of: Callable[[torch.Tensor], torch.Tensor], item: SuiteItem,
-                 x_att: torch.Tensor, y_att: torch.Tensor, taus: dict[str, float],
-                 severities: Sequence[int], names: Sequence[str], g: torch.Generator,
-                 n_batches: int, bar: tqdm) -> dict[str, Any]:
-    sevs = [int(item.param)] if item.param is not None else [int(v) for v in severities]
-    per: dict[str, Any] = {}
-    for name in names:
-        for sev in sevs:
-            xc = corr.corrupt(x_att, name, sev, generator=g)
-            logits = logits_of(xc)
-            wrong = logits.argmax(1) != y_att
-            conf = confidence(logits)
-            per[f"{name}/{sev}"] = {"err": M.err(wrong),
-                                    "at": {k: {"tau": t, "err": M.err_at(t, wrong, conf),
-                                               "tpr": M.tpr_at(conf, t)} for k, t in taus.items()}}
-    bar.update(n_batches)
+def _integer_param(part: str, param: float, what: str) -> None:
+    if param < 1 or param != int(param):
+        raise UserError(f"{part!r}: the {what} must be an integer ≥ 1")
 
-    def mean(vals: list[float]) -> float:
-        vals = [v for v in vals if not math.isnan(v)]
-        return sum(vals) / len(vals) if vals else math.nan
 
-    return {"threat": "corrupt", "severities": sevs, "corruptions": per,
-            "mean_err": mean([v["err"] for v in per.values()]),
-            "at": {k: {"tau": t, "err": mean([v["at"][k]["err"] for v in per.values()])}
-                   for k, t in taus.items()}}
+def _pgd_steps(s: _Settings, start: str, attack: Callable[..., AttackResult]) -> list[Step]:
+    """PGD with each objective: a zero start, then `restarts − 1` random starts of kind `start`.
+
+    `attack(x, y, **pgd_options)` runs PGD on the threat's set."""
+    out: list[Step] = []
+    for obj in s.objectives:
+        for init, restarts in (("zero", 1), (start, s.restarts - 1)):
+            if restarts >= 1:
+                out.append(_pgd_step(s, obj, init, restarts, attack))
+    return out
+
+
+def _pgd_step(s: _Settings, obj: str, init: str, restarts: int,
+              attack: Callable[..., AttackResult]) -> Step:
+    def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> AttackResult:
+        return attack(x, y, steps=s.steps, objective=obj, init=init, restarts=restarts,
+                      momentum=s.momentum, backtrack=s.backtrack, generator=g,
+                      channels_last=s.channels_last, early_stop=s.early_stop, bf16=s.bf16)
+    return f"{obj}/{init}×{restarts}", run
+
+
+class AttackedThreat(SuiteThreat):
+    """A threat whose attacks run in sequence on the test examples (`_sequence`), scored by the
+    per-example worst case. Subclasses give `settings` (the item's JSON-able parameters, e.g.
+    the radius) and `plan` (the attacks, and notes on those skipped)."""
+
+    def settings(self, param: float | None, ctx: SuiteContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def plan(self, model: Model, settings: dict[str, Any], s: _Settings, num_classes: int
+             ) -> tuple[list[Step], list[str]]:
+        raise NotImplementedError
+
+    def run(self, item: SuiteItem, ctx: SuiteContext, item_seed: int
+            ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        s = ctx.settings
+        settings = self.settings(item.param, ctx)
+        info: dict[str, Any] = {"threat": item.threat, **settings}
+        plan, notes = self.plan(ctx.model, settings, s, int(ctx.clean_logits.shape[1]))
+        names = [name for name, _ in plan]
+        times = [0.0] * len(plan)
+        adv_logits: list[torch.Tensor] = []
+        records: dict[str, list[torch.Tensor]] = {"by": [], "broken_by": [], "attacked": [],
+                                                  "masked": []}
+        first = None
+        bs = ctx.batch_size
+        for i in distributed.shard(range(0, ctx.x_att.shape[0], bs)):
+            x, y = ctx.x_att[i:i + bs].to(ctx.device), ctx.y_att[i:i + bs].to(ctx.device)
+            res, rec = _sequence(plan, x, y, ctx.clean_logits[i:i + bs], s.decide,
+                                 (item_seed + i // bs) % (2 ** 63), times)
+            if first is None:
+                first = _examples(x, res, ctx.n_examples)
+            adv_logits.append(res.logits.cpu())
+            for k, v in rec.items():
+                records[k].append(v)
+            ctx.bar.update(1)
+        n = ctx.x_att.shape[0]
+        logits = distributed.gather_batches(adv_logits, n)
+        rec = {k: distributed.gather_batches(v, n) for k, v in records.items()}
+        adv_wrong = logits.argmax(1) != ctx.y_att
+        adv_conf = confidence(logits)
+        clean_wrong = ctx.clean_logits.argmax(1) != ctx.y_att
+        info["attacks"] = names
+        if notes:
+            info["notes"] = notes
+        by = rec["by"].long()
+        broken = rec["broken_by"].long()
+        attacked = rec["attacked"].long()
+        info["by_attack"] = {
+            name: {"attacked": int((attacked > j).sum()), "added": int((broken == j).sum()),
+                   "kept": int((by == j).sum()), "time_s": round(times[j], 3)}
+            for j, name in enumerate(names)}
+        info["verdict_by"] = [names[j] if j >= 0 else "clean" for j in by.tolist()]
+        info["masked"] = int((rec["masked"] > 0).sum())
+        info.update(M.adversarial_metrics(clean_wrong, confidence(ctx.clean_logits), adv_wrong,
+                                          adv_conf, ctx.taus))
+        info["adv_conf"] = _rounded(adv_conf)
+        info["adv_wrong"] = adv_wrong.tolist()
+        if first is None:  # this rank had no batch (more ranks than batches)
+            return info, {}
+        first["y"] = ctx.y_att[:first["clean"].shape[0]]
+        return info, first
+
+
+_APGD_LOSSES = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-t", "apgd-conf": "conf"}
+_MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # DLR needs 3 classes, targeted DLR 4
+
+
+class LpThreat(AttackedThreat):
+    """The ball of a registered norm (`robustlab.attacks.norms.NORMS`), radius `:EPS`.
+
+    Norms APGD supports run the selected attacks (`--attacks`): APGD-CE/DLR/T/conf, Square where
+    it has a version of the norm, the quick PGD suite; the others (L0) run PGD."""
+
+    def __init__(self, norm: str) -> None:
+        self.norm = self.name = self.eps_key = norm
+
+    def settings(self, param: float | None, ctx: SuiteContext) -> dict[str, Any]:
+        eps = param if param is not None else ctx.eps_over.get(
+            self.norm, default_eps(self.norm, ctx.shape, ctx.dataset))
+        return {"eps": eps}
+
+    def plan(self, model: Model, settings: dict[str, Any], s: _Settings, num_classes: int
+             ) -> tuple[list[Step], list[str]]:
+        from robustlab.attacks import apgd, square
+        from robustlab.attacks.square import SQUARE_NORMS
+
+        norm, eps = self.norm, settings["eps"]
+
+        def attack(x: torch.Tensor, y: torch.Tensor, **kw: Any) -> AttackResult:
+            return pgd(model, x, y, norm=norm, eps=eps, **kw)
+
+        if not NORM_OBJECTS[norm].apgd:
+            return _pgd_steps(s, "norm", attack), []
+        steps: list[Step] = []
+        notes: list[str] = []
+        for name in s.attacks:
+            if name == "pgd":
+                steps.extend(_pgd_steps(s, "norm", attack))
+            elif name == "square":
+                if norm in SQUARE_NORMS:
+                    def run_square(x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+                                   ) -> AttackResult:
+                        return square(model, x, y, norm=norm, eps=eps, queries=s.queries,
+                                      generator=g, early_stop=s.early_stop)
+                    steps.append(("square", run_square))
+                else:
+                    notes.append(f"square skipped: no {norm} version")
+            elif num_classes < _MIN_CLASSES.get(name, 0):
+                notes.append(f"{name} skipped: its DLR loss needs at least "
+                             f"{_MIN_CLASSES[name]} classes (the model has {num_classes})")
+            else:
+                def run_apgd(x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                             loss: str = _APGD_LOSSES[name]) -> AttackResult:
+                    return apgd(model, x, y, norm=norm, eps=eps, loss=loss, targets=s.targets,
+                                steps=s.apgd_steps, restarts=s.restarts, generator=g,
+                                channels_last=s.channels_last, early_stop=s.early_stop,
+                                bf16=s.bf16)
+                steps.append((name, run_apgd))
+        if not steps:
+            notes.append("no selected attack has this norm: PGD ran instead")
+            steps = _pgd_steps(s, "norm", attack)
+        return steps, notes
+
+
+class FramesThreat(AttackedThreat):
+    """Adversarial frames (spec §3): a border of width `:WIDTH` (default ⌊0.1·H⌋), PGD."""
+
+    name = "frames"
+
+    def check_param(self, part: str, param: float) -> None:
+        _integer_param(part, param, "frame width")
+
+    def check(self, param: float | None, shape: tuple[int, ...]) -> None:
+        frame_mask(shape, int(param) if param is not None else None)
+
+    def settings(self, param: float | None, ctx: SuiteContext) -> dict[str, Any]:
+        return {"width": int(param) if param is not None else frame_width(ctx.shape[-2])}
+
+    def plan(self, model: Model, settings: dict[str, Any], s: _Settings, num_classes: int
+             ) -> tuple[list[Step], list[str]]:
+        width = settings["width"]
+
+        def attack(x: torch.Tensor, y: torch.Tensor, **kw: Any) -> AttackResult:
+            return frames(model, x, y, width=width, **kw)
+
+        return _pgd_steps(s, "box", attack), []
+
+
+class PatchThreat(AttackedThreat):
+    """Location-optimized patches (spec §3) of side `:SIDE` (default a quarter of the image)."""
+
+    name = "patch"
+
+    def check_param(self, part: str, param: float) -> None:
+        _integer_param(part, param, "patch side")
+
+    def _size(self, param: float | None, shape: tuple[int, ...]) -> tuple[int, int]:
+        return (int(param),) * 2 if param is not None else patch_size(shape)  # type: ignore[return-value]
+
+    def check(self, param: float | None, shape: tuple[int, ...]) -> None:
+        check_size(shape[-2:], self._size(param, shape))
+
+    def settings(self, param: float | None, ctx: SuiteContext) -> dict[str, Any]:
+        return {"size": list(self._size(param, ctx.shape))}
+
+    def plan(self, model: Model, settings: dict[str, Any], s: _Settings, num_classes: int
+             ) -> tuple[list[Step], list[str]]:
+        size = tuple(settings["size"])
+        steps: list[Step] = []
+        for obj in s.objectives:
+            def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, obj: str = obj
+                    ) -> AttackResult:
+                return patch_attack(model, x, y, size=size, steps=s.patch_steps, step_size=0.05,
+                                    location="optimized-full", restarts=s.restarts, objective=obj,
+                                    generator=g, channels_last=s.channels_last,
+                                    early_stop=s.early_stop, bf16=s.bf16)
+            steps.append((f"{obj}/optimized-full×{s.restarts}", run))
+        return steps, []
+
+
+class DistalThreat(SuiteThreat):
+    """Distal inputs (spec §3): PGD from noise images within an L∞ ball of `:EPS`; FPR@τ."""
+
+    name = "distal"
+    eps_key = "distal"
+
+    def run(self, item: SuiteItem, ctx: SuiteContext, item_seed: int
+            ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        s = ctx.settings
+        eps = item.param if item.param is not None else ctx.eps_over.get("distal", DISTAL_EPS)
+        n = ctx.x_att.shape[0]
+        confs = []
+        for i, g in _batch_generators(item_seed, n, ctx.batch_size):
+            m = min(ctx.batch_size, n - i)
+            res = distal(ctx.model, m, ctx.shape, eps=eps, steps=s.steps, init="zero",
+                         restarts=s.restarts, momentum=s.momentum, backtrack=s.backtrack,
+                         early_stop=s.early_stop, generator=g, device=ctx.device, bf16=s.bf16,
+                         channels_last=s.channels_last)
+            confs.append(res.conf.cpu())
+            ctx.bar.update(1)
+        conf = distributed.gather_batches(confs, n)
+        return {"threat": "distal", "eps": eps, "n": n,
+                "mean_conf": float(conf.double().mean()),
+                "at": {k: {"tau": t, "fpr": M.distal_fpr(t, conf)} for k, t in ctx.taus.items()},
+                "conf": _rounded(conf)}, None
+
+
+class CorruptThreat(SuiteThreat):
+    """Corruptions (spec §3) at severity `:SEVERITY` (default the `severities`): Err and Err@τ."""
+
+    name = "corrupt"
+
+    def check_param(self, part: str, param: float) -> None:
+        if param not in corr.SEVERITIES:
+            raise UserError(f"{part!r}: the corruption severity must be one of 1..5")
+
+    def run(self, item: SuiteItem, ctx: SuiteContext, item_seed: int
+            ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        g = torch.Generator().manual_seed(item_seed)
+        sevs = [int(item.param)] if item.param is not None else [int(v) for v in ctx.severities]
+        per: dict[str, Any] = {}
+        for name in ctx.corruptions:
+            for sev in sevs:
+                xc = corr.corrupt(ctx.x_att, name, sev, generator=g)
+                logits = ctx.logits_of(xc)
+                wrong = logits.argmax(1) != ctx.y_att
+                conf = confidence(logits)
+                per[f"{name}/{sev}"] = {
+                    "err": M.err(wrong),
+                    "at": {k: {"tau": t, "err": M.err_at(t, wrong, conf), "tpr": M.tpr_at(conf, t)}
+                           for k, t in ctx.taus.items()}}
+        ctx.bar.update(len(range(0, ctx.x_att.shape[0], ctx.batch_size)))
+
+        def mean(vals: list[float]) -> float:
+            vals = [v for v in vals if not math.isnan(v)]
+            return sum(vals) / len(vals) if vals else math.nan
+
+        return {"threat": "corrupt", "severities": sevs, "corruptions": per,
+                "mean_err": mean([v["err"] for v in per.values()]),
+                "at": {k: {"tau": t, "err": mean([v["at"][k]["err"] for v in per.values()])}
+                       for k, t in ctx.taus.items()}}, None
+
+
+SUITE_THREATS: dict[str, SuiteThreat] = {
+    **{norm: LpThreat(norm) for norm in NORM_OBJECTS},
+    "frames": FramesThreat(), "patch": PatchThreat(), "distal": DistalThreat(),
+    "corrupt": CorruptThreat()}
+"""The suite's threats by item name; register a `SuiteThreat` here to add one."""
+
+
+def threat_names() -> tuple[str, ...]:
+    """The names a suite item may have (the registered threats)."""
+    return tuple(SUITE_THREATS)
 
 
 # ---------------------------------------------------------------- sanity flags

@@ -126,15 +126,15 @@ def test_trades_loss() -> None:
 
 
 def test_trades_attack_objective_is_kl_to_clean_prediction() -> None:
-    from robustlab.train.adversarial_methods import _kl_objective
+    from robustlab.train.adversarial_methods import kl_objective
 
     model = mlp().eval()
     x, y = batch(16)
     with torch.no_grad():
         p = F.softmax(model(x), 1)
-    assert torch.allclose(_kl_objective(model(x), p), torch.zeros(16), atol=1e-6)
-    res = pgd(model, x, p, eps=0.2, steps=5, objective=_kl_objective, init="tiny")
-    assert (_kl_objective(res.logits, p) > 1e-4).all()
+    assert torch.allclose(kl_objective(model(x), p), torch.zeros(16), atol=1e-6)
+    res = pgd(model, x, p, eps=0.2, steps=5, objective=kl_objective, init="tiny")
+    assert (kl_objective(res.logits, p) > 1e-4).all()
 
 
 def robust_err(model: nn.Module, test: data.Dataset, eps: float) -> float:

@@ -1,4 +1,4 @@
-"""AWP and AdvBET training methods."""
+"""AWP (around any loss-based method) and AdvBET training methods."""
 
 import pytest
 import torch
@@ -13,10 +13,10 @@ from robustlab.errors import UserError
 from robustlab.quant import RQUANT8
 from robustlab.train import fit
 from robustlab.train.adversarial_methods import AT, TRADES, PatchAT
-from robustlab.train.biterror_methods import RandBET
-from robustlab.train.methods import create
+from robustlab.train.biterror_methods import AdvBET, RandBET
+from robustlab.train.methods import create, options
 from robustlab.train.trainer import TrainConfig, TrainContext
-from robustlab.train.weight_methods import AWP, AdvBET
+from robustlab.train.weight_methods import AWP
 from robustlab.weights import select
 
 torch.set_num_threads(1)
@@ -61,13 +61,13 @@ def test_awp_gradient_is_the_base_gradient_at_w_plus_nu(base):
         inp = torch.cat([x[:16], x_adv])
     else:
         from robustlab.attacks.pgd import pgd
-        from robustlab.train.adversarial_methods import _kl_objective
+        from robustlab.train.adversarial_methods import kl_objective
 
         c = ctx_for(m, state)
         with c.eval_mode():
             with torch.no_grad():
                 p_clean = F.softmax(m(x), 1)
-            x_adv = pgd(m, x, p_clean, eps=0.1, steps=3, objective=_kl_objective, init="tiny",
+            x_adv = pgd(m, x, p_clean, eps=0.1, steps=3, objective=kl_objective, init="tiny",
                         generator=c.generator).x_adv
         inp = torch.cat([x, x_adv])
     pert = {**params, **{n: params[n] + nu[n] for n in names}}
@@ -140,7 +140,7 @@ def test_awp_perturbation_is_relative_and_weights_only():
     m, x, y = setup()
     ctx = ctx_for(m)
     awp = AWP(awp_gamma=0.01, attack_steps=2)
-    loss, _ = awp._base.loss(ctx, x, y)
+    loss, _ = awp.loss(ctx, x, y)
     nu = awp.perturbation(ctx, loss)
     params = dict(m.named_parameters())
     assert set(nu) == set(select(m, "weights")) and all(params[n].ndim >= 2 for n in nu)
@@ -166,7 +166,7 @@ def test_advbet_uses_adversarial_bit_errors(monkeypatch):
     ctx = ctx_for(m)
     adv = AdvBET(bit_budget=7, bit_attack_steps=2, loss_threshold=float("inf"))
     seen = []
-    orig = adv._inner.pattern
+    orig = adv.patterns
 
     def spy(c, q, xb, yb):
         assert xb is x and yb is y  # the batch reaches the pattern source as arguments
@@ -174,7 +174,7 @@ def test_advbet_uses_adversarial_bit_errors(monkeypatch):
         seen.append((q, mask))
         return mask
 
-    monkeypatch.setattr(adv._inner, "pattern", spy)
+    monkeypatch.setattr(adv, "patterns", spy)
     loss, logits = adv.backward(ctx, x, y)
     assert torch.isfinite(loss) and logits.shape == (32, 3)
     (q, mask), = seen
@@ -205,3 +205,65 @@ def test_advbet_trains_quantized_and_cli_lists_methods(tmp_path, capsys):
                  "at", "--awp-gamma", "0.01", "--device", "cpu", "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
     assert "does not apply" in capsys.readouterr().err
+
+
+def test_awp_takes_its_bases_options_without_copying_them(monkeypatch):
+    """AWP declares only awp_*; every other option is the base's own (also a new base's)."""
+    import dataclasses
+
+    from robustlab.train.methods import METHODS, Method
+
+    assert [f.name for f in dataclasses.fields(AWP)] == ["awp_base", "awp_gamma", "awp_warmup"]
+    names = {o.name for o in options(AWP)}
+    assert {"awp_gamma", "beta", "fraction", "rho", "patch_size", "attack_momentum"} <= names
+    awp = create("awp", awp_base="trades", beta=3.0, attack_steps=2)
+    assert isinstance(awp.base, TRADES) and awp.base.beta == 3.0 and awp.base.attack_steps == 2
+    assert awp.config() == {"name": "awp", "awp_base": "trades", "awp_gamma": 0.005,
+                            "awp_warmup": 0, "base": TRADES(beta=3.0, attack_steps=2).config()}
+    assert AWP().base == AT()  # the default base with its own defaults
+    assert create("awp", awp_base="ccat", attack_momentum=0.5).base.attack_momentum == 0.5
+    with pytest.raises(UserError, match="--beta does not apply to awp-base 'at'"):
+        AWP(beta=3.0)
+    with pytest.raises(UserError, match="disagrees"):
+        AWP(awp_base="trades", base=AT())
+    with pytest.raises(UserError, match="base's options"):
+        AWP(base=AT(), attack_steps=2)
+
+    @dataclasses.dataclass
+    class Scaled(Method):  # a new loss-based method: AWP wraps it with its option
+        name = "scaled-test"
+        scale: float = 1.0
+
+        def loss_on(self, ctx, batch, params=None):
+            loss, logits = super().loss_on(ctx, batch, params)
+            return self.scale * loss, logits
+
+    monkeypatch.setitem(METHODS, "scaled-test", Scaled)
+    assert "scale" in {o.name for o in options(AWP)}
+    awp = create("awp", awp_base="scaled-test", scale=2.0, awp_gamma=0.01)
+    m, x, y = setup()
+    state = ctx_for(m).generator.get_state()
+    awp.backward(ctx_for(m, state), x, y)
+    got = _grads(m)
+    AWP.over(Scaled(scale=1.0), awp_gamma=0.01).backward(ctx_for(m, state), x, y)
+    ref = _grads(m)
+    # ν is normalized (the same for any scale), so the gradient at w + ν scales exactly
+    for n in got:
+        assert torch.allclose(got[n], 2.0 * ref[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_awp_over_patch_at_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "awp-patch"
+    assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--method",
+                 "awp", "--awp-base", "patch-at", "--patch-size", "3", "--attack-steps", "1",
+                 "--subset", "64", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    import json
+
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["method"]["awp_base"] == "patch-at" and meta["method"]["base"]["patch_size"] == 3
+    capsys.readouterr()
+    assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--method",
+                 "awp", "--beta", "3", "--device", "cpu", "--out", str(tmp_path / "y"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--beta does not apply to awp-base 'at'" in err and len(err.strip().splitlines()) == 1

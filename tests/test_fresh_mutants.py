@@ -146,7 +146,7 @@ def test_awp_perturbation_norm_follows_gamma(gamma: float) -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
     awp = AWP(awp_gamma=gamma, attack_steps=1)
-    loss, _ = awp._base.loss(ctx, x, y)
+    loss, _ = awp.loss(ctx, x, y)
     nu = awp.perturbation(ctx, loss)
     params = dict(model.named_parameters())
     assert set(nu) == {"1.weight", "3.weight"}

@@ -30,3 +30,19 @@ def test_training_forward_is_at_dequantized_weights_with_straight_through_gradie
         ref.backward()
         for k, p in model.named_parameters():  # the gradient there reaches the float weights
             assert p.grad is not None and torch.allclose(p.grad, deq[k].grad, atol=1e-6), k
+
+
+def test_forward_without_quantize_is_at_exactly_the_given_weights() -> None:
+    # bit error training evaluates already bit-flipped dequantized weights: quantizing them again
+    # would move them (the flips change the tensor's range), so `quantize=False` skips it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.rand(5, 1, 3, 4, generator=torch.Generator().manual_seed(2))
+    ctx = TrainContext(model, TrainConfig(), torch.device("cpu"), 3, quant=RQUANT8)
+    params = {k: 3 * v.detach() for k, v in model.named_parameters()}
+    params["1.weight"][0, 0] = 7.0  # off the quantization grid
+    exact = functional_call(model, params, (x,))
+    assert torch.equal(ctx.forward(x, params, quantize=False), exact)
+    quantized = ctx.forward(x, params)
+    assert torch.equal(quantized, functional_call(model, RQUANT8.fake_quantize(params), (x,)))
+    assert not torch.allclose(quantized, exact)

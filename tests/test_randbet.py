@@ -1,5 +1,7 @@
-"""RandBET / PattBET: the exact averaged gradient, the clamp, the curriculum, reproducibility, CLI."""
+"""Bit error training (RandBET / PattBET / AdvBET = one method, three pattern sources): the exact
+averaged gradient, the clamp, the curriculum, the pattern sources, reproducibility, CLI."""
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +16,15 @@ from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Scheme
 from robustlab.train import fit
-from robustlab.train.biterror_methods import PattBET, RandBET, curriculum_threshold
+from robustlab.train.biterror_methods import (
+    AdvBET,
+    BitErrorTraining,
+    FixedPattern,
+    PattBET,
+    RandBET,
+    curriculum_threshold,
+)
+from robustlab.train.methods import create, options
 from robustlab.train.trainer import TrainConfig, TrainContext
 
 
@@ -105,12 +115,17 @@ def test_fresh_patterns_from_generator_and_fixed_pattern():
     model, ctx, x, y = _setup()
     q = RQUANT8.quantize({n: v.detach() for n, v in model.named_parameters()})
     rb = RandBET(bit_error_rate=0.3)
-    m1, m2 = rb.mask(ctx, q), rb.mask(ctx, q)
+    state = ctx.generator.get_state()
+    m1, m2 = rb.patterns(ctx, q, x, y), rb.patterns(ctx, q, x, y)
     assert not torch.equal(m1, m2)  # a fresh pattern per batch
+    g = torch.Generator()
+    g.set_state(state)  # seeds drawn from the run's generator, one per batch
+    for m in (m1, m2):
+        assert torch.equal(m, be.mask(q, int(torch.randint(0, 2**62, (1,), generator=g)), 0.3))
     pb = PattBET(bit_error_rate=0.3, pattern_seed=7)
     state = ctx.generator.get_state()
-    assert torch.equal(pb.mask(ctx, q), be.mask(q, 7, 0.3))
-    assert torch.equal(pb.mask(ctx, q), pb.mask(ctx, q))
+    assert torch.equal(pb.patterns(ctx, q, x, y), be.mask(q, 7, 0.3))
+    assert torch.equal(pb.patterns(ctx, q, x, y), pb.patterns(ctx, q, x, y))
     assert torch.equal(ctx.generator.get_state(), state)  # the fixed pattern draws nothing
 
 
@@ -179,3 +194,58 @@ def test_cli_bad_input(tmp_path, capsys, extra, message):
     assert code == 2, err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_one_method_three_pattern_sources_same_options_as_before():
+    """randbet, pattbet and advbet are bit error training with a random, fixed and adversarial
+    source; their options (CLI flags, preset keys) and recorded configs are unchanged."""
+    for cls in (RandBET, PattBET, AdvBET):
+        assert issubclass(cls, BitErrorTraining) and cls.backward is BitErrorTraining.backward
+        assert cls.needs_quant
+    assert {o.name for o in options(RandBET)} == {"bit_error_rate", "grad_clamp", "loss_threshold"}
+    assert {o.name for o in options(PattBET)} == {"bit_error_rate", "pattern_seed", "grad_clamp",
+                                                  "loss_threshold"}
+    assert {o.name for o in options(AdvBET)} == {"bit_budget", "bit_attack_steps",
+                                                 "bit_attack_step_size", "bit_attack_params",
+                                                 "grad_clamp", "loss_threshold"}
+    assert create("pattbet", pattern_seed=4).config() == {
+        "name": "pattbet", "bit_error_rate": 0.01, "pattern_seed": 4, "grad_clamp": 0.05,
+        "loss_threshold": -1.0}
+    with pytest.raises(UserError, match="grad-clamp"):  # the shared checks apply to every source
+        AdvBET(grad_clamp=0.0)
+    with pytest.raises(UserError, match="loss-threshold"):
+        AdvBET(loss_threshold=-3.0)
+
+
+def test_a_plugged_pattern_source_drives_the_same_training():
+    """A new source is one mixin: with an all-zero mask the perturbed pass is at the clean
+    dequantized weights, exactly the reference with p = 0; a fixed source mixed in by hand equals
+    PattBET."""
+
+    class NoErrors:
+        def patterns(self, ctx, q, x, y):
+            return torch.zeros_like(q.codes)
+
+    @dataclasses.dataclass
+    class NoErrorBET(NoErrors, BitErrorTraining):
+        name = "no-error-bet"
+
+    model, ctx, x, y = _setup()
+    NoErrorBET(loss_threshold=math.inf).backward(ctx, x, y)
+    _, _, expected = _expected(model, RQUANT8, x, y, 0, 0.0, 0.05)
+    for p, e in zip(model.parameters(), expected):
+        assert torch.allclose(p.grad, e, atol=1e-7, rtol=1e-5)
+
+    @dataclasses.dataclass
+    class MyPattBET(FixedPattern, BitErrorTraining):
+        name = "my-pattbet"
+
+    grads = []
+    for method in (PattBET(bit_error_rate=0.2, pattern_seed=5, loss_threshold=math.inf),
+                   MyPattBET(bit_error_rate=0.2, pattern_seed=5, loss_threshold=math.inf)):
+        model, ctx, x, y = _setup()
+        method.backward(ctx, x, y)
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    with pytest.raises(NotImplementedError, match="pattern source"):
+        BitErrorTraining().backward(*_setup()[1:])

@@ -101,3 +101,46 @@ def test_adam_and_label_smoothing_and_speed_modes_run(tiny):
             channels_last=True, bf16=True, progress=False)
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert {"val_loss", "val_err", "train_err", "lr", "time_s"} <= set(h[-1])
+
+
+def test_train_modules_import_only_downward_and_in_no_cycle():
+    """methods.py (the Method base and registry) imports no other module of robustlab.train; the
+    method modules never import the trainer; nothing in train/ imports a layer above it."""
+    import ast
+    from pathlib import Path
+
+    import robustlab.train as pkg
+
+    root = Path(pkg.__file__).parent
+    above = ("robustlab.commands", "robustlab.tasks", "robustlab.evaluate", "robustlab.report",
+             "robustlab.experiments", "robustlab.cli")
+    deps = {}
+    for f in sorted(root.glob("*.py")):
+        mods = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods.add(node.module)
+                mods |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                mods |= {a.name for a in node.names}
+        assert not [m for m in mods if m.startswith(above)], f.name
+        deps[f.stem] = {m.split(".")[2] for m in mods
+                        if m.startswith("robustlab.train.") and (root / f"{m.split('.')[2]}.py").exists()}
+    assert deps["methods"] == set()
+    assert deps["trainer"] == {"methods"}
+    for name in ("adversarial_methods", "biterror_methods", "weight_methods"):
+        assert deps[name] == {"methods"}, (name, deps[name])
+
+
+def test_public_helpers_optimizer_and_config_dict(tiny):
+    from robustlab.train.trainer import make_optimizer
+
+    train, _ = tiny
+    m = _model(train)
+    opt = make_optimizer(m, TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.0))
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 0.01
+    opt = make_optimizer(m, TrainConfig(momentum=0.5, nesterov=True))
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["nesterov"]
+    d = TrainConfig(milestones=(0.3,)).to_dict()
+    assert d["milestones"] == [0.3] and d["lr"] == TrainConfig().lr
+    fit(m, train, epochs=1, batch_size=64, out=None, progress=False, log=False)

@@ -170,28 +170,40 @@ def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta: float) -> 
     assert torch.allclose(logits, model(x), atol=1e-5)
 
 
-def test_patch_at_attacks_the_last_fraction_with_training_settings(monkeypatch) -> None:
+def test_patch_at_attacks_the_last_fraction_with_training_settings() -> None:
     # spec §3/§4: patch AT patches a fraction of the batch with the training setting of the patch
     # attack (content step 0.1, the chosen location mode), loss (1−f)·CE + f·CE_patch
-    import robustlab.train.adversarial_methods as am
+    from robustlab.attacks import Patch
 
-    calls: list[dict] = []
-    real = am.patch_attack
-
-    def spy(model, x, y, **kw):
-        calls.append({"n": x.shape[0], **kw})
-        return real(model, x, y, **kw)
-
-    monkeypatch.setattr(am, "patch_attack", spy)
     model = Recorder()
     ctx = TrainContext(model.train(), TrainConfig(), torch.device("cpu"), 4)
     x, y = batch(8)
     m = PatchAT(fraction=0.25, patch_size=3, attack_steps=4, location="random", patch_stride=1)
+    setting = Patch(size=3, steps=4, step_size=0.1, location="random", stride=1)
+    assert m.input_attack() == setting
+    # the patched part is that attack (one interface: model, x, y, generator) on the last two
+    # examples, in eval mode, with the context's randomness (computed first: the training pass
+    # updates the BatchNorm statistics)
+    ref = setting(model.eval(), x[6:], y[6:],
+                  generator=TrainContext(model, TrainConfig(), torch.device("cpu"), 4).generator)
+    model.train()
     loss, logits = m.loss(ctx, x, y)
-    (call,) = calls
-    assert call["n"] == 2 and call["step_size"] == 0.1 and call["steps"] == 4
-    assert call["location"] == "random" and call["stride"] == 1 and call["size"] == 3
     trained_on = model.inputs[model.modes.index(True)]
-    assert torch.equal(trained_on[:6], x[:6]) and not torch.equal(trained_on[6:], x[6:])
+    assert torch.equal(trained_on[:6], x[:6]) and torch.equal(trained_on[6:], ref.x_adv)
+    assert not torch.equal(trained_on[6:], x[6:])
     expected = 0.75 * F.cross_entropy(logits[:6], y[:6]) + 0.25 * F.cross_entropy(logits[6:], y[6:])
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_at_and_trades_use_the_attack_interface_with_their_settings() -> None:
+    # every training attack is an attack object of robustlab.attacks, called as
+    # attack(model, x, y, *, generator) -> AttackResult
+    from robustlab.attacks import PGD
+    from robustlab.train.adversarial_methods import kl_objective
+
+    assert AT(eps=0.2, attack_steps=3, attack_norm="l2").input_attack() == PGD(
+        norm="l2", eps=0.2, steps=3, init="cube")
+    assert CCAT(attack_steps=3).input_attack() == PGD(
+        steps=3, objective="conf", init="norm", momentum=0.9, backtrack=True)
+    assert TRADES(attack_steps=2).input_attack() == PGD(steps=2, objective=kl_objective,
+                                                        init="tiny")

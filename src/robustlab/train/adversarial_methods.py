@@ -1,10 +1,14 @@
 """Input-robust training methods (spec §4): `at`, `ccat`, `trades`, `patch-at`.
 
-Attacks run with the model in eval mode (`ctx.eval_mode()`) through `ctx.forward`, so they see
-the quantized weights of a quantization-aware run, and draw all randomness from `ctx.generator`.
-The clean and adversarial parts of a batch then go through one training-mode forward pass.
-The returned logits (for the running training error) are those of the inputs trained on:
-the clean part followed by the adversarial part, in the batch's order.
+Each method configures an attack of `robustlab.attacks` (`PGD`, `Patch`) and calls it through the
+one attack interface `attack(model, x, y, *, generator) -> AttackResult`, with the model in eval
+mode (`ctx.eval_mode()`) and `ctx.forward` as the model, so the attack sees the quantized weights
+of a quantization-aware run and draws all randomness from `ctx.generator`.
+
+AT, CCAT and PatchAT share `SplitAdversarial`: the last f·n examples of a batch are replaced by
+adversarial ones, and the clean and adversarial parts go through one training-mode forward pass,
+(1−f)·CE(clean) + f·`adversarial_loss`(adversarial). The returned logits (for the running training
+error) are those of the inputs trained on: the clean part followed by the adversarial part.
 """
 
 from __future__ import annotations
@@ -12,61 +16,108 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import field
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.patches import LOCATIONS, parse_location, patch_attack
-from robustlab.attacks.pgd import INITS, lp_norm, parse_init, pgd
-from robustlab.attacks.threat import check_norm, default_eps
+from robustlab.attacks import INITS, LOCATIONS, PGD, AttackResult, Patch, default_eps, lp_norm
+from robustlab.attacks.patches import parse_location
+from robustlab.attacks.pgd import parse_init
+from robustlab.attacks.threat import check_norm
 from robustlab.errors import UserError
 from robustlab.train.methods import Context, Method, register, soft_cross_entropy
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, adversarial inputs, y)
 
 
-def _split(n: int, fraction: float) -> int:
-    """Number of adversarial examples in a batch of n (at least 1 when fraction > 0)."""
-    return min(n, max(1, int(round(fraction * n))))
+
+class Attack(Protocol):
+    """The one input-attack interface of `robustlab.attacks` (`PGD`, `Patch`, `APGD`, ...)."""
+
+    def __call__(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: Any,
+                 *, generator: torch.Generator | None = None) -> AttackResult: ...
 
 
-def _split_loss(ctx: Context, fraction: float, batch: Batch,
-                params: dict[str, torch.Tensor] | None,
-                adversarial_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                                           torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1−f)·CE(clean part) + f·`adversarial_loss(logits, x, x_adv, y)` of the adversarial part
-    (the last k examples), both in one forward pass at `params`; returns (loss, logits)."""
-    x, x_adv, y = batch
-    n, k = x.shape[0], x_adv.shape[0]
-    logits = ctx.forward(torch.cat([x[:n - k], x_adv]), params)
-    loss = fraction * adversarial_loss(logits[n - k:], x[n - k:], x_adv, y[n - k:])
-    if k < n:
-        loss = loss + (1 - fraction) * ctx.criterion(logits[:n - k], y[:n - k])
-    return loss, logits
+def attack_inputs(ctx: Context, attack: Attack, x: torch.Tensor, y: Any) -> torch.Tensor:
+    """`attack(ctx.forward, x, y, generator=ctx.generator)` with the model in eval mode: the
+    adversarial inputs, detached."""
+    with ctx.eval_mode():
+        return attack(ctx.forward, x, y, generator=ctx.generator).x_adv.detach()
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise UserError(f"fraction {fraction} is invalid; it must be in (0, 1]")
+
+
+def _check_steps_lr(m: AT | TRADES | PatchAT) -> None:
+    if m.attack_steps < 1:
+        raise UserError(f"attack-steps {m.attack_steps} is invalid; it must be an integer ≥ 1")
+    if m.attack_lr is not None and not m.attack_lr > 0:
+        raise UserError(f"attack-lr {m.attack_lr} is invalid; it must be > 0")
 
 
 def _check_common(m: AT | TRADES) -> None:
     if m.eps is not None and not m.eps >= 0:
         raise UserError(f"eps {m.eps} is invalid; it must be ≥ 0")
     check_norm(m.attack_norm)
-    if m.attack_steps < 1:
-        raise UserError(f"attack-steps {m.attack_steps} is invalid; it must be an integer ≥ 1")
-    if m.attack_lr is not None and not m.attack_lr > 0:
-        raise UserError(f"attack-lr {m.attack_lr} is invalid; it must be > 0")
+    _check_steps_lr(m)
     parse_init(m.attack_init)
+
+
+@dataclasses.dataclass
+class SplitAdversarial(Method):
+    """(1−f)·CE(clean part) + f·`adversarial_loss`(adversarial part): the last k = max(1, round(f·n))
+    examples of each batch are replaced by `input_attack()`'s adversarial examples."""
+
+    fraction: float = field(default=0.5, metadata={
+        "help": "fraction f of each batch replaced by adversarial examples (1 = Madry)"})
+
+    def __post_init__(self) -> None:
+        _check_fraction(self.fraction)
+
+    def input_attack(self) -> Attack:
+        """The configured training attack."""
+        raise NotImplementedError
+
+    def attack(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial inputs for (x, y), computed with the model in eval mode."""
+        return attack_inputs(ctx, self.input_attack(), x, y)
+
+    def adversarial_loss(self, ctx: Context, logits: torch.Tensor, x: torch.Tensor,
+                         x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of the adversarial part (default: the run's criterion)."""
+        return ctx.criterion(logits, y)
+
+    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """Attack the last f·n examples (at the current weights, in eval mode)."""
+        n = x.shape[0]
+        k = min(n, max(1, int(round(self.fraction * n))))
+        return x, self.attack(ctx, x[n - k:], y[n - k:]), y
+
+    def loss_on(self, ctx: Context, batch: Batch,
+                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a prepared batch at `params` (default: the model's own weights), both
+        parts in one forward pass."""
+        x, x_adv, y = batch
+        n, k = x.shape[0], x_adv.shape[0]
+        logits = ctx.forward(torch.cat([x[:n - k], x_adv]), params)
+        loss = self.fraction * self.adversarial_loss(ctx, logits[n - k:], x[n - k:], x_adv,
+                                                      y[n - k:])
+        if k < n:
+            loss = loss + (1 - self.fraction) * ctx.criterion(logits[:n - k], y[:n - k])
+        return loss, logits
 
 
 @register
 @dataclasses.dataclass
-class AT(Method):
+class AT(SplitAdversarial):
     """Adversarial training: (1−f)·CE(clean) + f·CE(PGD examples), f = `fraction` (1.0 = Madry)."""
 
     name: ClassVar[str] = "at"
     objective: ClassVar[str] = "ce"
 
-    fraction: float = field(default=0.5, metadata={
-        "help": "fraction f of each batch replaced by adversarial examples (1 = Madry)"})
     eps: float | None = field(default=None, metadata={
         "help": "radius of the training attack (default: the spec's for the image size, "
                 "e.g. L∞ 0.1 on 28×28 gray, 8/255 on 32×32 color)"})
@@ -83,8 +134,7 @@ class AT(Method):
         "help": "backtracking step sizes in the training attack"})
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise UserError(f"fraction {self.fraction} is invalid; it must be in (0, 1]")
+        super().__post_init__()
         if not 0 <= self.attack_momentum < 1:
             raise UserError(f"attack-momentum {self.attack_momentum} is invalid; it must be in [0, 1)")
         _check_common(self)
@@ -92,29 +142,11 @@ class AT(Method):
     def radius(self, x: torch.Tensor) -> float:
         return self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
 
-    def attack(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial inputs for (x, y), computed with the model in eval mode."""
-        with ctx.eval_mode():
-            res = pgd(ctx.forward, x, y, norm=self.attack_norm, eps=self.radius(x),
-                      steps=self.attack_steps, step_size=self.attack_lr, objective=self.objective,
-                      init=self.attack_init, momentum=self.attack_momentum,
-                      backtrack=self.attack_backtrack, generator=ctx.generator)
-        return res.x_adv.detach()
-
-    def adversarial_loss(self, ctx: Context, logits: torch.Tensor, x: torch.Tensor,
-                         x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ctx.criterion(logits, y)
-
-    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
-        """Attack the last f·n examples (at the current weights, in eval mode)."""
-        k = _split(x.shape[0], self.fraction)
-        return x, self.attack(ctx, x[x.shape[0] - k:], y[x.shape[0] - k:]), y
-
-    def loss_on(self, ctx: Context, batch: Batch,
-                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of a prepared batch at `params` (default: the model's own weights)."""
-        return _split_loss(ctx, self.fraction, batch, params,
-                           lambda logits, x, x_adv, y: self.adversarial_loss(ctx, logits, x, x_adv, y))
+    def input_attack(self) -> PGD:
+        """PGD with the method's attack options (eps None: the spec default for the image size)."""
+        return PGD(norm=self.attack_norm, eps=self.eps, steps=self.attack_steps,
+                   step_size=self.attack_lr, objective=self.objective, init=self.attack_init,
+                   momentum=self.attack_momentum, backtrack=self.attack_backtrack)
 
 
 @register
@@ -157,7 +189,7 @@ def soft_target(delta: torch.Tensor, y: torch.Tensor, num_classes: int, eps: flo
     return lam[:, None] * onehot + (1 - lam[:, None]) / num_classes
 
 
-def _kl_objective(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+def kl_objective(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
     """Per-example KL(p_clean ‖ softmax(logits)): what the TRADES attack maximizes."""
     return (p_clean * (p_clean.clamp(min=1e-12).log() - F.log_softmax(logits, 1))).sum(1)
 
@@ -181,16 +213,16 @@ class TRADES(Method):
             raise UserError(f"beta {self.beta} is invalid; it must be ≥ 0")
         _check_common(self)
 
+    def input_attack(self) -> PGD:
+        """PGD maximizing KL(p ‖ softmax(f(x̃))), labelled with the clean probabilities p."""
+        return PGD(norm=self.attack_norm, eps=self.eps, steps=self.attack_steps,
+                   step_size=self.attack_lr, objective=kl_objective, init=self.attack_init)
+
     def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """x̃ maximizing KL(f(x) ‖ f(x̃)) at the current weights, in eval mode."""
-        eps = self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
-        with ctx.eval_mode():
-            with torch.no_grad():
-                p_clean = F.softmax(ctx.forward(x), 1)
-            x_adv = pgd(ctx.forward, x, p_clean, norm=self.attack_norm, eps=eps,
-                        steps=self.attack_steps, step_size=self.attack_lr, objective=_kl_objective,
-                        init=self.attack_init, generator=ctx.generator).x_adv.detach()
-        return x, x_adv, y
+        with ctx.eval_mode(), torch.no_grad():
+            p_clean = F.softmax(ctx.forward(x), 1)
+        return x, attack_inputs(ctx, self.input_attack(), x, p_clean), y
 
     def loss_on(self, ctx: Context, batch: Batch,
                 params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,13 +238,12 @@ class TRADES(Method):
 
 @register
 @dataclasses.dataclass
-class PatchAT(Method):
+class PatchAT(SplitAdversarial):
     """Patch adversarial training: a fraction f of each batch carries an adversarial patch
     (content by signed steps of `attack-lr`, location by `location`); loss (1−f)·CE + f·CE_patch."""
 
     name: ClassVar[str] = "patch-at"
 
-    fraction: float = 0.5
     patch_size: int | None = field(default=None, metadata={
         "help": "side of the square patch (default: a quarter of the image side, 7 on 28×28)"})
     location: str = field(default="optimized-full", metadata={
@@ -224,32 +255,16 @@ class PatchAT(Method):
     attack_lr: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise UserError(f"fraction {self.fraction} is invalid; it must be in (0, 1]")
+        super().__post_init__()
         self.location = parse_location(self.location)
         if self.patch_size is not None and self.patch_size < 1:
             raise UserError(f"patch-size {self.patch_size} is invalid; it must be an integer ≥ 1")
         if self.patch_stride < 1:
             raise UserError(f"patch-stride {self.patch_stride} is invalid; it must be ≥ 1")
-        if self.attack_steps < 1:
-            raise UserError(f"attack-steps {self.attack_steps} is invalid; it must be ≥ 1")
-        if self.attack_lr is not None and not self.attack_lr > 0:
-            raise UserError(f"attack-lr {self.attack_lr} is invalid; it must be > 0")
+        _check_steps_lr(self)
 
-    def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Batch:
-        """Patch the last f·n examples (at the current weights, in eval mode)."""
-        n = x.shape[0]
-        k = _split(n, self.fraction)
-        with ctx.eval_mode():
-            x_adv = patch_attack(ctx.forward, x[n - k:], y[n - k:], size=self.patch_size,
-                                 steps=self.attack_steps,
-                                 step_size=self.attack_lr if self.attack_lr is not None else 0.1,
-                                 location=self.location, stride=self.patch_stride,
-                                 exclude=self.patch_exclude, generator=ctx.generator).x_adv.detach()
-        return x, x_adv, y
-
-    def loss_on(self, ctx: Context, batch: Batch,
-                params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1−f)·CE(clean) + f·CE(patched) of a prepared batch at `params`."""
-        return _split_loss(ctx, self.fraction, batch, params,
-                           lambda logits, x, x_adv, y: ctx.criterion(logits, y))
+    def input_attack(self) -> Patch:
+        """The patch attack with the method's options (step size 0.1 unless `attack_lr`)."""
+        return Patch(size=self.patch_size, steps=self.attack_steps,
+                     step_size=self.attack_lr if self.attack_lr is not None else 0.1,
+                     location=self.location, stride=self.patch_stride, exclude=self.patch_exclude)

@@ -3,11 +3,14 @@
 A method turns a batch into gradients on the model's float parameters. A loss-based method splits
 its loss into `prepare` (the batch as the loss needs it, e.g. with adversarial inputs, computed
 once) and `loss_on` (the loss of that batch at given weights); the default `backward` calls
-`loss(ctx, x, y).backward()`. Methods that need several forward passes (RandBET, AWP) override
-`backward`; AWP wraps any loss-based method through `prepare`/`loss_on`. Dataclass fields become
-CLI options of `robustlab train` (`--field-name`); `metadata={"help": ...}` documents them.
-Per-run state that must survive `--resume` goes through `state_dict` / `load_state_dict`
-(JSON-able values only).
+`loss_on(prepare(x, y)).backward()`. Methods that need several forward passes (bit error
+training, AWP) override `backward`; AWP wraps any loss-based method through `prepare`/`loss_on`.
+
+A method's options (`options(cls)`) are its dataclass fields, except those marked
+`metadata={"option": False}`; each becomes a CLI option of `robustlab train` (`--field-name`,
+documented by `metadata={"help": ...}`), a preset key and a keyword of `create`. A wrapper
+(AWP) also takes the options of the methods it wraps. Per-run state that must survive `--resume`
+goes through `state_dict` / `load_state_dict` (JSON-able values only).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import dataclasses
 import importlib
 import pkgutil
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -41,9 +45,10 @@ class Context(Protocol):
     def params(self) -> dict[str, torch.Tensor]:
         """The model's own parameters by name."""
 
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        """Float logits at `params` (default: the model's own), fake-quantized when the run is."""
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None, *,
+                quantize: bool = True) -> torch.Tensor:
+        """Float logits at `params` (default: the model's own), fake-quantized when the run is
+        (`quantize=False`: at exactly `params`, e.g. weights that are already bit-flipped)."""
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of logits against integer labels."""
@@ -53,6 +58,17 @@ class Context(Protocol):
 
 
 METHODS: dict[str, type[Method]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of a method: `--name-with-dashes` on `robustlab train`, a preset key, a keyword
+    of `create`. `type` is the resolved annotation (e.g. `float | None`)."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str = ""
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -67,6 +83,20 @@ class Method:
 
     name: ClassVar[str] = "normal"
     needs_quant: ClassVar[bool] = False  # True: the run is quantization-aware (RQuant 8-bit unless given)
+
+    @classmethod
+    def options(cls) -> list[Option]:
+        """The options this method takes: its dataclass fields not marked `option: False`."""
+        hints = typing.get_type_hints(cls)
+        return [Option(f.name, hints.get(f.name, Any),
+                       f.default if f.default is not dataclasses.MISSING else None,
+                       f.metadata.get("help", ""))
+                for f in dataclasses.fields(cls) if f.metadata.get("option", True)]
+
+    @classmethod
+    def loss_based(cls) -> bool:
+        """Whether the gradient is that of `loss_on(prepare(...))` (what AWP can wrap)."""
+        return cls.backward is Method.backward
 
     def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Any:
         """The batch as the loss needs it, computed once at the current weights (adversarial
@@ -95,7 +125,8 @@ class Method:
         return loss.detach(), logits.detach()
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **dataclasses.asdict(self)}
+        """The method's name and option values (recorded in model.json; compared on --resume)."""
+        return {"name": self.name, **{o.name: getattr(self, o.name) for o in self.options()}}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -125,9 +156,14 @@ def create(name: str, **options: Any) -> Method:
     if name not in methods:
         raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(methods))}")
     cls = methods[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {o.name for o in cls.options()}
     bad = sorted(set(options) - fields)
     if bad:
         raise UserError(f"method {name!r} takes no option {bad[0]!r}; it takes "
                         f"{', '.join(sorted(fields)) or 'no options'}")
     return cls(**options)
+
+
+def options(cls: type[Method]) -> list[Option]:
+    """The options of a method class (what `robustlab train` makes flags of)."""
+    return cls.options()

@@ -101,6 +101,12 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, JSON-ready (as recorded in model.json's `train_config`)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(d["milestones"])
+        return d
+
     def lr_at(self, t: float) -> float:
         """Learning rate at fractional epoch t ∈ [0, epochs)."""
         if self.schedule == "constant":
@@ -140,18 +146,20 @@ class TrainContext:
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
 
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None, *,
+                quantize: bool = True) -> torch.Tensor:
         """Logits at `params` (default: the model's own), quantized with a straight-through gradient
-        when the run is quantization-aware."""
+        when the run is quantization-aware and `quantize` (False: at exactly `params`)."""
+        quant = self.quant if quantize else None
         if self.config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.bf16):
-            if params is None and self.quant is None:
+            if params is None and quant is None:
                 out = self.model(x)
             else:
                 p = self.params() if params is None else params
-                if self.quant is not None:
-                    p = self.quant.fake_quantize(p)
+                if quant is not None:
+                    p = quant.fake_quantize(p)
                 out = forward_with(self.model, p, x)
         return out.float()
 
@@ -169,7 +177,8 @@ class TrainContext:
             self.model.train(was)
 
 
-def _optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `fit` trains with (SGD or Adam over the parameters that require grad)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if c.optimizer == "adam":
         return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
@@ -274,12 +283,12 @@ def fit(model: nn.Module, train: Dataset, *, method: Method | None = None,
 
         quant = RQUANT8  # bit error methods train quantization-aware; recorded in model.json
     ctx = TrainContext(model, config, dev, train.num_classes, quant)
-    opt = _optimizer(model, config)
+    opt = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     run = Path(out) if out is not None else None
     meta = dict(meta or {})
-    meta.update(train_config=_jsonable_config(config), method=method.config(), seed=config.seed,
+    meta.update(train_config=config.to_dict(), method=method.config(), seed=config.seed,
                 quant=quant.to_dict() if quant is not None else None)
     if world > 1:
         meta["world_size"] = world  # method randomness depends on it (docs/distributed.md)
@@ -449,8 +458,3 @@ def load_resume_point(run: str | Path, model: nn.Module, opt: torch.optim.Optimi
             raise UserError(f"{where}: weight {name} is not finite")
     return start, history, method_state
 
-
-def _jsonable_config(c: TrainConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(c)
-    d["milestones"] = list(d["milestones"])
-    return d

@@ -58,6 +58,8 @@ from robustlab.train.methods import Method
 EPS = {"linf": 0.1, "l2": 1.5}
 MODELS = ("normal", "at", "ccat")
 LIBRARIES = ("robustlab", "ta-apgd-ce", "ta-apgd-t", "ta-autoattack", "fb-pgd", "art-pgd")
+# AutoAttack's other two parts on their own, for the per-example analysis (not in the default list)
+EXTRA_LIBRARIES = ("ta-fab-t", "ta-square")
 TPR = 0.99
 
 
@@ -87,7 +89,12 @@ def peer(name: str, model: torch.nn.Module, norm: str, eps: float, a: argparse.N
         import torchattacks as ta
 
         tnorm = {"linf": "Linf", "l2": "L2"}[norm]
-        if name == "ta-apgd-ce":
+        if name == "ta-fab-t":
+            atk = ta.FAB(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
+                         n_classes=10, seed=0)
+        elif name == "ta-square":
+            atk = ta.Square(model, norm=tnorm, eps=eps, n_queries=a.queries, n_restarts=1, seed=0)
+        elif name == "ta-apgd-ce":
             atk = ta.APGD(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
         elif name == "ta-apgd-t":
             atk = ta.APGDT(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, n_classes=10,
@@ -146,6 +153,39 @@ def print_rows(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
                  else ""))
 
 
+def per_example(res: dict[str, dict[str, Any]], mine: dict[str, Any], clean_wrong: torch.Tensor,
+                clean_conf: torch.Tensor, tau: float) -> list[dict[str, Any]]:
+    """Every example some library breaks (RErr, or RErr@τ) and robustlab does not: which libraries
+    break it, robustlab's verdict (wrong-class confidence; `wrong` = misclassified) and which of
+    robustlab's attacks produced it. Printed and returned for the JSON."""
+    out = []
+    libs = [lib for lib in res if lib not in ("robustlab", "peers' ensemble")]
+    scores = {lib: scored(res[lib]["wrong"], res[lib]["conf"], clean_wrong, clean_conf, tau)
+              for lib in libs}
+    by = res["robustlab"].get("by_example")
+    for i in range(len(mine["broken"])):
+        at = [lib for lib in libs if scores[lib]["broken"][i] and not mine["broken"][i]]
+        at_tau = [lib for lib in libs if scores[lib]["broken_at"][i] and not mine["broken_at"][i]]
+        if at or at_tau:
+            out.append({"i": i, "rerr": at, "rerr_at_99": at_tau,
+                        "robustlab_wrong": bool(res["robustlab"]["wrong"][i]),
+                        "robustlab_conf": round(float(res["robustlab"]["conf"][i]), 3),
+                        "robustlab_by": by[i] if by else None})
+    if out:
+        print(f"  examples a peer breaks and robustlab does not (τ = {tau:.3f}):")
+        for e in out:
+            print(f"    #{e['i']:<4} RErr: {','.join(e['rerr']) or '-':<40} @τ: "
+                  f"{','.join(e['rerr_at_99']) or '-':<40} robustlab "
+                  f"{'wrong' if e['robustlab_wrong'] else 'right'} conf {e['robustlab_conf']:.3f}"
+                  f" ({e['robustlab_by']})")
+        for lib in libs:
+            k = sum(lib in e["rerr"] for e in out)
+            k_at = sum(lib in e["rerr_at_99"] for e in out)
+            only = sum(e["rerr"] == [lib] for e in out)
+            print(f"    {lib:<14} breaks {k:3d} / {k_at:3d} (@τ) of them; the only one on {only}")
+    return out
+
+
 def pct(v: float) -> str:
     return f"{100 * v:5.1f}"
 
@@ -171,7 +211,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     keys = choose(a.models, MODELS, "model")
     threats = choose(a.threats, tuple(EPS), "threat")
-    libs = choose(a.libraries, LIBRARIES, "library")
+    libs = choose(a.libraries, LIBRARIES + EXTRA_LIBRARIES, "library")
     train, test = bench_data(False, a.subset, 0)
     rows: list[dict[str, Any]] = []
     for mi, key in enumerate(keys):
@@ -194,6 +234,7 @@ def main() -> None:
                     wrong = torch.tensor(t["adv_wrong"])
                     conf = torch.tensor(t["adv_conf"])
                     extra = {"by_attack": {k: v["added"] for k, v in t["by_attack"].items()},
+                             "by_example": t.get("verdict_by"),
                              "flags": [f["name"] for f in r.get("flags", [])]}
                 else:
                     run = peer(lib, model, threat, eps, a)
@@ -219,7 +260,7 @@ def main() -> None:
             tau = base["clean"]["tau"][f"{TPR:g}"]
             clean_wrong = torch.tensor(base["clean"]["wrong"])
             clean_conf = torch.tensor(base["clean"]["conf"])
-            peers = [lib for lib in libs if lib != "robustlab"]
+            peers = [lib for lib in libs if lib not in ("robustlab",) + EXTRA_LIBRARIES]
             if peers:  # per-example worst case over the peers (spec §2 key)
                 keys_ = torch.stack([res[p]["key"] for p in peers])
                 pick = keys_.argmax(0)
@@ -251,6 +292,7 @@ def main() -> None:
             if aa:
                 me["time_vs_autoattack"] = me["time_s"] / max(aa["time_s"], 1e-9)
             print_rows(rows[-len(res):], a)  # each model and threat as soon as it is done
+            me["missed"] = per_example(res, mine, clean_wrong, clean_conf, tau)
             atomic_write_json(a.out, {"benchmark": "attack_strength", "config": vars(a),
                                       "rows": rows, "versions": versions()})
     print_rows(rows, a)

@@ -110,3 +110,97 @@ def test_l2_pattern_is_two_pyramids_of_opposite_sign() -> None:
     assert b.shape == (6, 6) and abs(float(b.norm()) - 1) < 1e-12
     assert (b[:, :3] > 0).all() and (b[:, 3:] < 0).all()
     assert torch.allclose(b[:, :3], -b[:, 3:])  # equal halves for even sides
+
+
+def test_l2_window_side_is_odd_and_fits() -> None:
+    # L2 windows have odd sides (both pyramids get a centre line), at least 3, at most H − 1
+    got = [square_side(p, 28, 28, 3, odd=True) for p in (0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125,
+                                                         0.001)]
+    assert got == [25, 19, 13, 9, 7, 5, 3, 3]
+    assert square_side(0.8, 9, 9, 3, odd=True) == 7  # 8 is even and 9 does not fit
+    assert square_side(0.4, 28, 28) == 18  # L∞ keeps the rounded side
+
+
+def test_l2_start_is_a_centred_grid_of_patterns_at_norm_eps() -> None:
+    from robustlab.attacks.square import _bump, _init
+
+    x = torch.zeros(4, 2, 28, 28, dtype=torch.float64)
+    d = _init(x, "l2", 1.5, gen(5))
+    assert torch.allclose(d.flatten(1).norm(dim=1), torch.full((4,), 1.5, dtype=torch.float64))
+    # 5×5 tiles of side ⌊28/5⌋ = 5, starting at (28 − 25)//2 = 1: nothing outside rows/cols 1..25
+    inside = torch.zeros(28, 28, dtype=torch.bool)
+    inside[1:26, 1:26] = True
+    assert (d[:, :, ~inside] == 0).all() and (d[:, :, inside] != 0).all()
+    # every tile is ± the pattern or its transpose, sign and orientation drawn per example
+    pat = _bump(5, x.device, x.dtype)
+    unit = d / d[:, :, 1:6, 1:6].norm(dim=(2, 3), keepdim=True)
+    orient = set()
+    for i in range(4):
+        for c in range(2):
+            for r0 in range(1, 26, 5):
+                for c0 in range(1, 26, 5):
+                    t = unit[i, c, r0:r0 + 5, c0:c0 + 5]
+                    hit = [k for k, q in enumerate((pat, -pat, pat.t(), -pat.t()))
+                           if torch.allclose(t, q)]
+                    assert len(hit) == 1
+                    orient.add(hit[0])
+    assert orient == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("fill", [1.0, 0.6])
+def test_l2_proposal_moves_mass_within_the_windows_and_keeps_norm_eps(fill: float) -> None:
+    # Algorithm 3: W2 is emptied, W1 gets all of W1 ∪ W2's mass (per channel) plus an equal share
+    # of the unused budget ε² − ‖δ‖², the rest is unchanged, so ‖δ'‖₂ = ε exactly.
+    from robustlab.attacks.square import _draws, _propose, _window
+
+    g = gen(11)
+    x = torch.rand(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    delta = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    delta = delta / delta.flatten(1).norm(dim=1)[:, None, None, None] * 2.0 * fill
+    s = 5
+    dr = _draws(x, "l2", s, g)
+    prop = _propose(x, delta, "l2", 2.0, s, dr)
+    assert torch.allclose(prop.flatten(1).norm(dim=1), torch.full((6,), 2.0, dtype=torch.float64))
+    m1 = _window(dr["r1"], dr["c1"], 16, 16, s).expand_as(delta)
+    m2 = _window(dr["r2"], dr["c2"], 16, 16, s).expand_as(delta)
+    assert torch.equal(prop[~(m1 | m2)], delta[~(m1 | m2)])
+    assert (prop[m2 & ~m1] == 0).all()
+    union = torch.where(m1 | m2, delta, 0).flatten(2).pow(2).sum(2)
+    unused = 4.0 - delta.flatten(1).pow(2).sum(1)
+    in_w1 = torch.where(m1, prop, 0).flatten(2).pow(2).sum(2)
+    assert torch.allclose(in_w1, union + unused[:, None] / 3)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.15), ("l2", 0.9)])
+def test_best_query_is_the_worst_case_of_all_queries(norm: str, eps: float) -> None:
+    # spec §2: the result is the most damaging input queried (misclassified first, then the
+    # highest wrong-class confidence), not the one the margin search ends at
+    from test_pgd import Recorder
+
+    from robustlab.attacks.base import worst_case_key
+
+    base, x, y = trained_digits()
+    x, y = x[:64], y[:64]  # one block: one recorded call per query
+    model = Recorder(base)
+    res = square(model, x, y, norm=norm, eps=eps, queries=40, generator=gen(4))
+    visited = torch.stack(model.calls)
+    assert visited.shape == (40, 64, 10)
+    keys = torch.stack([worst_case_key(v, y) for v in visited])
+    ever_wrong = (visited.argmax(2) != y).any(0)
+    assert ever_wrong.any() and not ever_wrong.all()
+    assert torch.equal(res.success, ever_wrong)
+    assert torch.equal(res.key(), keys.max(0).values)
+    assert torch.allclose(res.logits, base(res.x_adv), atol=1e-5)
+
+
+def test_l2_early_exit_on_and_off_give_identical_verdicts() -> None:
+    model, x, y = trained_digits()
+    c = 0.6
+    off = square(model, x, y, norm="l2", eps=0.9, queries=120, generator=gen(2))
+    on = square(model, x, y, norm="l2", eps=0.9, queries=120, generator=gen(2), early_stop=c)
+    assert 0.1 < off.success.float().mean() < 0.95
+    assert torch.equal(on.success, off.success)
+    decided = on.success & (on.wrong_conf >= c)
+    assert torch.equal(decided, off.success & (off.wrong_conf >= c))
+    assert 20 < int(decided.sum())
+    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])

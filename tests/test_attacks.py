@@ -171,7 +171,7 @@ def test_attack_command_end_to_end(tmp_path, capsys) -> None:
     assert main(["attack", str(run), "--suite", "linf,patch,distal", "--n-test", "40",
                  "--steps", "2", "--tpr", "0.99,0.995", "--quiet"]) == 0
     res = json.loads((run / "results" / "attack.json").read_text())
-    assert res["kind"] == "attack" and set(res["threats"]) == {"linf", "patch", "distal"}
+    assert res["kind"] == "adversarial" and set(res["threats"]) == {"linf", "patch", "distal"}
     assert res["config"]["tprs"] == [0.99, 0.995]
     for f in ("attack_rerr.png", "attack_confidence.png", "attack_examples.png",
               res["examples_file"]):

@@ -1,10 +1,12 @@
-"""`robustlab eval RUN`: clean test error, per-class error and confusion matrix."""
+"""`robustlab eval RUN`: clean test error, per-class error and confusion matrix (`tasks.clean`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from robustlab.cli import add_device, positive_int
+from robustlab.cli import add_device
+from robustlab.tasks.clean import Clean
+from robustlab.tasks.spec import add_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,25 +17,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
     p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
-    p.add_argument("--batch-size", type=positive_int, default=512)
+    add_options(p, Clean)
     add_device(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.evaluate.clean import clean
     from robustlab.io import write_result
     from robustlab.runs import open_run
+    from robustlab.tasks import evaluate
 
+    spec = Clean.from_args(args)
     r = open_run(args.run, device=args.device, data_dir=args.data_dir, best=args.best)
-    res = clean(r.predictor(), r.test, batch_size=args.batch_size, device=r.device)
-    path = write_result(r.path, "eval", {"run": str(r.path), "snapshot": "best" if args.best else "last",
-                                         "data": r.meta.get("data"),
-                                         **({"trained_on": r.meta["trained_on"]}
-                                            if "trained_on" in r.meta else {}), **res})
-    print(f"clean test error {100 * res['err']:.2f}% on {res['n']} images")
-    width = max(len(c) for c in res["classes"])
-    for name, e in zip(res["classes"], res["per_class_err"]):
-        print(f"  {name:<{width}}  {100 * e:6.2f}%")
+    res, _ = evaluate(spec, r, write=False)
+    path = write_result(r.path, "eval", {**res, "snapshot": "best" if args.best else "last"})
+    print(spec.table(res))
     print(f"written to {path}")
     return 0

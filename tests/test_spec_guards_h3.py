@@ -17,7 +17,7 @@ from robustlab import quant
 def test_quantize_dequantize_clamps_to_the_range_like_the_table() -> None:
     s = quant.Scheme(8, per_tensor=False, mode="symmetric_signed", rounding="round", q_max=1.0)
     p = {"w": torch.tensor([-1.5, -1.0, 0.3, 1.2])}
-    table = s.dequantize(s.quantize(p))["w"]
+    table = s.quantize(p).dequantize()["w"]
     fused = s.quantize_dequantize(p)["w"]
     fake = s.fake_quantize(p)["w"]
     assert float(table[0]) == -1.0  # code −128 would be −128/127 without the clamp
@@ -59,3 +59,132 @@ def test_seeds_differing_in_high_bits_give_different_patterns() -> None:
     for other in (5 + 2**32, 5 + 2**40, 5 + 2**62):
         diff = (base != be.random_masks(4096, 8, other, [0.1])[0]).float().mean()
         assert float(diff) > 0.5  # independent patterns at 10 % differ in ~1 − 0.9²·… of codes
+
+
+def _small_model_and_noisy_labels():
+    """A trained linear 3-class model on 4×4 images and test labels with 40 % made wrong, so that
+    bit errors turn some clean errors right (Err < RErr per pattern)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from robustlab import data
+
+    train, test = data.synthetic(300, 100, shape=(1, 4, 4), num_classes=3, seed=1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(50):
+        opt.zero_grad()
+        F.cross_entropy(model(train.x), train.y).backward()
+        opt.step()
+    y = test.y.clone()
+    y[:40] = (y[:40] + 1) % 3
+    return model.eval(), (test.x, y)
+
+
+# §6 chips: the flipped-bit fraction counts the m bits of an m-bit model; the overall RErr
+# maximum is over RErr (wrong clean or perturbed), not over the perturbed Err.
+def test_chip_summary_counts_m_bits_and_rerr_max() -> None:
+    from robustlab import biterrors as be
+    from robustlab.evaluate import chip_errors
+
+    model, test = _small_model_and_noisy_labels()
+    always = be.chip_map_from_dict({"rows": 4, "cols": 8, "flip_prob": 1.0})
+    r = chip_errors(model, test, always, scheme=quant.Scheme(4), patterns=2, progress=False)
+    assert r["bit_error_rate"]["mean"] == [1.0]  # every one of the 4 bits of every code
+    chip = be.chip_map_from_dict({"rows": 4, "cols": 8, "flip_prob": 0.5})
+    r = chip_errors(model, test, chip, scheme=quant.Scheme(4), patterns=4, progress=False)
+    rerr = [v[0] for v in r["rerr"]["values"]]
+    err = [v[0] for v in r["err"]["values"]]
+    assert max(err) < max(rerr)  # the data make the two differ
+    assert r["overall"]["rerr_max"] == pytest.approx(max(rerr))
+    assert r["overall"]["rerr_mean"] == pytest.approx(sum(rerr) / len(rerr))
+    assert r["overall"]["err_mean"] == pytest.approx(sum(err) / len(err))
+
+
+# Report intervals, by hand: Hanley–McNeil for the AUC, Student t with k − 1 degrees of freedom
+# from a (mean, std, k) summary, and "separated" regardless of the order of the two intervals.
+def test_report_intervals_by_hand() -> None:
+    from robustlab.report.stats import auc_interval, mean_interval_from_std, separated
+
+    # AUC 0.6, 10 positives, 5 negatives: Q1 = 0.6/1.4, Q2 = 2·0.36/1.6 = 0.45,
+    # var = (0.24 + 9·(Q1 − 0.36) + 4·(0.45 − 0.36))/50, half-width 1.959964·√var
+    var = (0.24 + 9 * (0.6 / 1.4 - 0.36) + 4 * (0.45 - 0.36)) / 50
+    half = 1.959963984540054 * var ** 0.5
+    assert auc_interval(0.6, 10, 5) == pytest.approx((0.6 - half, 0.6 + half), abs=1e-12)
+    assert half == pytest.approx(0.305797, abs=1e-6)
+    # mean 2, sample std 1 over k = 4 values: t_{0.975, 3} = 3.182446
+    assert mean_interval_from_std(2.0, 1.0, 4) == pytest.approx((2 - 1.591223, 2 + 1.591223),
+                                                                abs=1e-6)
+    assert separated((0.25, 0.3), (0.1, 0.2)) and separated((0.1, 0.2), (0.25, 0.3))
+    assert not separated((0.25, 0.3), (0.1, 0.26))
+
+
+# §2: the reported mean adversarial confidence is that of the adversarial inputs
+def test_mean_adversarial_confidence_is_of_the_adversarial_inputs() -> None:
+    from robustlab.evaluate import metrics as mt
+
+    clean_wrong = torch.tensor([False, False, True, False])
+    clean_conf = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    adv_wrong = torch.tensor([True, False, True, True])
+    adv_conf = torch.tensor([0.5, 0.25, 1.0, 0.75])
+    out = mt.adversarial_metrics(clean_wrong, clean_conf, adv_wrong, adv_conf, {"0.99": 0.7})
+    assert out["mean_adv_conf"] == pytest.approx(0.625)
+    assert out["err"] == 0.25 and out["rerr"] == 0.75 and out["n"] == 4
+    # τ = 0.7: accepted pairs 0 (clean), 1 (clean), 2 (both), 3 (adv); errors 2 and 3
+    assert out["at"]["0.99"]["rerr"] == pytest.approx(0.5)
+    assert out["at"]["0.99"]["fpr"] == pytest.approx(0.25)  # example 3 only
+
+
+# Learning-rate schedules at their boundaries: a step/multistep decay applies from the epoch it
+# names on (t ≥ boundary), not rounded to the nearest boundary.
+@pytest.mark.parametrize("schedule,t,expected", [
+    ("step", 1.0, 0.1), ("step", 1.99, 0.1), ("step", 2.0, 0.01), ("step", 3.0, 0.01),
+    ("multistep", 5.0, 0.01), ("multistep", 4.999, 0.1), ("multistep", 7.5, 0.001)])
+def test_schedule_boundaries(schedule: str, t: float, expected: float) -> None:
+    from robustlab.train import TrainConfig
+
+    c = TrainConfig(epochs=10, lr=0.1, schedule=schedule, step_size=2, gamma=0.1)
+    assert c.lr_at(t) == pytest.approx(expected, rel=1e-9)
+
+
+def _tiny_linear(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+
+
+# §5 clipping happens after EVERY optimizer step (also the first); the schedule is evaluated per
+# step (the epoch's last step of a cosine schedule has lr_at(epoch + (s−1)/s)).
+def test_clip_after_the_first_step_and_lr_per_step(tiny) -> None:
+    from robustlab.train import TrainConfig, fit
+
+    train, _ = tiny
+    m = _tiny_linear()
+    assert float(max(p.detach().abs().max() for p in m.parameters())) > 0.05
+    fit(m, train, epochs=1, batch_size=len(train), lr=0.1, clip=0.02, progress=False)  # 1 step
+    assert float(max(p.detach().abs().max() for p in m.parameters())) <= 0.02 + 1e-9
+    h = fit(_tiny_linear(), train, epochs=2, batch_size=64, lr=0.1, schedule="cosine",
+            progress=False)  # 4 steps per epoch
+    c = TrainConfig(epochs=2, lr=0.1, schedule="cosine")
+    assert [r["lr"] for r in h] == pytest.approx([c.lr_at(0.75), c.lr_at(1.75)], rel=1e-9)
+
+
+class _RightPatch(torch.nn.Module):
+    """Two classes; the loss for class 0 grows with bright pixels towards the right edge."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x * torch.arange(x.shape[-1], dtype=x.dtype)).flatten(1).sum(1)
+        return torch.stack([-s, torch.zeros_like(s)], 1)
+
+
+# §3 patches: the location moves by exactly `stride` pixels; a move that would leave the image is
+# not a candidate (it is not shortened to the edge). With stride 2 from random corners, a model
+# that prefers the right edge ends at the last column of the start's parity.
+def test_patch_moves_by_the_stride_and_never_past_the_edge() -> None:
+    from robustlab.attacks.patches import patch_attack
+
+    x, y = torch.zeros(40, 1, 8, 8), torch.zeros(40, dtype=torch.long)
+    r = patch_attack(_RightPatch(), x, y, size=2, steps=10, step_size=0.5,
+                     location="optimized-full", stride=2, generator=torch.Generator().manual_seed(0))
+    cols = r.info["position"][:, 1].tolist()
+    assert set(cols) == {5, 6}  # corners 0..6; odd starts stop at 5, even starts reach 6

@@ -188,3 +188,64 @@ def test_patch_moves_by_the_stride_and_never_past_the_edge() -> None:
                      location="optimized-full", stride=2, generator=torch.Generator().manual_seed(0))
     cols = r.info["position"][:, 1].tolist()
     assert set(cols) == {5, 6}  # corners 0..6; odd starts stop at 5, even starts reach 6
+
+
+# §1: splits are deterministic and keep the original order inside each part (the attacked
+# "first n" test examples of a split-off test set are comparable across runs); the held-out
+# size is round(n·fraction).
+def test_split_sizes_round_and_parts_keep_the_original_order() -> None:
+    from robustlab import data
+
+    full = data.Dataset("ids", torch.arange(9.0).view(9, 1, 1, 1) / 8, torch.arange(9) % 3, 3)
+    rest, part = data.split(full, 0.3, seed=1)  # 9 · 0.3 = 2.7 → 3 held out
+    assert (len(rest), len(part)) == (6, 3)
+    for d in (rest, part):
+        ids = (d.x.flatten() * 8).round().long()
+        assert torch.equal(ids, ids.sort().values)
+    assert sorted((rest.x.flatten() * 8).round().long().tolist()
+                  + (part.x.flatten() * 8).round().long().tolist()) == list(range(9))
+
+
+# §1 digits: the 8×8 images have values 0..16, scaled to [0, 1] exactly (16 → 1.0)
+def test_digits_scaled_by_16() -> None:
+    from robustlab import data
+
+    train, _ = data.load("digits")
+    v = train.x * 16
+    assert float(train.x.max()) == 1.0 and torch.equal(v, v.round())
+
+
+# Files are written atomically: the temporary file's data is fsync'ed BEFORE it is renamed into
+# place, and the folder after (a crash can then never leave a renamed but empty file).
+def test_atomic_write_fsyncs_the_data_before_the_rename(tmp_path, monkeypatch) -> None:
+    import os
+
+    from robustlab.io import atomic_write
+
+    events: list[tuple[str, str]] = []
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+    names: dict[int, str] = {}
+
+    def rec_open(path, flags, *a, **k):
+        fd = real_open(path, flags, *a, **k)
+        names[fd] = os.path.basename(str(path))
+        return fd
+
+    def rec_fsync(fd):
+        events.append(("fsync", names.get(fd, "?")))
+        return real_fsync(fd)
+
+    def rec_replace(src, dst):
+        events.append(("replace", os.path.basename(str(dst))))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "open", rec_open)
+    monkeypatch.setattr(os, "fsync", rec_fsync)
+    monkeypatch.setattr(os, "replace", rec_replace)
+    target = tmp_path / "out.txt"
+    atomic_write(target, lambda tmp: open(tmp, "w").write("data"))
+    assert target.read_text() == "data"
+    i = events.index(("replace", "out.txt"))
+    before = [n for kind, n in events[:i] if kind == "fsync"]
+    assert any(n.startswith(".out.txt.") and n.endswith(".tmp") for n in before), events
+    assert ("fsync", tmp_path.name) in events[i + 1:], events  # the folder, after the rename

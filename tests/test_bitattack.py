@@ -243,7 +243,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_bitattack_command(run_dir, capsys):
-    assert main(["bitattack", str(run_dir), "--budget", "0,4,16", "--methods", "attack,bfa,random",
+    assert main(["bitattack", str(run_dir), "--budgets", "0,4,16", "--methods", "attack,bfa,random",
                  "--steps", "3", "--n-attack", "64", "--n-test", "64", "--device", "cpu",
                  "--quiet"]) == 0
     res = json.loads((run_dir / "results" / "bitattack.json").read_text())
@@ -261,7 +261,7 @@ def test_bitattack_command(run_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--budget", "10,-1"], "--budget"),
+    (["--budgets", "10,-1"], "--budget"),
     (["--params", "nope"], "unknown parameter selection"),
     (["--methods", "magic"], "unknown bit attack method"),
     (["--target", "99"], "target"),
@@ -269,7 +269,7 @@ def test_bitattack_command(run_dir, capsys):
 def test_bitattack_bad_input(run_dir, capsys, argv, needle):
     with pytest.raises(SystemExit) as e:
         raise SystemExit(main(["bitattack", str(run_dir), "--device", "cpu", "--quiet",
-                               "--n-test", "8", "--budget", "1", *argv]))
+                               "--n-test", "8", "--budgets", "1", *argv]))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1

@@ -189,7 +189,7 @@ def test_cli_biterrors_chip_and_export(runs, tmp_path, capsys):
     npz = tmp_path / "codes.npz"
     code, out, err = run_cli(capsys, "biterrors", runs[0], "--rates", "0.01", "--patterns", "2",
                              "--chip", chip, "--offsets", "0,64", "--export", npz, "--n-test", "64",
-                             "--scheme", "rquant4", "--quiet", "--device", "cpu")
+                             "--quant", "rquant4", "--quiet", "--device", "cpu")
     assert code == 0, err
     res = json.loads((runs[0] / "results" / "biterrors_chip.json").read_text())
     assert res["offsets"] == [0, 64] and res["scheme"]["bits"] == 4
@@ -205,9 +205,9 @@ def test_cli_biterrors_chip_and_export(runs, tmp_path, capsys):
     (["--rates", "abc"], "is not a number"),
     (["--rates", "200%"], "out of range"),
     (["--patterns", "0"], "--patterns: 0 is out of range"),
-    (["--scheme", "rquant9"], "bits 9 must be an integer in 2..8"),
-    (["--scheme", "rquant1"], "bits 1 must be"),
-    (["--scheme", "wat"], "unknown quantization scheme"),
+    (["--quant", "rquant9"], "bits 9 must be an integer in 2..8"),
+    (["--quant", "rquant1"], "bits 1 must be"),
+    (["--quant", "wat"], "unknown quantization scheme"),
     (["--offsets", "-3", "--chip", "x.json"], "out of range"),
     (["--chip", "nonexistent.json"], "not found"),
 ])

@@ -139,7 +139,7 @@ def test_cli_energy_bad_input(run_dir, tmp_path, capsys):
         (["--curve", tmp_path / "none.csv"], "not found"),
         (["--curve", example, "--tolerance", "-1"], "--tolerance: -1 is out of range"),
         (["--curve", example, "--patterns", "0"], "--patterns: 0 is out of range"),
-        (["--curve", example, "--scheme", "normal12"], "bits 12 must be an integer in 2..8"),
+        (["--curve", example, "--quant", "normal12"], "bits 12 must be an integer in 2..8"),
         ([], "the following arguments are required: --curve"),
     ]:
         code, _, err = run_cli(capsys, "energy", run_dir, "--quiet", *argv)

@@ -20,8 +20,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_flatness_command_writes_results_and_landscape(run_dir, capsys):
-    rc = main(["flatness", str(run_dir), "--kind", "worst", "--xi", "0,0.01", "--steps", "2",
-               "--n-test", "32", "--attack-steps", "2", "--landscape", "1d", "--points", "5",
+    rc = main(["flatness", str(run_dir), "--kind", "worst", "--xi", "0,0.01",
+               "--ascent-steps", "2", "--n-test", "32", "--steps", "2", "--landscape", "1d", "--points", "5",
                "--direction", "adversarial", "--device", "cpu", "--quiet"])
     assert rc == 0
     res = json.loads((run_dir / "results" / "flatness-worst.json").read_text())

@@ -388,7 +388,7 @@ def test_result_json_is_written_last_and_not_at_all_when_the_command_fails(run, 
         raise OSError(28, "No space left on device", str(png))
 
     monkeypatch.setattr(biterrors_plot, "plot_rerr_vs_rate", disk_full)
-    code, _, err = run_cli(capsys, *argv, "--seed0", "7")
+    code, _, err = run_cli(capsys, *argv, "--seed", "7")
     assert code == 2 and "no space left on device" in one_line(err)
     assert js.read_bytes() == old  # the previous result stands; no new JSON beside old figures
     assert not list((run / "results").glob(".*.tmp"))

@@ -1,0 +1,115 @@
+"""Lowest safe memory supply voltage of a run's quantized model and the energy it saves
+(`robustlab energy`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from robustlab.tasks.biterrors import BIT_LEGACY, QUANT_HELP, legacy, resolve_quant
+from robustlab.tasks.clean import first_n
+from robustlab.tasks.spec import EvalSpec, option, register
+from robustlab.values import nonneg_float
+
+
+@register
+@dataclasses.dataclass
+class Energy(EvalSpec):
+    """For every point of a voltage → (bit error rate, energy) curve, RErr under K random bit error
+    patterns at that rate; the lowest voltage at (and above) which the mean RErr stays within
+    `tolerance` percentage points of the clean error, and the energy per access saved there."""
+
+    kind: ClassVar[str] = "energy"
+    title: ClassVar[str] = "lowest safe memory voltage of the quantized model and energy saved"
+    requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+
+    curve: str | None = option(
+        default=None,
+        help="voltage,bit_error_rate,energy curve (format in robustlab/examples/README.md; a "
+        "synthetic example ships as robustlab/examples/synthetic_energy_curve.csv)",
+        metavar="CSV")
+    tolerance: float = option(default=1.0, type=nonneg_float, metavar="PP",
+                              help="allowed RErr above the clean error, in percentage points "
+                              "(default 1.0)")
+    patterns: int = option("patterns")
+    seed: int = option("seed", 100, help="first pattern seed: patterns use seeds SEED…SEED+K−1")
+    quant: str | None = option("quant", help=QUANT_HELP)
+    n_test: int | None = option("n_test")
+    batch_size: int = option("batch_size", 1000)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
+        return super().from_settings(legacy(settings, {**BIT_LEGACY, "curve_file": "curve",
+                                                       "tolerance_pp": "tolerance"}), where)
+
+    def load(self) -> Any:
+        """The voltage curve (a one-line error when missing or malformed)."""
+        from robustlab import biterrors as be
+        from robustlab.errors import UserError
+
+        if not self.curve:
+            raise UserError("energy: give a voltage curve file (--curve CSV)")
+        return be.load_curve(self.curve)
+
+    def run(self, run: Any, *, progress: bool | None = None, name: str | None = None,
+            curve: Any = None) -> dict[str, Any]:
+        """`curve`: the curve already loaded by `load()` (else it is read here)."""
+        from robustlab.evaluate.biterrors import energy
+
+        res = energy(run.model, first_n(run.test, self.n_test),
+                     curve if curve is not None else self.load(), tolerance=self.tolerance / 100,
+                     scheme=resolve_quant(self.quant, getattr(run, "quant", None)),
+                     patterns=self.patterns, seed0=self.seed, batch_size=self.batch_size,
+                     device=run.device, progress=progress)
+        return {"curve_file": str(self.curve), "tolerance_pp": self.tolerance, **res}
+
+    def cost(self, n_test: int) -> float:
+        n = min(int(self.n_test or n_test), n_test)
+        try:
+            points = len(self.load().voltage)
+        except Exception:  # noqa: BLE001 - a plan's estimate; the run reports a bad curve
+            points = 10
+        return 0.5 * n * int(self.patterns) * points
+
+    def describe(self) -> str:
+        test = f"test[:{self.n_test}]" if self.n_test else "test"
+        return (f"robustlab.evaluate.biterrors.energy(model, {test}, "
+                f"robustlab.biterrors.load_curve({self.curve!r}), tolerance={self.tolerance / 100:g}, "
+                f"patterns={self.patterns}, seed0={self.seed}"
+                + (f", scheme={self.quant!r}" if self.quant else "") + ")")
+
+    def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        import math
+
+        from robustlab.report.summary import Metric, _g, _num
+
+        r = result
+        if _num(r.get("energy_saved")) is None:
+            return {}
+        return {"energy saved": Metric(float(r["energy_saved"]), label="energy saved",
+                                       better="higher", over="", setting=f"tolerance "
+                                       f"{_g(100 * r.get('tolerance', math.nan))} points")}
+
+    def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
+        from robustlab.report.biterrors_plot import plot_energy
+
+        return [plot_energy(result, Path(folder) / "energy.png")]
+
+    def table(self, result: dict[str, Any]) -> str:
+        res = result
+        tol = res.get("tolerance_pp", 100 * res["tolerance"])
+        lines = [f"clean Err {100 * res['clean_err']:.2f}%, tolerance {tol:g} points, "
+                 f"{res['patterns']} patterns",
+                 f"  {'voltage':>8}  {'p (%)':>9}  {'energy':>6}  {'RErr (%)':>8}  {'max':>6}  safe"]
+        for row in res["voltages"]:
+            lines.append(f"  {row['voltage']:8.3g}  {100 * row['bit_error_rate']:9.3g}  "
+                         f"{row['relative_energy']:6.3f}  {100 * row['rerr_mean']:8.2f}  "
+                         f"{100 * row['rerr_max']:6.2f}  {'yes' if row['safe'] else 'no'}")
+        if res["lowest_safe_voltage"] is None:
+            lines.append("no safe voltage: RErr exceeds the tolerance already at the nominal voltage")
+        else:
+            lines.append(f"lowest safe voltage {res['lowest_safe_voltage']:g} (bit error rate "
+                         f"{100 * res['bit_error_rate']:.3g}%): energy saved "
+                         f"{100 * res['energy_saved']:.1f}%")
+        return "\n".join(lines)

@@ -373,72 +373,7 @@ def _result_values(name: str, r: dict[str, Any]) -> dict[str, Metric]:
         return _spec_values(cls, name, r)
     out: dict[str, Metric] = {}
     pre = "" if name in DEFAULT_NAMES.get(kind, ()) else f"{name}/"
-    if kind == "clean":
-        if _num(r.get("err")) is not None:
-            out[f"{pre}Err"] = _rate(r["err"], r.get("n"), label=f"{pre}Err clean",
-                                     setting=f"n={r.get('n', '?')} test images")
-    elif kind == "patches":
-        n = r.get("n")
-        cfg = r.get("config") or {}
-        setting = ", ".join(p for p in (f"n={n}" if n is not None else "",
-                                        _plural(cfg["steps"], "step") if cfg.get("steps") is not None
-                                        else "",
-                                        _plural(cfg["restarts"], "restart") if cfg.get("restarts")
-                                        else "")
-                            if p)
-        for loc, v in (r.get("locations") or {}).items():
-            if _num(v.get("rerr")) is not None:
-                out[f"{pre}RErr patch {loc}"] = _rate(v["rerr"], n, label=f"{pre}RErr patch, {loc} "
-                                                      "location", setting=setting)
-        if _num((r.get("clean") or {}).get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = _rate(r["clean"]["err"], n,
-                                                      label=f"{pre}Err (attacked split)")
-    elif kind == "adversarial":
-        clean = r.get("clean") or {}
-        taus = list(clean.get("tau") or {})
-        n_cfg = (r.get("config") or {}).get("n")
-        for key, t in (r.get("threats") or {}).items():
-            threat = t.get("threat", key)
-            label = f"{pre}{key}"
-            tl = f"{pre}{threat_label(key, t)}"
-            setting = adversarial_setting(r, t)
-            n = t.get("n", n_cfg)
-            ats = {k: v for k, v in (t.get("at") or {}).items() if not taus or k == taus[0]}
-            if threat == "distal":
-                for tk, a in ats.items():
-                    if _num(a.get("fpr")) is not None:
-                        out[f"FPR@{_tau_label(tk)} {label}"] = _rate(
-                            a["fpr"], n, label=f"FPR@{_tau_label(tk)} {tl}", setting=setting)
-            elif threat == "corrupt":
-                count = max(1, len(t.get("corruptions") or {}))
-                nn = n * count if isinstance(n, int) else None
-                if _num(t.get("mean_err")) is not None:
-                    out[f"Err {label}"] = _rate(t["mean_err"], nn, label=f"Err {tl}",
-                                                setting=f"n={n} × {count} corruption(s)")
-                for tk, a in ats.items():
-                    if _num(a.get("err")) is not None:
-                        out[f"Err@{_tau_label(tk)} {label}"] = _rate(
-                            a["err"], nn, label=f"Err@{_tau_label(tk)} {tl}",
-                            setting=f"n={n} × {count} corruption(s)")
-            else:
-                if _num(t.get("rerr")) is not None:
-                    out[f"RErr {label}"] = _rate(t["rerr"], n, label=f"RErr {tl}", setting=setting)
-                for tk, a in ats.items():
-                    if _num(a.get("rerr")) is not None:
-                        tau = a.get("tau", (clean.get("tau") or {}).get(tk))
-                        kd = _rerr_at_count(t, clean, tau, a["rerr"]) if _num(tau) is not None else None
-                        out[f"RErr@{_tau_label(tk)} {label}"] = _rate(
-                            a["rerr"], kd[1] if kd else n, k=kd[0] if kd else None,
-                            label=f"RErr@{_tau_label(tk)} {tl}", setting=setting)
-                    if _num(a.get("fpr")) is not None:
-                        out[f"FPR@{_tau_label(tk)} {label}"] = _rate(
-                            a["fpr"], n, label=f"FPR@{_tau_label(tk)} {tl}", setting=setting)
-                if _num(t.get("auc")) is not None:
-                    out[f"AUC {label}"] = _auc_metric(t, clean, f"ROC AUC {tl}", setting)
-        if _num(clean.get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = _rate(clean["err"], n_cfg,
-                                                      label=f"{pre}Err (attacked split)")
-    elif kind == "biterrors":
+    if kind == "biterrors":  # clean, patches, adversarial: their spec's metrics()
         n, k = r.get("n_test"), r.get("patterns")
         bits = (r.get("scheme") or {}).get("bits")
         qname = f"{bits}-bit" if bits else "quantized"

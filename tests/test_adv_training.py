@@ -201,3 +201,21 @@ def test_patch_at_patch_larger_than_image_is_a_user_error() -> None:
     x, y = batch()
     with pytest.raises(UserError, match="patch size 9×9"):
         PatchAT(patch_size=9).loss(context(mlp()), x, y)
+
+
+def test_step_cost_of_each_method() -> None:
+    # rough cost of one step relative to plain training: 1 + f·(attack passes), TRADES attacks
+    # the whole batch, bit error training and AWP add one pass
+    from robustlab.train.biterror_methods import AdvBET, RandBET
+    from robustlab.train.methods import Method
+    from robustlab.train.weight_methods import AWP
+
+    assert Method().step_cost() == 1.0
+    assert AT(fraction=0.5, attack_steps=10).step_cost() == 6.0
+    assert CCAT(fraction=1.0, attack_steps=3).step_cost() == 4.0
+    assert TRADES(attack_steps=4).step_cost() == 5.0
+    assert PatchAT(fraction=0.5, attack_steps=4, location="random").step_cost() == 3.0
+    assert PatchAT(fraction=0.5, attack_steps=4).step_cost() == 5.0  # optimized: moves count
+    assert RandBET().step_cost() == AdvBET().step_cost() == 2.0
+    assert AWP(attack_steps=10).step_cost() == 7.0
+    assert AWP(base=TRADES(attack_steps=4)).step_cost() == 6.0

@@ -31,7 +31,6 @@ from robustlab.train.methods import Context, Method, register, soft_cross_entrop
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, adversarial inputs, y)
 
 
-
 class Attack(Protocol):
     """The one input-attack interface of `robustlab.attacks` (`PGD`, `Patch`, `APGD`, ...)."""
 
@@ -84,6 +83,13 @@ class SplitAdversarial(Method):
     def attack(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial inputs for (x, y), computed with the model in eval mode."""
         return attack_inputs(ctx, self.input_attack(), x, y)
+
+    def attack_passes(self) -> float:
+        """Forward-backward passes of the attack per example (for `step_cost`)."""
+        raise NotImplementedError
+
+    def step_cost(self) -> float:
+        return 1.0 + self.fraction * self.attack_passes()
 
     def adversarial_loss(self, ctx: Context, logits: torch.Tensor, x: torch.Tensor,
                          x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,6 +144,9 @@ class AT(SplitAdversarial):
         if not 0 <= self.attack_momentum < 1:
             raise UserError(f"attack-momentum {self.attack_momentum} is invalid; it must be in [0, 1)")
         _check_common(self)
+
+    def attack_passes(self) -> float:
+        return float(self.attack_steps)
 
     def radius(self, x: torch.Tensor) -> float:
         return self.eps if self.eps is not None else default_eps(self.attack_norm, tuple(x.shape[1:]))
@@ -213,6 +222,9 @@ class TRADES(Method):
             raise UserError(f"beta {self.beta} is invalid; it must be ≥ 0")
         _check_common(self)
 
+    def step_cost(self) -> float:
+        return 1.0 + self.attack_steps
+
     def input_attack(self) -> PGD:
         """PGD maximizing KL(p ‖ softmax(f(x̃))), labelled with the clean probabilities p."""
         return PGD(norm=self.attack_norm, eps=self.eps, steps=self.attack_steps,
@@ -262,6 +274,10 @@ class PatchAT(SplitAdversarial):
         if self.patch_stride < 1:
             raise UserError(f"patch-stride {self.patch_stride} is invalid; it must be ≥ 1")
         _check_steps_lr(self)
+
+    def attack_passes(self) -> float:
+        # location moves: extra forward passes per step
+        return self.attack_steps * (2.0 if self.location.startswith("optimized") else 1.0)
 
     def input_attack(self) -> Patch:
         """The patch attack with the method's options (step size 0.1 unless `attack_lr`)."""

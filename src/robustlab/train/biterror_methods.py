@@ -74,6 +74,9 @@ class BitErrorTraining(Method):
         """The XOR mask on `q.codes` trained against on the batch (x, y): the pattern source."""
         raise NotImplementedError(f"{type(self).__name__} has no pattern source")
 
+    def step_cost(self) -> float:
+        return 2.0  # the clean and the bit-flipped pass
+
     def scheme(self, ctx: Context) -> Scheme:
         return ctx.quant if ctx.quant is not None else RQUANT8
 

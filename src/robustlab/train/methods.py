@@ -6,11 +6,11 @@ once) and `loss_on` (the loss of that batch at given weights); the default `back
 `loss_on(prepare(x, y)).backward()`. Methods that need several forward passes (bit error
 training, AWP) override `backward`; AWP wraps any loss-based method through `prepare`/`loss_on`.
 
-A method's options (`options(cls)`) are its dataclass fields, except those marked
-`metadata={"option": False}`; each becomes a CLI option of `robustlab train` (`--field-name`,
-documented by `metadata={"help": ...}`), a preset key and a keyword of `create`. A wrapper
-(AWP) also takes the options of the methods it wraps. Per-run state that must survive `--resume`
-goes through `state_dict` / `load_state_dict` (JSON-able values only).
+A method's options (`options(cls)`) are its dataclass fields; each becomes a CLI option of
+`robustlab train` (`--field-name`, documented by `metadata={"help": ...}`), a preset key and a
+keyword of `create`. A wrapper (AWP) also takes the options of the methods it wraps. Per-run
+state that must survive `--resume` goes through `state_dict` / `load_state_dict` (JSON-able
+values only).
 """
 
 from __future__ import annotations
@@ -86,12 +86,12 @@ class Method:
 
     @classmethod
     def options(cls) -> list[Option]:
-        """The options this method takes: its dataclass fields not marked `option: False`."""
+        """The options this method takes: its dataclass fields, types resolved."""
         hints = typing.get_type_hints(cls)
         return [Option(f.name, hints.get(f.name, Any),
                        f.default if f.default is not dataclasses.MISSING else None,
                        f.metadata.get("help", ""))
-                for f in dataclasses.fields(cls) if f.metadata.get("option", True)]
+                for f in dataclasses.fields(cls)]
 
     @classmethod
     def loss_based(cls) -> bool:
@@ -123,6 +123,10 @@ class Method:
         loss, logits = self.loss(ctx, x, y)
         loss.backward()
         return loss.detach(), logits.detach()
+
+    def step_cost(self) -> float:
+        """Rough cost of one training step relative to plain training (for plans and ETAs)."""
+        return 1.0
 
     def config(self) -> dict[str, Any]:
         """The method's name and option values (recorded in model.json; compared on --resume)."""

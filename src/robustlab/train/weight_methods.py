@@ -102,6 +102,9 @@ class AWP(Method):
         return {"name": self.name, "awp_base": self.awp_base, "awp_gamma": self.awp_gamma,
                 "awp_warmup": self.awp_warmup, "base": self.base.config()}
 
+    def step_cost(self) -> float:
+        return self.base.step_cost() + 1.0  # the base's loss once more, at w + ν
+
     def prepare(self, ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Any:
         return self.base.prepare(ctx, x, y)
 

@@ -249,3 +249,75 @@ def test_atomic_write_fsyncs_the_data_before_the_rename(tmp_path, monkeypatch) -
     before = [n for kind, n in events[:i] if kind == "fsync"]
     assert any(n.startswith(".out.txt.") and n.endswith(".tmp") for n in before), events
     assert ("fsync", tmp_path.name) in events[i + 1:], events  # the folder, after the rename
+
+
+class _Constant(torch.nn.Module):
+    """Logits (2, 0, 0) for every input: every example has the same confidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([2.0, 0.0, 0.0]) + self.w + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+# §3a: an example is decided once misclassified with confidence ≥ the largest τ — equality
+# included — and no attack runs on it. Distal inputs: exactly n of them, in batches.
+def test_examples_at_exactly_tau_are_decided_and_distal_count() -> None:
+    from robustlab import data
+    from robustlab.evaluate.adversarial import adversarial
+
+    ds = data.Dataset("c", torch.rand(20, 1, 4, 4), torch.tensor([1] * 10 + [0] * 10), 3)
+    res = adversarial(_Constant(), ds, "linf:0.1,distal", n=10, holdout=0.5, steps=1, queries=2,
+                      targets=1, batch_size=4, sanity=False, progress=False)
+    t = res["threats"]["linf:0.1"]
+    assert max(res["clean"]["tau"].values()) == pytest.approx(max(res["clean"]["conf"]))
+    assert all(v["attacked"] == 0 for v in t["by_attack"].values())  # conf == τ: decided
+    assert t["rerr"] == 1.0 and t["verdict_by"] == ["clean"] * 10
+    d = res["threats"]["distal"]
+    assert d["n"] == 10 and len(d["conf"]) == 10
+
+
+class _Brightness(torch.nn.Module):
+    """Two classes by mean brightness m: logits ±8·(m − 0.5) (confident far from m = 0.5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 8 * self.w * (x.flatten(1).mean(1) - 0.5)
+        return torch.stack([-z, z], 1)
+
+
+# §2 corruptions report Err@τ: errors among the corrupted inputs that are NOT rejected, averaged
+# over corruptions (a deterministic corruption, recomputed here).
+def test_corruption_err_at_tau_recomputed() -> None:
+    from robustlab import data
+    from robustlab.attacks.base import confidence
+    from robustlab.attacks.corruptions import corrupt
+    from robustlab.evaluate import metrics as mt
+    from robustlab.evaluate.adversarial import adversarial
+
+    g = torch.Generator().manual_seed(0)
+    v_att = torch.rand(60, generator=g) * 0.7  # attacked: any brightness, random labels
+    y_att = torch.randint(0, 2, (60,), generator=g)
+    v_hold = torch.cat([torch.rand(20, generator=g) * 0.1, 0.9 + torch.rand(20, generator=g) * 0.1])
+    y_hold = (v_hold > 0.5).long()  # held out: far from 0.5 and correct, so τ is high
+    v, y = torch.cat([v_att, v_hold]), torch.cat([y_att, y_hold])
+    ds = data.Dataset("b", v.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone(), y, 2)
+    model = _Brightness()
+    res = adversarial(model, ds, "corrupt", n=60, holdout=40 / 100, corruptions=["brightness"],
+                      severities=(3,), batch_size=16, sanity=False, progress=False)
+    got = res["threats"]["corrupt"]["corruptions"]["brightness/3"]
+    with torch.no_grad():
+        logits = model(corrupt(ds.x[:60], "brightness", 3))
+    wrong, conf = logits.argmax(1) != y_att, confidence(logits)
+    assert got["err"] == pytest.approx(mt.err(wrong))
+    for key, tau in res["clean"]["tau"].items():
+        want = mt.err_at(tau, wrong, conf)
+        assert 0 < mt.tpr_at(conf, tau) < 1 and abs(want - mt.err(wrong)) > 0.05
+        assert got["at"][key]["err"] == pytest.approx(want)
+        assert got["at"][key]["tpr"] == pytest.approx(mt.tpr_at(conf, tau))
+        assert res["threats"]["corrupt"]["at"][key]["err"] == pytest.approx(want)

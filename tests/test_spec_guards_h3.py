@@ -321,3 +321,45 @@ def test_corruption_err_at_tau_recomputed() -> None:
         assert got["at"][key]["err"] == pytest.approx(want)
         assert got["at"][key]["tpr"] == pytest.approx(mt.tpr_at(conf, tau))
         assert res["threats"]["corrupt"]["at"][key]["err"] == pytest.approx(want)
+
+
+# §8 worst-case flatness: each restart contributes its BEST iterate (a step that overshoots the
+# maximum must not be what is kept); the result is the max over restarts minus L(w).
+def test_worst_case_keeps_each_restarts_best_iterate() -> None:
+    from robustlab.weights import FunctionObjective, RelativeBall, worst_case_ascent
+
+    w0 = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    peak = torch.tensor([1.3, 1.0], dtype=torch.float64)  # inside the ball: big steps overshoot
+    obj = FunctionObjective(lambda p: -((p["w"] - peak) ** 2).sum())
+    ball = RelativeBall({"w": w0.clone()}, ["w"], 0.5)
+    res = worst_case_ascent(obj, ball, steps=4, restarts=3, step_size=0.5,
+                            generator=torch.Generator().manual_seed(0), progress=False)
+    best = [max(t) for t in res["traces"]]
+    assert any(t[-1] < max(t) - 1e-3 for t in res["traces"])  # an overshooting restart
+    assert res["perturbed_losses"] == pytest.approx(best)
+    assert res["flatness"] == pytest.approx(max(best) - res["loss"])
+
+
+# §8 sampling: "ball" draws uniformly in the ball (radius ∝ U^{1/d}: in 100 dimensions almost all
+# mass lies near the sphere); "sphere" exactly on it.
+def test_uniform_ball_samples_concentrate_near_the_sphere() -> None:
+    from robustlab.weights import RelativeBall
+
+    b = RelativeBall({"w": torch.randn(100, generator=torch.Generator().manual_seed(1))}, ["w"], 0.2)
+    r = torch.tensor([float(b.sample(torch.Generator().manual_seed(s), "ball")["w"].norm()
+                            / b.radii["w"]) for s in range(50)])
+    assert float(r.max()) <= 1 + 1e-6 and float(r.min()) > 0.9  # P(U^{1/100} < 0.9) ≈ 3e-5
+    s = b.sample(torch.Generator().manual_seed(0), "sphere")["w"].norm() / b.radii["w"]
+    assert float(s) == pytest.approx(1.0, rel=1e-5)
+
+
+# §8 landscape: filter normalization scales every output unit (row/filter) of a weight to that
+# unit's norm; 1-D tensors per tensor.
+def test_filter_normalized_matches_each_filter_norm() -> None:
+    from robustlab.weights import filter_normalized
+
+    w = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    b = torch.randn(4, generator=torch.Generator().manual_seed(3))
+    d = filter_normalized({"c": w, "b": b}, ["c", "b"], torch.Generator().manual_seed(0))
+    assert d["c"].flatten(1).norm(dim=1) == pytest.approx(w.flatten(1).norm(dim=1), rel=1e-5)
+    assert float(d["b"].norm()) == pytest.approx(float(b.norm()), rel=1e-5)

@@ -36,7 +36,7 @@ from common import bench_data, choose
 from robustlab import biterrors as be
 from robustlab import data, models
 from robustlab.device import resolve_device
-from robustlab.evaluate.biterrors import RATES_28, _Evaluator, bit_errors
+from robustlab.evaluate.biterrors import RATES_28, Evaluator, bit_errors
 from robustlab.io import atomic_write_json, versions
 from robustlab.quant import NORMAL8, RQUANT8, Scheme
 from robustlab.train import fit
@@ -117,7 +117,7 @@ def eval_overhead(model: torch.nn.Module, test: data.Dataset, a: argparse.Namesp
                   device: torch.device, scheme: Scheme, res: dict[str, Any],
                   seconds: float) -> dict[str, float]:
     """(b): total evaluation time ÷ (K × R × one clean forward pass over the test set)."""
-    ev = _Evaluator(model, test, a.batch_size_eval, device)
+    ev = Evaluator(model, test, a.batch_size_eval, device)
     params = scheme.quantize({k: v.detach() for k, v in model.named_parameters()}).dequantize()
     ev.wrong(params)
     times = [ev.timed_wrong(params)[1] for _ in range(5)]

@@ -262,13 +262,13 @@ def test_biterrors_overhead_ratio_uses_a_warm_median(monkeypatch):
     train, test = synthetic(64, 32, shape=(1, 8, 8), num_classes=4, seed=0)
     model = create("mlp", dataset=train, seed=0)
     times = iter([10.0, 3.0, 1.0, 2.0])  # cold, then three warm passes
-    real = ev_mod._Evaluator.timed_wrong
+    real = ev_mod.Evaluator.timed_wrong
 
     def fake(self, params):
         w, _ = real(self, params)
         return w, next(times)
 
-    monkeypatch.setattr(ev_mod._Evaluator, "timed_wrong", fake)
+    monkeypatch.setattr(ev_mod.Evaluator, "timed_wrong", fake)
     res = ev_mod.bit_errors(model, test, rates=[0.01], patterns=2, device="cpu", progress=False)
     t = res["timing"]
     assert t["clean_forward_cold_s"] == 10.0 and t["clean_forward_s"] == 2.0

@@ -8,7 +8,9 @@ rest of the library; the registry only adds convenience and rebuildable checkpoi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -382,10 +384,182 @@ def quant_of(model: object) -> object | None:
     return getattr(model, QUANT_ATTR, None)
 
 
-class Dequantized(nn.Module):
+class Predictor(nn.Module):
+    """One model at one set of weights, with its quantization: what every evaluator runs.
+
+    `Predictor(model)` computes at the model's own parameters, quantized then dequantized when it
+    carries a scheme (`quant_of`; or pass `quant=`), exactly as a quantized run computes; the
+    weights are re-quantized only when a parameter changed. `Predictor(model, params)` computes at
+    `params` taken as given (already dequantized or perturbed, gradients flow through them; a
+    partial dict is fine: missing
+    entries fall back to the model's own, dequantized when quantized). `at(params)` is the same
+    model at other weights. `sweep(batches)` is the one routine that runs it over a data set in
+    batches (predictions, loss, clean and robust error); buffers are always the model's own.
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        >>> p = rl.models.Predictor(net, quant=rl.quant.RQUANT4)
+        >>> s = p.sweep([(torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 0, 1, 1]))])
+        >>> s.n, s.wrong.shape
+        (5, torch.Size([5]))
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor],
+                 params: dict[str, torch.Tensor] | None = None, *, quant: object = None):
+        super().__init__()
+        self.model = model
+        self.quant = None if quant is False else quant if quant is not None else quant_of(model)
+        self.fixed = None if params is None else dict(params)
+        self._key: tuple | None = None
+        self._params: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def of(cls, model: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:
+        """`model` itself when it already is a predictor, else `Predictor(model)`."""
+        return model if isinstance(model, Predictor) else cls(model)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The weights replacing the model's own (empty for a float model at its own weights)."""
+        if self.quant is None or not isinstance(self.model, nn.Module):
+            return self.fixed or {}
+        named = [(n, p) for n, p in self.model.named_parameters() if torch.is_floating_point(p)]
+        key = tuple((n, p.data_ptr(), p._version, p.device) for n, p in named)
+        if key != self._key:
+            with torch.no_grad():
+                self._params = self.quant.fake_quantize({n: p.detach() for n, p in named})
+            self._key = key
+        return {**self._params, **self.fixed} if self.fixed else self._params
+
+    def at(self, params: dict[str, torch.Tensor]) -> Predictor:
+        """The same model at `params` (taken as given), other weights as here."""
+        return Predictor(self.model, {**self.params(), **params}, quant=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.params()
+        if not params:
+            return self.model(x)
+        return forward_with(self.model, params, x)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's first parameter (or buffer) lives; CPU for a plain callable."""
+        from robustlab.sources import model_device
+
+        return model_device(self.model)
+
+    def sweep(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+              adversary: Callable[[Predictor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+              loss: bool = False, keep_logits: bool = False, name: str = "") -> Sweep:
+        """Run over `batches` of (x, y) in eval mode (every submodule's mode restored after).
+
+        `adversary(predictor, x, y) -> x_adv` attacks each batch at these weights (robust error:
+        wrong clean or attacked, spec §2); `loss` sums the cross-entropy (float64, per batch in
+        float32 as the model computes); `keep_logits` keeps the float32 logits on the CPU. No
+        batch at all is a `UserError` naming the data (`name`).
+        """
+        from robustlab.sources import eval_mode
+
+        ys, preds, clean_preds, outs = [], [], [], []
+        total = clean_total = None
+        restore = eval_mode(self.model)
+        try:
+            for x, y in batches:
+                xa = x if adversary is None else adversary(self, x, y)
+                with torch.no_grad():
+                    out = self(xa).float()
+                    preds.append(out.argmax(1))
+                    ys.append(y)
+                    if keep_logits:
+                        outs.append(out.cpu())
+                    if loss:
+                        part = F.cross_entropy(out, y, reduction="sum").double()
+                        total = part if total is None else total + part
+                    if adversary is not None:
+                        clean = self(x).float()
+                        clean_preds.append(clean.argmax(1))
+                        if loss:
+                            part = F.cross_entropy(clean, y, reduction="sum").double()
+                            clean_total = part if clean_total is None else clean_total + part
+        finally:
+            restore()
+        if not ys:
+            raise UserError(f"data {name!r} is empty")
+        y_all = torch.cat(ys)
+        return Sweep(y_all, torch.cat(preds), torch.cat(clean_preds) if clean_preds else None,
+                     total, clean_total if adversary is not None else total,
+                     torch.cat(outs) if keep_logits else None)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What `Predictor.sweep` saw: labels, predictions (on attacked inputs when an adversary ran,
+    else clean), clean predictions, cross-entropy sums (float64) and optionally the logits."""
+
+    y: torch.Tensor
+    pred: torch.Tensor
+    clean_pred: torch.Tensor | None = None
+    loss: torch.Tensor | None = None        # Σ cross-entropy on the (attacked) inputs
+    clean_loss: torch.Tensor | None = None  # Σ cross-entropy on the clean inputs
+    logits: torch.Tensor | None = None      # CPU float32, with keep_logits
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def wrong(self) -> torch.Tensor:
+        """Misclassified (attacked, when an adversary ran) examples."""
+        return self.pred != self.y
+
+    @property
+    def clean_wrong(self) -> torch.Tensor:
+        return self.wrong if self.clean_pred is None else self.clean_pred != self.y
+
+    @property
+    def robust_wrong(self) -> torch.Tensor:
+        """Wrong clean or attacked (spec §2)."""
+        return self.wrong if self.clean_pred is None else self.wrong | self.clean_wrong
+
+
+class Batches:
+    """A data set as (x, y) batches on `device`, readable again and again: an in-memory robustlab
+    `Dataset` or `(x, y)` tensors are moved to the device once; a `robustlab.sources.Stream` is
+    read again on every pass (memory does not grow with it). Inputs are checked against `bounds`
+    once (on the first pass for a stream)."""
+
+    def __init__(self, data: Any, batch_size: int, device: torch.device | str | None = None,
+                 bounds: Sequence[float] | None = None):
+        from robustlab import sources
+
+        self.batch_size, self.device, self.bounds = int(batch_size), device, bounds
+        if isinstance(data, tuple):
+            x, y = data
+            self.n, self.stream = int(x.shape[0]), None
+            self.cached = [(x[s:s + self.batch_size].to(device), y[s:s + self.batch_size].to(device))
+                           for s in range(0, self.n, self.batch_size)]
+        else:
+            self.n = len(data)
+            self.stream = data if isinstance(data, sources.Stream) else None
+            if self.stream is None:
+                self.cached = list(sources.batches_of(data, self.batch_size, device, bounds))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.stream is None:
+            return iter(self.cached)
+        from robustlab import sources
+
+        bounds, self.bounds = self.bounds, None  # checked on the first pass
+        return sources.batches_of(self.stream, self.batch_size, self.device, bounds)
+
+
+class Dequantized(Predictor):
     """`model` computing at its quantized-then-dequantized weights (the values a quantized run
-    really uses; `robustlab.runs.Run.params()` computes the same tensors). The weights are
-    re-quantized only when a parameter changed; buffers are the model's own.
+    really uses; `robustlab.runs.Run.params()` computes the same tensors): a `Predictor` with an
+    explicit scheme.
 
     Example:
         >>> import torch, robustlab as rl
@@ -397,33 +571,16 @@ class Dequantized(nn.Module):
     """
 
     def __init__(self, model: nn.Module, scheme: object):
-        super().__init__()
-        self.model, self.scheme = model, scheme
-        self._key: tuple | None = None
-        self._params: dict[str, torch.Tensor] = {}
-
-    def params(self) -> dict[str, torch.Tensor]:
-        """The dequantized weights (cached until a parameter of `model` changes)."""
-        named = [(n, p) for n, p in self.model.named_parameters() if torch.is_floating_point(p)]
-        key = tuple((n, p.data_ptr(), p._version, p.device) for n, p in named)
-        if key != self._key:
-            with torch.no_grad():
-                self._params = self.scheme.fake_quantize({n: p.detach() for n, p in named})
-            self._key = key
-        return self._params
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return forward_with(self.model, self.params(), x)
+        super().__init__(model, quant=scheme)
 
 
 def with_quant(model: object) -> object:
-    """`Dequantized(model, scheme)` when `model` carries a quantization scheme (`quant_of`), else
-    `model` itself: evaluators call it first, so a model trained quantization-aware is measured
-    at the weights it was trained to compute with, as the CLI measures its run."""
-    scheme = quant_of(model)
-    if scheme is None or isinstance(model, Dequantized) or not isinstance(model, nn.Module):
+    """`Predictor(model)` when `model` carries a quantization scheme (`quant_of`), else `model`
+    itself: a model trained quantization-aware is measured at the weights it was trained to
+    compute with, as the CLI measures its run."""
+    if quant_of(model) is None or isinstance(model, Predictor) or not isinstance(model, nn.Module):
         return model
-    return Dequantized(model, scheme)
+    return Predictor(model)
 
 
 def count_parameters(model: nn.Module) -> int:

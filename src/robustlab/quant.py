@@ -159,10 +159,6 @@ class Scheme:
         return Quantized(self, list(layout.names), list(layout.shapes), list(layout.dtypes),
                          codes, lo, hi, delta, base)
 
-    def dequantize(self, q: Quantized, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The float tensors of `q` (optionally with other flat `codes`, e.g. bit-flipped)."""
-        return q.dequantize(codes)
-
     def _quantize_dequantize_flat(self, layout: _Layout, flat: torch.Tensor) -> torch.Tensor:
         c, lo, hi, delta, base = self._quantize_flat(layout, flat)
         seg = layout.segments(flat.device)
@@ -361,6 +357,21 @@ class Quantized:
         q = cls(Scheme.from_dict(meta["scheme"]), list(meta["names"]),
                 [tuple(s) for s in meta["shapes"]], dtypes, codes, **vec)
         return q.to(device)
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of every uint8 / integer entry (its 8 low bits; int64).
+
+    Example:
+        >>> import torch, robustlab as rl
+        >>> rl.quant.popcount(torch.tensor([0, 1, 3, 255], dtype=torch.uint8)).tolist()
+        [0, 1, 2, 8]
+    """
+    x = x.long()
+    out = torch.zeros_like(x)
+    for j in range(8):
+        out += (x >> j) & 1
+    return out
 
 
 def model_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ increasing order and each run also starts from the best flips of the next smalle
 (progressive bit search, one run whose prefixes give every budget) and "random" (random flips,
 at most one per weight, mean and max over `random_patterns` seeds) as a reference. Default:
 "attack,bfa"; the projected attack's defaults are `STEPS` steps per start, `STEP_SIZE` and
-`RESTARTS` starts (see `robustlab.weights.bits.bit_attack`).
+`RESTARTS` starts (see `robustlab.weights.bits.attack_codes`).
 
 **Worst case and envelope (spec §3a).** With "attack" and/or "bfa", `results["worst"]` gives per
 budget the larger RErr of the two (`rerr`), which of them found it (`found_by`: "attack", "bfa",
@@ -36,14 +36,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.errors import UserError
+from robustlab.models import Batches, Predictor, quant_of
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
 from robustlab.weights import bits as wb
-from robustlab.weights.objective import eval_mode
+from robustlab.weights.ball import select
 
 BUDGETS = (10, 20, 40, 80, 160, 320)
 METHODS = ("attack", "bfa", "random")
@@ -91,21 +91,8 @@ def worst_case(budgets: Sequence[int], results: dict[str, dict[str, list]]) -> d
     return row
 
 
-class _Predictor:
-    def __init__(self, model: nn.Module, q: Quantized, test: Dataset, batch_size: int) -> None:
-        self.model, self.q = model, q
-        self.batches = [x for x, _ in test.batches(batch_size, device=q.device)]
-        self.y = test.y.to(q.device)
-
-    @torch.no_grad()
-    def pred(self, codes: torch.Tensor) -> torch.Tensor:
-        params = self.q.dequantize(codes)
-        with eval_mode(self.model):
-            return torch.cat([functional_call(self.model, params, (x,)).argmax(1)
-                              for x in self.batches])
-
-
-def _methods(method: str | Sequence[str]) -> list[str]:
+def parse_methods(method: str | Sequence[str]) -> list[str]:
+    """Method names from a comma-separated string or a list, checked against `METHODS`."""
     names = [m.strip() for m in method.split(",")] if isinstance(method, str) else list(method)
     names = [m for m in names if m]
     bad = [m for m in names if m not in METHODS]
@@ -126,11 +113,11 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
     """RErr of `model` on `test` under adversarial bit flips for each budget (module docstring)."""
     test = sources.as_data(test)  # tensors, torch Dataset, DataLoader (see robustlab.sources)
     attack_data = None if attack_data is None else sources.as_data(attack_data)
-    scheme = scheme or getattr(model, "robustlab_quant", None)  # a quantization-aware fit's
+    scheme = scheme or quant_of(model)  # a quantization-aware fit's
     budgets = [wb.check_budget(b) for b in budgets]
     if not budgets:
         raise UserError("no bit budgets given")
-    methods = _methods(method)
+    methods = parse_methods(method)
     for name, v, lo in (("n_attack", n_attack, 1), ("random_patterns", random_patterns, 1),
                         ("batch_size", batch_size, 1)):
         if int(v) != v or v < lo:
@@ -145,16 +132,21 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
             quantized = (scheme or RQUANT8).quantize(
                 {k: v.detach() for k, v in model_params(model).items()})
     q = quantized.to(dev)
-    wb.select_tensors(model, q, selection)  # validate before any work
+    allowed = wb.tensor_mask(q, select(model, selection, among=q.names))  # checked before any work
     src = attack_data if attack_data is not None else test
     xa, ya = src.x[:n_attack], src.y[:n_attack]
-    pred = _Predictor(model, q, test, batch_size)
-    clean_wrong = pred.pred(q.codes) != pred.y
-    not_target = pred.y != target if target is not None else None
+    batches = Batches(test, batch_size, q.device)
+
+    def sweep(codes: torch.Tensor) -> Any:
+        return Predictor(model, q.dequantize(codes), quant=False).sweep(batches)
+
+    clean = sweep(q.codes)
+    clean_wrong = clean.wrong
+    not_target = clean.y != target if target is not None else None
 
     def scores(codes: torch.Tensor) -> dict[str, float]:
-        p = pred.pred(codes)
-        wrong = p != pred.y
+        s = sweep(codes)
+        p, wrong = s.pred, s.wrong
         out = {"rerr": float((wrong | clean_wrong).double().mean()),
                "err": float(wrong.double().mean())}
         if not_target is not None:
@@ -164,7 +156,6 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
 
     results: dict[str, Any] = {}
     kw = dict(target=target, selection=selection, batch_size=batch_size)
-    allowed = wb._tensor_mask(q, wb.select_tensors(model, q, selection))
     progress = progress if distributed.is_main() else False
 
     def gen(*unit: int) -> torch.Generator:
@@ -177,7 +168,7 @@ def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDG
             per_budget: dict[int, dict[str, Any]] = {}
             init = None
             for j in sorted(range(len(budgets)), key=lambda j: budgets[j]):
-                r = wb.bit_attack(model, q, xa, ya, budget=budgets[j], steps=steps,
+                r = wb.attack_codes(model, q, xa, ya, budget=budgets[j], steps=steps,
                                   step_size=step_size, restarts=restarts, init=init,
                                   generator=gen(0, j), progress=progress, **kw)
                 init = r.codes

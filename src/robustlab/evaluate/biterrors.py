@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from tqdm import tqdm
 
 from robustlab import biterrors as be
@@ -32,8 +31,8 @@ from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
-from robustlab.models import quant_of
-from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
+from robustlab.models import Batches, Predictor, quant_of
+from robustlab.quant import RQUANT8, Quantized, Scheme, model_params, popcount
 
 # Default evaluation rates (fractions), spec §6.
 RATES_28 = [0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.10, 0.15, 0.20]
@@ -66,40 +65,31 @@ def stats(values: torch.Tensor) -> dict[str, list[float]]:
             "max": v.max(0).values.tolist()}
 
 
-class _Evaluator:
-    """A model, a test set kept on the device (an in-memory `Dataset`) or read again on every pass
-    (a `sources.Stream`: memory does not grow with the test set), and fast prediction at given
-    parameters. Inputs are checked against `bounds` once."""
+class Evaluator:
+    """A model and a test set kept on the device (an in-memory `Dataset`) or read again on every
+    pass (a `sources.Stream`): which examples are wrong at given parameters, through the one
+    predictor core (`rl.models.Predictor.sweep` over `rl.models.Batches`). Inputs are checked
+    against `bounds` once."""
 
     def __init__(self, model: nn.Module, test: Dataset | sources.Stream, batch_size: int,
                  device: torch.device, bounds: Sequence[float] | None = None):
         self.model, self.device = model, device
-        self.stream = test if isinstance(test, sources.Stream) else None
-        self.batch_size, self.bounds = int(batch_size), bounds
-        if self.stream is None:
-            self.batches = [x for x, _ in sources.batches_of(test, self.batch_size, device, bounds)]
-            self.y = test.y.to(device)
+        self.batches = Batches(test, batch_size, device, bounds)
         self.n = len(test)
 
-    @torch.inference_mode()
     def wrong(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bool vector: test examples misclassified at `params`."""
-        if self.stream is not None:
-            out = [functional_call(self.model, params, (x,)).argmax(1) != y for x, y in
-                   sources.batches_of(self.stream, self.batch_size, self.device, self.bounds)]
-            self.bounds = None  # checked on the first pass
-            return torch.cat(out)
-        pred = torch.cat([functional_call(self.model, params, (x,)).argmax(1) for x in self.batches])
-        return pred != self.y
+        """Bool vector: test examples misclassified at `params` (taken as given)."""
+        return Predictor(self.model, params, quant=False).sweep(self.batches).wrong
 
     def timed_wrong(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
-        self._sync()
+        """`wrong(params)` and its wall-clock seconds (the device synchronized around it)."""
+        self.sync()
         t0 = time.perf_counter()
         w = self.wrong(params)
-        self._sync()
+        self.sync()
         return w, time.perf_counter() - t0
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -143,7 +133,7 @@ def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
     dev, scheme, was_training = _setup(model, device, scheme)
     try:
         t_start = time.perf_counter()
-        ev = _Evaluator(model, test, batch_size, dev, bounds)
+        ev = Evaluator(model, test, batch_size, dev, bounds)
         with torch.no_grad():
             float_wrong = ev.wrong(model_params(model))
             q = (quantized.to(dev) if quantized is not None
@@ -168,7 +158,7 @@ def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
         bar.close()
         distributed.all_reduce_sum(err)  # rows of other ranks' patterns are 0 here
         distributed.all_reduce_sum(rerr)
-        ev._sync()
+        ev.sync()
         total = time.perf_counter() - t_start
     finally:
         was_training()  # restores every submodule's mode
@@ -201,7 +191,7 @@ def chip_errors(model: nn.Module, test: Any, chip: be.ChipMap, *, scheme: Scheme
     be.check_seed(seed0 + patterns - 1)
     dev, scheme, was_training = _setup(model, device, scheme)
     try:
-        ev = _Evaluator(model, test, batch_size, dev, bounds)
+        ev = Evaluator(model, test, batch_size, dev, bounds)
         with torch.no_grad():
             q = scheme.quantize({k: v.detach() for k, v in model_params(model).items()})
         clean_wrong = ev.wrong(q.dequantize())
@@ -216,7 +206,7 @@ def chip_errors(model: nn.Module, test: Any, chip: be.ChipMap, *, scheme: Scheme
             for o, off in enumerate(offsets):
                 codes = chip.apply(q, seed0 + k, off)
                 diff = torch.bitwise_xor(codes, q.codes)
-                flipped[k, o] = _popcount(diff).sum().float() / (q.numel * q.scheme.bits)
+                flipped[k, o] = popcount(diff).sum().float() / (q.numel * q.scheme.bits)
                 wrong = ev.wrong(q.dequantize(codes))
                 err[k, o] = wrong.sum()
                 rerr[k, o] = (wrong | clean_wrong).sum()
@@ -240,12 +230,6 @@ def _summary(counts: torch.Tensor, n: int) -> dict[str, Any]:
     """Statistics of K×R error fractions given as counts of wrong examples out of n."""
     frac = counts.cpu().double() / n
     return {**stats(frac), "values": frac.tolist()}
-
-
-def _popcount(codes: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of each uint8 (int64)."""
-    c = codes.to(torch.int64)
-    return sum(((c >> j) & 1) for j in range(8))
 
 
 def energy(model: nn.Module, test: Any, curve: be.EnergyCurve, *, tolerance: float = 0.01,

@@ -11,32 +11,24 @@ import torch.nn.functional as F
 from robustlab import sources
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
-from robustlab.models import with_quant
+from robustlab.models import Predictor
 
 
-@torch.no_grad()
 def predict_with_labels(model: Callable[[torch.Tensor], torch.Tensor], data: Any, *,
                         batch_size: int = 512, device: torch.device | str | None = None,
                         bounds: Sequence[float] | None = (0.0, 1.0)
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of `model` on every example of `data` (streamed; CPU float32 / int64).
 
-    The model runs in eval mode; the caller's mode is restored afterwards.
+    The model runs in eval mode (at its dequantized weights when it carries a quantization
+    scheme, `rl.models.Predictor`); the caller's mode is restored afterwards.
     """
     ds = sources.as_data(data)
-    model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
-    dev = sources.model_device(model) if device is None else resolve_device(device)
-    restore = sources.eval_mode(model)
-    try:
-        out, ys = [], []
-        for x, y in sources.batches_of(ds, int(batch_size), dev, bounds):
-            out.append(model(x).float().cpu())
-            ys.append(y.cpu())
-    finally:
-        restore()
-    if not out:
-        raise UserError(f"data {getattr(ds, 'name', '')!r} is empty")
-    return torch.cat(out), torch.cat(ys)
+    pred = Predictor.of(model)
+    dev = pred.device if device is None else resolve_device(device)
+    s = pred.sweep(sources.batches_of(ds, int(batch_size), dev, bounds), keep_logits=True,
+                   name=getattr(ds, "name", ""))
+    return s.logits, s.y.cpu()
 
 
 def predict(model: Callable[[torch.Tensor], torch.Tensor], ds: Any, *, batch_size: int = 512,
@@ -65,7 +57,7 @@ def clean(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *, batch_siz
     `DataLoader` (streamed batch by batch). Inputs outside `bounds` are refused (one line);
     `bounds=None` skips the check. `device` defaults to the model's. The model runs in eval mode
     and its mode is restored afterwards. A model trained with `rl.train.fit(..., quant=...)` is
-    evaluated at its dequantized weights (`rl.models.with_quant`), as `robustlab eval` does.
+    evaluated at its dequantized weights (`rl.models.Predictor`), as `robustlab eval` does.
 
     Example:
         >>> import torch, robustlab as rl

@@ -23,7 +23,7 @@ from torch import nn
 from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.errors import UserError
-from robustlab.models import Dequantized, quant_of
+from robustlab.models import Predictor
 from robustlab.weights import (
     ModelObjective,
     RelativeBall,
@@ -142,10 +142,9 @@ def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: 
            device: torch.device | str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     if device is not None:
         model.to(device)
-    if params is None and quant_of(model) is not None:  # a quantization-aware fit's model
-        params = Dequantized(model, quant_of(model)).params()
-    base = {n: p.detach() for n, p in model.named_parameters()} if params is None else \
-        {n: p.detach() for n, p in params.items()}
+    if params is None:  # the model's own weights, dequantized when it carries a scheme
+        params = {**dict(model.named_parameters()), **Predictor(model).params()}
+    base = {n: p.detach() for n, p in params.items()}
     names = select(model, selection)
     return base, names
 
@@ -154,7 +153,7 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
              xi: float | Sequence[float] = 0.5, clean: bool = False,
              attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
              n: int | None = 1000, samples: int = 10, steps: int = 20, restarts: int = 1,
-             step_size: float | None = None, selection: Any = "default",
+             step_size: float | None = None, selection: Any = "all",
              params: dict[str, torch.Tensor] | None = None, train: Any = None,
              seed: int = 0, batch_size: int = 256, device: torch.device | str | None = None,
              progress: bool | None = None, return_nu: bool = False,
@@ -166,7 +165,9 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
     attack: an input attack `attack(model, x, y, *, generator) -> AttackResult` such as
     `rl.attacks.PGD(...)` or `rl.attacks.APGD(...)`; default PGD-L∞ (`attack_settings` override
     its options). `params` replaces the model's weights (default: the model's own, or its
-    dequantized weights when it carries a quantization scheme, `rl.models.quant_of`).
+    dequantized weights when it carries a quantization scheme, `rl.models.Predictor`).
+    `selection`: which tensors the ball perturbs (`robustlab.weights.select`; default "all":
+    the conv/linear weights and biases, never norm-layer parameters).
     With `train`, the same robust loss on as many training examples gives the test−train gap.
     `test`/`train`: a robustlab `Dataset`, `(x, y)` tensors, a torch `Dataset` or a `DataLoader`
     (streamed: the first `n` examples are read again for every loss evaluation, never held).
@@ -243,7 +244,7 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
 def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "random",
               xi: float = 0.5, extent: float | None = None, points: int = 21,
               attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
-              n: int | None = 1000, selection: Any = "default",
+              n: int | None = 1000, selection: Any = "all",
               params: dict[str, torch.Tensor] | None = None, nu: dict[str, torch.Tensor] | None = None,
               steps: int = 20, seed: int = 0, batch_size: int = 256,
               device: torch.device | str | None = None,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from robustlab import sources
 from robustlab.errors import UserError
+from robustlab.models import Predictor
 from robustlab.weights.objective import Attack, adversarial_inputs
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -67,15 +67,11 @@ def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any
     ds = dataset if n is None else dataset.subset(slice(0, int(n)))
     if len(ds) == 0:
         raise UserError("robust tracking needs a non-empty held-out split")
-    sums = None
-    for x, y in ds.batches(batch_size, device=device):
-        xa = adversarial_inputs(attack, model_fn, x, y, generator)
-        with torch.no_grad():
-            lc, la = model_fn(x).float(), model_fn(xa).float()
-            wc, wa = lc.argmax(1) != y, la.argmax(1) != y
-            part = torch.stack([F.cross_entropy(la, y, reduction="sum"), (wa | wc).sum(),
-                                F.cross_entropy(lc, y, reduction="sum"), wc.sum()]).double()
-        sums = part if sums is None else sums + part
+    pred = Predictor.of(model_fn)  # a model carrying a quantization scheme: its dequantized weights
+    s = pred.sweep(ds.batches(batch_size, device=device), loss=True,
+                   adversary=lambda p, x, y: adversarial_inputs(attack, p.forward, x, y, generator))
+    sums = torch.stack([s.loss, s.robust_wrong.sum().double(), s.clean_loss,
+                        s.clean_wrong.sum().double()])
     acc = (sums.cpu() / len(ds)).tolist()
     return {"robust_loss": acc[0], "robust_err": acc[1], "clean_loss": acc[2], "clean_err": acc[3]}
 

@@ -8,7 +8,7 @@ the model itself is never modified.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ from robustlab.errors import UserError
 
 Params = dict[str, torch.Tensor]
 
-SELECTIONS = ("default", "weights")
+#: The one vocabulary for "which tensors to perturb" (relative balls and bit attacks alike).
+SELECTIONS = ("all", "default", "weights")
 
 
 def _norm_module_params(model: nn.Module) -> set[str]:
@@ -31,38 +32,50 @@ def _norm_module_params(model: nn.Module) -> set[str]:
     return out
 
 
-def select(model: nn.Module, selection: str | Iterable[str] = "default") -> list[str]:
-    """Names of the parameter tensors to perturb, in the model's parameter order.
+def select(model: nn.Module, selection: str | Iterable[str] = "all", *,
+           among: Sequence[str] | None = None) -> list[str]:
+    """Names of the parameter tensors a weight perturbation acts on: one vocabulary for the
+    relative ball (flatness, landscapes, AWP) and the bit attacks.
 
-    `selection` is "default" (conv/linear weights and biases, from
-    `robustlab.models.perturbable_names`), "weights" (conv/linear weights only, as in AWP), or
-    explicit names (a list or a comma-separated string) drawn from the default set. Norm-layer
-    parameters and buffers are never selectable.
+    - "all" (the default everywhere): every tensor the perturbation can act on, in `among`'s
+      order: `among` when given (a bit attack passes its quantized tensors: every stored tensor,
+      norm-layer parameters included, as random bit errors), else the relative ball's tensors:
+      conv/linear weights and biases (`robustlab.models.perturbable_names`; norm-layer
+      parameters and buffers are never in a ball, spec §8);
+    - "default": conv/linear weights and biases (of `among`, when given);
+    - "weights": conv/linear weights only (as in AWP);
+    - explicit names (a list or a comma-separated string) of tensors of the "all" set.
     """
     from robustlab.models import perturbable_names
 
-    allowed = list(perturbable_names(model))
     norm = _norm_module_params(model)
-    allowed = [n for n in allowed if n not in norm]
+    layers = [n for n in perturbable_names(model) if n not in norm]
+    if among is not None:
+        layers = [n for n in layers if n in set(among)]
+    pool = layers if among is None else list(among)
+    what = "conv/linear weights and biases" if among is None else "quantized tensors"
     if isinstance(selection, str) and selection in SELECTIONS:
-        if selection == "weights":
+        if selection == "all":
+            names = pool
+        elif selection == "weights":
             shapes = dict(model.named_parameters())
-            allowed = [n for n in allowed if shapes[n].ndim >= 2]
-        names = allowed
+            names = [n for n in layers if n in shapes and shapes[n].ndim >= 2]
+        else:
+            names = layers
     else:
         wanted = [s.strip() for s in selection.split(",")] if isinstance(selection, str) \
             else list(selection)
         wanted = [w for w in wanted if w]
-        known = set(allowed)
+        known = set(pool)
         for w in wanted:
             if w not in known:
                 raise UserError(
-                    f"unknown parameter selection {w!r}; use 'default', 'weights' or names of "
-                    f"conv/linear weights and biases such as {', '.join(allowed[:4]) or '(none)'}")
-        names = [n for n in allowed if n in set(wanted)]
+                    f"unknown parameter selection {w!r}; use all, default, weights or names of "
+                    f"{what} such as {', '.join(pool[:4]) or '(none)'}")
+        names = [n for n in pool if n in set(wanted)]
     if not names:
-        raise UserError(f"model {type(model).__name__} has no perturbable tensors "
-                        f"(conv/linear weights or biases) for selection {selection!r}")
+        raise UserError(f"model {type(model).__name__} has no perturbable tensors ({what}) for "
+                        f"selection {selection!r}")
     return names
 
 

@@ -45,14 +45,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from robustlab.errors import UserError
-from robustlab.quant import Quantized
+from robustlab.models import Predictor
+from robustlab.quant import Quantized, popcount
+from robustlab.weights.ball import SELECTIONS, select
 from robustlab.weights.objective import eval_mode
 
-SELECTIONS = ("all", "default", "weights")
+__all__ = ["PROJECTIONS", "SELECTIONS", "STEPS", "STEP_SIZE", "BitAttackResult", "CodeObjective",
+           "attack_codes", "bfa", "bit_attack", "check_budget", "msb", "popcount", "project_codes",
+           "random_flips", "tensor_mask"]
+
 PROJECTIONS = ("gain", "round")
 STEPS = 20        # iterations per start of the projected attack
 STEP_SIZE = 1.0   # in units of half the code range, for the largest gradient entry
@@ -62,40 +66,6 @@ def check_budget(budget: int) -> int:
     if isinstance(budget, bool) or int(budget) != budget or budget < 0:
         raise UserError(f"bit budget {budget!r} must be an integer >= 0")
     return int(budget)
-
-
-def select_tensors(model: nn.Module, q: Quantized, selection: str | Sequence[str] = "all"
-                   ) -> list[str]:
-    """Quantized tensors the attacker may flip: "all" (every quantized tensor, as random bit
-    errors), "default" (conv/linear weights and biases), "weights" (conv/linear weights), or
-    explicit names (list or comma-separated)."""
-    if isinstance(selection, str) and selection == "all":
-        names = list(q.names)
-    elif isinstance(selection, str) and selection in ("default", "weights"):
-        from robustlab.weights.ball import select
-
-        names = [n for n in select(model, selection) if n in q.names]
-    else:
-        wanted = [s.strip() for s in selection.split(",")] if isinstance(selection, str) \
-            else list(selection)
-        wanted = [w for w in wanted if w]
-        for w in wanted:
-            if w not in q.names:
-                raise UserError(f"unknown parameter selection {w!r}; use all, default, weights or "
-                                f"names of quantized tensors such as {', '.join(q.names[:3])}")
-        names = [n for n in q.names if n in set(wanted)]
-    if not names:
-        raise UserError(f"no quantized tensors to attack for selection {selection!r}")
-    return names
-
-
-def popcount(x: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of every uint8 / integer entry (int64)."""
-    x = x.long()
-    out = torch.zeros_like(x)
-    for j in range(8):
-        out += (x >> j) & 1
-    return out
 
 
 def msb(x: torch.Tensor) -> torch.Tensor:
@@ -129,14 +99,10 @@ class CodeObjective:
         for s in range(0, self.x.shape[0], self.batch_size):
             yield self.x[s:s + self.batch_size], self.labels[s:s + self.batch_size]
 
-    @torch.no_grad()
     def value(self, codes: torch.Tensor) -> torch.Tensor:
-        params = self._params(self.q.dequantize_flat(codes))
-        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
-        with eval_mode(self.model):
-            for x, t in self._chunks():
-                out = functional_call(self.model, params, (x,))
-                total += F.cross_entropy(out.float(), t, reduction="sum").double()
+        """The attack loss at `codes` (no gradient), through the predictor core."""
+        pred = Predictor(self.model, self._params(self.q.dequantize_flat(codes)), quant=False)
+        total = pred.sweep(self._chunks(), loss=True).loss
         return (self.sign * total / self.x.shape[0]).float()
 
     def evaluate(self, codes: torch.Tensor, grad: bool = True
@@ -145,17 +111,17 @@ class CodeObjective:
         classified as the target) and, with `grad`, the loss gradient w.r.t. the flat dequantized
         weights. Device tensors (no host sync)."""
         flat = self.q.dequantize_flat(codes).detach().requires_grad_(grad)
-        params = self._params(flat)
+        pred = Predictor(self.model, self._params(flat), quant=False)
         total = torch.zeros((), dtype=torch.float64, device=self.q.device)
         hits = torch.zeros((), dtype=torch.int64, device=self.q.device)
         g_all = torch.zeros_like(flat) if grad else None
         n = self.x.shape[0]
         with eval_mode(self.model), torch.set_grad_enabled(grad):
             for x, t in self._chunks():
-                out = functional_call(self.model, params, (x,)).float()
+                out = pred(x).float()
                 loss = self.sign * F.cross_entropy(out, t, reduction="sum") / n
-                pred = out.detach().argmax(1)
-                hits += (pred != t).sum() if self.target is None else (pred == t).sum()
+                p = out.detach().argmax(1)
+                hits += (p != t).sum() if self.target is None else (p == t).sum()
                 if grad:
                     (g,) = torch.autograd.grad(loss, flat)
                     g_all += g
@@ -164,19 +130,9 @@ class CodeObjective:
 
     def value_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and its gradient w.r.t. the flat dequantized weights."""
-        flat = self.q.dequantize_flat(codes).detach().requires_grad_(True)
-        params = self._params(flat)
-        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
-        grad = torch.zeros_like(flat)
-        n = self.x.shape[0]
-        with eval_mode(self.model):
-            for x, t in self._chunks():
-                out = functional_call(self.model, params, (x,))
-                loss = self.sign * F.cross_entropy(out.float(), t, reduction="sum") / n
-                (g,) = torch.autograd.grad(loss, flat)
-                grad += g
-                total += loss.detach().double()
-        return total.float(), grad
+        loss, _, grad = self.evaluate(codes, grad=True)
+        assert grad is not None
+        return loss, grad
 
 
 @dataclasses.dataclass
@@ -187,7 +143,8 @@ class BitAttackResult:
     hits: int | None = None  # attack-set examples misclassified (targeted: classified as target)
 
 
-def _tensor_mask(q: Quantized, names: Sequence[str]) -> torch.Tensor:
+def tensor_mask(q: Quantized, names: Sequence[str]) -> torch.Tensor:
+    """Bool vector over the flat codes of `q`: True on the weights of the tensors `names`."""
     allowed = torch.zeros(q.numel, dtype=torch.bool, device=q.device)
     for n, off, size in zip(q.names, q.offsets, q.sizes):
         if n in set(names):
@@ -264,7 +221,7 @@ def _plan(restarts: int, warm: bool) -> list[tuple[str, str]]:
     return (plan + [("random", "fixed")] * restarts)[:restarts]
 
 
-def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
+def attack_codes(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
                budget: int, steps: int = STEPS, step_size: float = STEP_SIZE, restarts: int = 1,
                target: int | None = None, selection: str | Sequence[str] = "all",
                generator: torch.Generator | None = None, batch_size: int = 512,
@@ -288,8 +245,8 @@ def bit_attack(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor,
         raise UserError(f"projection {projection!r} must be one of {', '.join(PROJECTIONS)}")
     generator = generator or torch.Generator().manual_seed(0)
     obj = CodeObjective(model, q, x, y, target=target, batch_size=batch_size)
-    names = select_tensors(model, q, selection)
-    allowed = _tensor_mask(q, names)
+    names = select(model, selection, among=q.names)
+    allowed = tensor_mask(q, names)
     c0 = _offset_binary(q, q.codes)
     delta = _per_weight(q, q.delta.float())
     half = float(2 ** (q.scheme.bits - 1))
@@ -353,8 +310,8 @@ def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
     """Progressive bit search up to max(budgets) flips; the codes after each budget."""
     budgets = sorted({check_budget(b) for b in budgets})
     obj = CodeObjective(model, q, x, y, target=target, batch_size=batch_size)
-    names = select_tensors(model, q, selection)
-    allowed = _tensor_mask(q, names)
+    names = select(model, selection, among=q.names)
+    allowed = tensor_mask(q, names)
     segments = [(off, size) for n, off, size in zip(q.names, q.offsets, q.sizes) if n in names]
     codes = q.codes.clone()
     touched = torch.zeros_like(allowed)
@@ -395,3 +352,8 @@ def bfa(model: nn.Module, q: Quantized, x: torch.Tensor, y: torch.Tensor, *,
             flips = int(popcount(torch.bitwise_xor(codes, q.codes)).sum())
             out[it + 1] = BitAttackResult(codes.clone(), float(loss), flips)
     return out
+
+
+#: Deprecated name of `attack_codes` (it collided with `robustlab.evaluate.bit_attack`, which
+#: evaluates a model per budget); kept for one release.
+bit_attack = attack_codes

@@ -13,15 +13,15 @@ An input attack follows the standard interface of `robustlab.attacks`:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from robustlab.attacks.base import eval_mode  # re-exported: weights.eval_mode is the same helper
+from robustlab.models import Batches, Predictor
 
 Params = dict[str, torch.Tensor]
 #: The standard input attack: `attack(model, x, y, *, generator) -> AttackResult`.
@@ -87,67 +87,41 @@ class ModelObjective:
 
     With `y=None`, `x` is a data source instead of a tensor: a robustlab `Dataset` or a
     `robustlab.sources.Stream`, read batch by batch on every evaluation (a streamed test set is
-    never held in memory)."""
+    never held in memory). Every evaluation runs through the predictor core
+    (`robustlab.models.Predictor.sweep`)."""
 
     def __init__(self, model: nn.Module, x: Any, y: torch.Tensor | None = None,
                  attack: Attack | None = None, *, batch_size: int = 256,
                  fixed: Params | None = None) -> None:
         self.model, self.attack = model, attack
-        if y is None:
-            self.data, self.x, self.y = x, None, None
-            self.n = len(x)
-        else:
-            self.data, self.x, self.y = None, x, y
-            self.n = int(x.shape[0])
-        self.batch_size = int(batch_size)
         self.fixed = {n: p.detach() for n, p in (fixed or {}).items()}
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.batches = Batches(x if y is None else (x, y), batch_size, self.device)
+        self.n = len(self.batches)
+
+    def predictor(self, params: Params) -> Predictor:
+        """The model at `params` (perturbed tensors) and `fixed` (the others)."""
+        return Predictor(self.model, {**self.fixed, **params}, quant=False)
 
     def model_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
-        full = {**self.fixed, **params}
+        return self.predictor(params).forward
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.model, full, (x,))
-        return fn
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.data is not None:
-            yield from self.data.batches(self.batch_size, device=self.device)
-            return
-        for s in range(0, self.x.shape[0], self.batch_size):
-            yield (self.x[s:s + self.batch_size].to(self.device),
-                   self.y[s:s + self.batch_size].to(self.device))
-
-    def _inputs(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                gen: torch.Generator) -> torch.Tensor:
+    def _adversary(self, gen: torch.Generator) -> Callable[..., torch.Tensor] | None:
         if self.attack is None:
-            return x
-        return adversarial_inputs(self.attack, self.model_fn(params), x, y, gen)
+            return None
+        attack = self.attack
+        return lambda pred, x, y: adversarial_inputs(attack, pred.forward, x, y, gen)
 
     def evaluate(self, params: Params, seed: int) -> dict[str, torch.Tensor]:
         """Mean loss and error on the attacked inputs, clean error and robust error (wrong clean
         or attacked, spec §2), as 0-d tensors."""
         params = {n: p.detach() for n, p in params.items()}
         gen = torch.Generator().manual_seed(int(seed))
-        fn = self.model_fn(params)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong_clean = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong_any = torch.zeros((), dtype=torch.float64, device=self.device)
-        with eval_mode(self.model):
-            for x, y in self._batches():
-                xa = self._inputs(params, x, y, gen)
-                with torch.no_grad():
-                    logits = fn(xa)
-                    loss += F.cross_entropy(logits, y, reduction="sum").double()
-                    w_adv = logits.argmax(1) != y
-                    w_clean = (fn(x).argmax(1) != y) if self.attack is not None else w_adv
-                    wrong += w_adv.sum()
-                    wrong_clean += w_clean.sum()
-                    wrong_any += (w_adv | w_clean).sum()
+        s = self.predictor(params).sweep(self.batches, adversary=self._adversary(gen), loss=True)
         n = max(self.n, 1)
-        return {"loss": (loss / n).float(), "err": (wrong / n).float(),
-                "clean_err": (wrong_clean / n).float(), "robust_err": (wrong_any / n).float()}
+        return {"loss": (s.loss / n).float(), "err": (s.wrong.sum().double() / n).float(),
+                "clean_err": (s.clean_wrong.sum().double() / n).float(),
+                "robust_err": (s.robust_wrong.sum().double() / n).float()}
 
     def value(self, params: Params, seed: int) -> torch.Tensor:
         return self.evaluate(params, seed)["loss"]
@@ -156,14 +130,16 @@ class ModelObjective:
         detached = {n: p.detach() for n, p in params.items()}
         names = list(params)
         gen = torch.Generator().manual_seed(int(seed))
+        adversary = self._adversary(gen)
+        at = self.predictor(detached)
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         grads = {n: torch.zeros_like(p) for n, p in detached.items()}
         n_total = max(self.n, 1)
         with eval_mode(self.model):
-            for x, y in self._batches():
-                xa = self._inputs(detached, x, y, gen)
+            for x, y in self.batches:
+                xa = x if adversary is None else adversary(at, x, y)
                 leaves = {n: p.clone().requires_grad_(True) for n, p in detached.items()}
-                out = functional_call(self.model, {**self.fixed, **leaves}, (xa,))
+                out = self.predictor(leaves)(xa)
                 batch_loss = F.cross_entropy(out, y, reduction="sum") / n_total
                 gs = torch.autograd.grad(batch_loss, [leaves[n] for n in names],
                                          allow_unused=True)

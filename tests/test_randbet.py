@@ -249,3 +249,6 @@ def test_a_plugged_pattern_source_drives_the_same_training():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     with pytest.raises(NotImplementedError, match="pattern source"):
         BitErrorTraining().backward(*_setup()[1:])
+    import robustlab as rl
+
+    assert rl.train.BitErrorTraining is BitErrorTraining and rl.train.FixedPattern is FixedPattern

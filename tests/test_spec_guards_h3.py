@@ -363,3 +363,51 @@ def test_filter_normalized_matches_each_filter_norm() -> None:
     d = filter_normalized({"c": w, "b": b}, ["c", "b"], torch.Generator().manual_seed(0))
     assert d["c"].flatten(1).norm(dim=1) == pytest.approx(w.flatten(1).norm(dim=1), rel=1e-5)
     assert float(d["b"].norm()) == pytest.approx(float(b.norm()), rel=1e-5)
+
+
+class _Linear4(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(4, 16, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1))
+
+
+# §3 targeted attacks: a "random" target is a class other than the true one
+def test_random_targets_are_never_the_true_class() -> None:
+    from robustlab.attacks.pgd import pgd
+
+    x = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(300) % 4
+    res = pgd(_Linear4(), x, y, eps=0.01, steps=0, target="random",
+              generator=torch.Generator().manual_seed(2))
+    assert not bool((res.target == y).any())
+    assert set(res.target.tolist()) == {0, 1, 2, 3}
+
+
+# §3 L0 over pixels keeps the pixels of largest |δ| (over channels), not of largest signed sum;
+# the cube start is uniform in the L∞ cube of half-width min(ε, hi − lo).
+def test_l0_pixels_by_magnitude_and_cube_start_half_width() -> None:
+    from robustlab.attacks.pgd import init_delta, project
+
+    x = torch.full((1, 2, 1, 3), 0.5)
+    d = torch.tensor([[[[0.4, 0.3, 0.2]], [[-0.4, 0.3, 0.2]]]])  # pixel 0: opposite signs
+    out = project(d, x, "l0", 2, pixels=True)
+    kept = (out != 0).any(1).flatten().tolist()
+    assert kept == [True, True, False]
+    big = init_delta(torch.full((500, 1, 4, 4), 0.5), "linf", 2.0, "cube",
+                     torch.Generator().manual_seed(0))
+    assert float(big.abs().max()) <= 1.0 and float(big.abs().max()) > 0.99
+
+
+# §3 L1 step: the top-q fraction of |g| entries — ⌈q·d⌉ of them — signed, L1-normalized
+def test_l1_direction_keeps_ceil_q_d_entries() -> None:
+    from robustlab.attacks.pgd import direction
+
+    g = torch.tensor([[0.1, -5.0, 0.2, 4.0, -0.3] + [0.01] * 10])  # d = 15
+    d = direction(g, "l1", l1_fraction=0.1)  # ⌈1.5⌉ = 2 entries
+    assert d.flatten().tolist()[:5] == pytest.approx([0.0, -0.5, 0.0, 0.5, 0.0])
+    assert float(d.abs().sum()) == pytest.approx(1.0) and int((d != 0).sum()) == 2

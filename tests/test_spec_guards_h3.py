@@ -411,3 +411,32 @@ def test_l1_direction_keeps_ceil_q_d_entries() -> None:
     d = direction(g, "l1", l1_fraction=0.1)  # ⌈1.5⌉ = 2 entries
     assert d.flatten().tolist()[:5] == pytest.approx([0.0, -0.5, 0.0, 0.5, 0.0])
     assert float(d.abs().sum()) == pytest.approx(1.0) and int((d != 0).sum()) == 2
+
+
+# §8 objective: mean over the evaluation set (whatever the batch size), clean error from the clean
+# inputs, robust error = wrong clean OR attacked (spec §2); value_and_grad agrees with value.
+def test_model_objective_errors_and_batch_independence() -> None:
+    import torch.nn.functional as F
+
+    from robustlab.weights import ModelObjective
+
+    v = torch.tensor([0.1, 0.2, 0.8, 0.9, 0.3, 0.7, 0.05])
+    x = v.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    y = torch.tensor([0, 0, 1, 1, 1, 0, 0])  # examples 4 and 5 wrong clean
+
+    def invert(model, x, y, generator=None):  # an "attack" that flips every prediction
+        return 1 - x
+
+    model = _Brightness()
+    params = {"w": model.w.detach()}
+    with torch.no_grad():
+        want_loss = float(F.cross_entropy(model(1 - x), y))
+    for bs in (7, 3, 2):
+        obj = ModelObjective(model, x, y, invert, batch_size=bs)
+        ev = obj.evaluate(params, 0)
+        assert float(ev["clean_err"]) == pytest.approx(2 / 7)
+        assert float(ev["err"]) == pytest.approx(5 / 7)
+        assert float(ev["robust_err"]) == pytest.approx(1.0)
+        assert float(ev["loss"]) == pytest.approx(want_loss, rel=1e-5)
+        val, grads = obj.value_and_grad(params, 0)
+        assert float(val) == pytest.approx(want_loss, rel=1e-5) and set(grads) == {"w"}

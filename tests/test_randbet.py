@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from clihelp import run_cli
 from torch.func import functional_call
 
 from robustlab import biterrors as be
 from robustlab import checkpoint, data, models
-from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Scheme
 from robustlab.train import fit
@@ -151,15 +151,6 @@ def test_fit_with_randbet_is_reproducible_and_clipped():
         weights.append([p.detach().clone() for p in model.parameters()])
         assert all(float(p.detach().abs().max()) <= 0.1 + 1e-7 for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(*weights))
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 TRAIN = ["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet",

@@ -440,3 +440,30 @@ def test_model_objective_errors_and_batch_independence() -> None:
         assert float(ev["loss"]) == pytest.approx(want_loss, rel=1e-5)
         val, grads = obj.value_and_grad(params, 0)
         assert float(val) == pytest.approx(want_loss, rel=1e-5) and set(grads) == {"w"}
+
+
+# §7 curriculum: bit errors switch on once the clean loss is below the threshold — for good
+# (a later batch with a higher loss does not switch them off again)
+def test_randbet_curriculum_stays_on() -> None:
+    from robustlab import models
+    from robustlab.quant import RQUANT8
+    from robustlab.train.biterror_methods import RandBET
+    from robustlab.train.trainer import TrainConfig, TrainContext
+
+    model = models.create("mlp", in_shape=(1, 4, 4), num_classes=3, hidden=(8,), seed=0)
+    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    easy, hard = logits.argmax(1), logits.argmin(1)
+    lo = float(torch.nn.functional.cross_entropy(logits, easy))
+    hi = float(torch.nn.functional.cross_entropy(logits, hard))
+    assert lo < hi
+    ctx = TrainContext(model, TrainConfig(seed=0), torch.device("cpu"), 3, quant=RQUANT8)
+    rb = RandBET(bit_error_rate=0.01, loss_threshold=(lo + hi) / 2)
+    rb.backward(ctx, x, hard)
+    assert not rb.active
+    rb.backward(ctx, x, easy)
+    assert rb.active
+    model.zero_grad()
+    rb.backward(ctx, x, hard)  # the loss is above the threshold again
+    assert rb.active and rb.state_dict() == {"active": True}

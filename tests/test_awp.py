@@ -221,6 +221,8 @@ def test_awp_takes_its_bases_options_without_copying_them(monkeypatch):
     assert awp.config() == {"name": "awp", "awp_base": "trades", "awp_gamma": 0.005,
                             "awp_warmup": 0, "base": TRADES(beta=3.0, attack_steps=2).config()}
     assert AWP().base == AT()  # the default base with its own defaults
+    assert AWP(awp_base="trades", beta=3.0) == AWP(base=TRADES(beta=3.0))
+    assert AWP(awp_base="trades", beta=3.0) != AWP(awp_base="trades")  # the base's options count
     assert create("awp", awp_base="ccat", attack_momentum=0.5).base.attack_momentum == 0.5
     with pytest.raises(UserError, match="--beta does not apply to awp-base 'at'"):
         AWP(beta=3.0)

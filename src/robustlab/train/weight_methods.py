@@ -31,7 +31,7 @@ def _bases() -> dict[str, type[Method]]:
 
 
 @register
-@dataclasses.dataclass(init=False)
+@dataclasses.dataclass(init=False, eq=False)
 class AWP(Method):
     """Adversarial weight perturbation around a loss-based base method (module docstring)."""
 
@@ -101,6 +101,11 @@ class AWP(Method):
         """AWP's own options and the base's configuration (`base`)."""
         return {"name": self.name, "awp_base": self.awp_base, "awp_gamma": self.awp_gamma,
                 "awp_warmup": self.awp_warmup, "base": self.base.config()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AWP) and self.config() == other.config()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every dataclass method
 
     def step_cost(self) -> float:
         return self.base.step_cost() + 1.0  # the base's loss once more, at w + ν

@@ -277,6 +277,14 @@ def test_examples_at_exactly_tau_are_decided_and_distal_count() -> None:
     assert t["rerr"] == 1.0 and t["verdict_by"] == ["clean"] * 10
     d = res["threats"]["distal"]
     assert d["n"] == 10 and len(d["conf"]) == 10
+    # correct examples are attacked by every attack; an attack whose input only ties the kept
+    # one (a constant model) does not take the verdict: the clean input keeps it
+    ds = data.Dataset("c", torch.rand(20, 1, 4, 4), torch.zeros(20, dtype=torch.long), 3)
+    res = adversarial(_Constant(), ds, "linf:0.1", n=10, holdout=0.5, steps=1, queries=2,
+                      targets=1, batch_size=4, sanity=False, progress=False)
+    t = res["threats"]["linf:0.1"]
+    assert all(v["attacked"] == 10 and v["kept"] == 0 for v in t["by_attack"].values())
+    assert t["verdict_by"] == ["clean"] * 10 and t["rerr"] == 0.0
 
 
 class _Brightness(torch.nn.Module):
@@ -467,3 +475,35 @@ def test_randbet_curriculum_stays_on() -> None:
     model.zero_grad()
     rb.backward(ctx, x, hard)  # the loss is above the threshold again
     assert rb.active and rb.state_dict() == {"active": True}
+
+
+# §3a records: "masked" counts examples a gradient-free attack broke AFTER every gradient attack
+# left them correct — with Square alone nothing is masked; the quick PGD suite runs a zero start
+# plus restarts − 1 random starts per objective.
+def test_masked_needs_a_gradient_attack_first_and_pgd_restart_plan(trained) -> None:
+    from robustlab.evaluate.adversarial import adversarial
+
+    model, test = trained
+    res = adversarial(model, test, "linf:0.4", n=40, attacks="square", queries=40,
+                      batch_size=40, sanity=False, progress=False)
+    t = res["threats"]["linf:0.4"]
+    assert t["by_attack"]["square"]["added"] > 0 and t["masked"] == 0
+    res = adversarial(model, test, "l2:0.5", n=8, attacks="pgd", objectives=("ce",), restarts=3,
+                      steps=1, batch_size=8, sanity=False, progress=False)
+    assert res["threats"]["l2:0.5"]["attacks"] == ["ce/zero×1", "ce/norm×2"]
+
+
+# §3 patches: random uniform content init; random locations uniform over the allowed corners of
+# a non-square image (rows and columns not swapped)
+def test_patch_random_init_and_random_corners_on_a_non_square_image() -> None:
+    from robustlab.attacks.patches import patch_attack
+
+    x = torch.rand(200, 1, 8, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(200, dtype=torch.long)
+    r = patch_attack(_RightPatch(), x, y, size=3, steps=0, location="random",
+                     generator=torch.Generator().manual_seed(1))
+    pos, content = r.info["position"], r.info["content"]
+    assert int(pos[:, 0].max()) <= 5 and int(pos[:, 1].max()) <= 9  # 6×10 corners
+    assert int(pos[:, 1].max()) == 9 and int(pos[:, 0].max()) == 5 and int(pos.min()) == 0
+    assert float(content.std()) == pytest.approx((1 / 12) ** 0.5, rel=0.1)
+    assert float(content.min()) < 0.05 and float(content.max()) > 0.95

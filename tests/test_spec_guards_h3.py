@@ -507,3 +507,27 @@ def test_patch_random_init_and_random_corners_on_a_non_square_image() -> None:
     assert int(pos[:, 1].max()) == 9 and int(pos[:, 0].max()) == 5 and int(pos.min()) == 0
     assert float(content.std()) == pytest.approx((1 / 12) ** 0.5, rel=0.1)
     assert float(content.min()) < 0.05 and float(content.max()) > 0.95
+
+
+# Report: the Pareto front keeps points that no other point beats on both axes — equal points
+# keep each other, a point equal on one axis and better on the other removes it.
+def test_pareto_front_ties() -> None:
+    from robustlab.report import headline
+
+    assert headline.pareto([(0.1, 0.5), (0.1, 0.4), (0.1, 0.4)]) == [1, 2]
+    assert headline.pareto([(0.2, 0.3), (0.1, 0.3), (0.3, 0.1)]) == [1, 2]
+    assert headline.pareto([(0.1, 0.2)]) == [0]
+
+
+# Clean evaluation: confusion rows are true classes, columns predictions; per-class error is
+# over the examples of that true class.
+def test_confusion_rows_are_true_classes() -> None:
+    from robustlab.evaluate import clean
+
+    v = torch.tensor([0.1, 0.2, 0.8, 0.9, 0.3, 0.35])
+    x = v.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    y = torch.tensor([0, 0, 0, 1, 1, 1])  # predictions (m > 0.5): 0, 0, 1, 1, 0, 0
+    r = clean(_Brightness(), (x, y))
+    assert r["confusion"] == [[2, 1], [2, 1]]
+    assert r["per_class_err"] == pytest.approx([1 / 3, 2 / 3])
+    assert r["err"] == pytest.approx(0.5) and r["n"] == 6

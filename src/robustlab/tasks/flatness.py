@@ -99,9 +99,8 @@ class Flatness(EvalSpec):
     train: bool = option(default=True, help="skip the robust loss on N training images (the "
                          "test−train gap)")
     norm: str = option("norm", help="threat model of the inner PGD")
-    eps: float | None = option("eps", type=nonneg_float,
-                               help="PGD radius (default: the spec's radius for the image size)")
-    steps: int = option("steps", 20, type=positive_int, aliases=("--attack-steps",),
+    eps: float | None = option("eps", help="PGD radius (default: the spec's radius for the image size)")
+    steps: int = option("steps", 20, aliases=("--attack-steps",),
                         help="PGD iterations of the robust loss (was --attack-steps; --steps "
                         "used to be the ascent steps on ν, now --ascent-steps)")
     seed: int = option("seed")

@@ -40,9 +40,8 @@ class Landscape(EvalSpec):
                          "biases), default (the same), weights, or comma-separated names")
     n_test: int = option("n_test", 1000, help="first N test images")
     norm: str = option("norm", help="threat model of the inner PGD")
-    eps: float | None = option("eps", type=nonneg_float,
-                               help="PGD radius (default: the spec's radius for the image size)")
-    steps: int = option("steps", 20, type=positive_int, help="PGD iterations of the robust loss")
+    eps: float | None = option("eps", help="PGD radius (default: the spec's radius for the image size)")
+    steps: int = option("steps", 20, help="PGD iterations of the robust loss")
     seed: int = option("seed")
     batch_size: int = option("batch_size", 256)
 

@@ -329,6 +329,18 @@ def test_corruption_err_at_tau_recomputed() -> None:
         assert got["at"][key]["err"] == pytest.approx(want)
         assert got["at"][key]["tpr"] == pytest.approx(mt.tpr_at(conf, tau))
         assert res["threats"]["corrupt"]["at"][key]["err"] == pytest.approx(want)
+    # a corruption that rejects every input has no Err@τ (NaN); the mean skips it
+    x2 = torch.full((30, 1, 4, 4), 0.2)
+    x2[20:] = 0.8
+    y2 = torch.tensor([0, 1] * 10 + [1] * 10)  # attacked: half wrong; held out: all correct
+    ds2 = data.Dataset("b2", x2, y2, 2)
+    res = adversarial(model, ds2, "corrupt", n=20, holdout=1 / 3, corruptions=["brightness",
+                      "contrast"], severities=(3,), batch_size=16, sanity=False, progress=False)
+    r = res["threats"]["corrupt"]
+    for key in res["clean"]["tau"]:
+        assert r["corruptions"]["brightness/3"]["at"][key]["tpr"] == 0.0  # all at m = 0.5
+        assert r["corruptions"]["contrast/3"]["at"][key]["err"] == pytest.approx(0.5)
+        assert r["at"][key]["err"] == pytest.approx(0.5)
 
 
 # §8 worst-case flatness: each restart contributes its BEST iterate (a step that overshoots the

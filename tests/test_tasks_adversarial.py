@@ -183,3 +183,19 @@ def test_patches_and_tracking_specs_on_a_run(run_dir) -> None:
     assert m["Err (attacked split)"] == res["clean"]["err"]
     with pytest.raises(Exception, match="without robust tracking"):
         Tracking().run(r)
+
+
+def test_tracking_hook_is_the_presets_old_hook() -> None:
+    """A preset's `track: {n_test: 40, steps: 1}` attacks with the same PGD as the old
+    `epoch_hook(split, {"steps": 1}, n=40)` and selects the best snapshot on val only."""
+    from robustlab import data
+    from robustlab.evaluate.robust_tracking import make_attack
+
+    t = Tracking.from_settings({"n_test": 40, "steps": 1})
+    shape = (1, 8, 8)
+    assert make_attack(t.attack_settings(), shape)[0] == make_attack({"steps": 1}, shape)[0]
+    assert make_attack(Tracking().attack_settings(), shape)[0] == make_attack(None, shape)[0]
+    train, test = data.synthetic(32, 16)
+    assert t.hook(train, test)[1] == "val_robust_err"
+    assert t.hook(None, test)[1] is None
+    assert Tracking(split="test").hook(train, test)[1] is None

@@ -543,3 +543,27 @@ def test_confusion_rows_are_true_classes() -> None:
     assert r["confusion"] == [[2, 1], [2, 1]]
     assert r["per_class_err"] == pytest.approx([1 / 3, 2 / 3])
     assert r["err"] == pytest.approx(0.5) and r["n"] == 6
+
+
+# §2: τ is calibrated on the CORRECTLY classified held-out examples only
+def test_tau_from_correct_held_out_examples_only() -> None:
+    from robustlab import data
+    from robustlab.attacks.base import confidence
+    from robustlab.evaluate import metrics as mt
+    from robustlab.evaluate.adversarial import adversarial
+
+    v = torch.cat([torch.full((10,), 0.3), torch.tensor([0.05, 0.1, 0.9, 0.95, 0.45, 0.55])])
+    y = torch.cat([torch.zeros(10, dtype=torch.long), torch.tensor([0, 0, 1, 1, 1, 0])])
+    ds = data.Dataset("t", v.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone(), y, 2)
+    model = _Brightness()
+    res = adversarial(model, ds, "corrupt", n=10, holdout=6 / 16, tprs=(0.99, 0.5),
+                      corruptions=["contrast"], batch_size=16, sanity=False, progress=False)
+    with torch.no_grad():
+        logits = model(ds.x[10:])
+    ok = logits.argmax(1) == ds.y[10:]  # the last two (near 0.5) are wrong and unconfident
+    assert int(ok.sum()) == 4
+    conf = confidence(logits)
+    for tpr in (0.99, 0.5):
+        want = mt.threshold_at_tpr(conf[ok], tpr)
+        assert res["clean"]["tau"][f"{tpr:g}"] == pytest.approx(want)
+        assert want > float(conf[~ok].max())  # the wrong ones would lower τ

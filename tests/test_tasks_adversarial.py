@@ -70,10 +70,13 @@ def test_registered_and_found_by_kind() -> None:
 
 
 def test_old_spellings_still_work_with_a_note(capsys) -> None:
-    a = Adversarial.from_args(_parse(["attack", "RUN", "--tpr", "0.9", "--severity", "2,4"]))
-    assert a.tprs == [0.9] and a.severities == [2, 4]
+    a = Adversarial.from_args(_parse(["attack", "RUN", "--tpr", "0.9", "--severity", "2,4",
+                                      "--eps", "linf=0.2"]))
+    assert a.tprs == [0.9] and a.severities == [2, 4] and a.radii == "linf=0.2"
+    assert a.keywords()["eps"] == "linf=0.2"  # adversarial()'s keyword
     err = capsys.readouterr().err
     assert "--tpr is deprecated; use --tprs" in err and "--severity is deprecated" in err
+    assert "--eps is deprecated; use --radii" in err  # --eps is one radius in every command
     a = Adversarial.from_args(_parse(["attack", "RUN", "--tprs", "0.95", "--severities", "5",
                                       "--no-backtrack", "--no-early-exit", "--no-sanity"]))
     assert (a.tprs, a.severities, a.backtrack, a.early_exit, a.sanity) == \

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from robustlab.errors import UserError
-from robustlab.evaluate.adversarial import DEFAULT_SUITE
+from robustlab.evaluate.adversarial import DEFAULT_SUITE, parse_eps
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import list_of, nonneg_int, positive_int
 
@@ -30,6 +30,17 @@ def _fraction(text: str) -> float:
 
 
 _fraction.__name__ = "a fraction in (0, 1)"
+
+
+def _radii(text: str) -> str:
+    try:
+        parse_eps(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+_radii.__name__ = "radii NORM=R,…"
 
 
 def _severity(text: str) -> int:
@@ -48,7 +59,7 @@ def _severity(text: str) -> int:
 _severity.__name__ = "a corruption severity"
 
 # spec field → the keyword of `adversarial()` when the names differ
-_KEYWORDS = {"n_test": "n", "early_exit": "early_stop"}
+_KEYWORDS = {"n_test": "n", "early_exit": "early_stop", "radii": "eps"}
 
 
 @register
@@ -63,9 +74,10 @@ class Adversarial(EvalSpec):
     suite: str = option(default=DEFAULT_SUITE, type=str, help=(
         "comma list of linf, l2, l1, l0, frames, patch, distal, corrupt; an item may carry a "
         "radius/width/side/severity, e.g. linf:0.2"))
-    eps: str | None = option("eps", type=str, metavar="NORM=R,…", help=(
-        "radii replacing the defaults, e.g. linf=0.2,l2=3 (default: the spec's for the image "
-        "size: 0.1/1.5/10/15 on 28×28 gray)"))
+    radii: str | dict | None = option(None, None, type=_radii, metavar="NORM=R,…", aliases=("--eps",),
+                               help="radii replacing the suite's defaults, e.g. linf=0.2,l2=3 "
+                               "(default: the spec's for the image size: 0.1/1.5/10/15 on 28×28 "
+                               "gray)")
     attacks: str = option(default="standard", type=str, help=(
         "optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf and Square in "
         "sequence, the worst case per example), pgd (a quick look: PGD with each of "
@@ -104,10 +116,10 @@ class Adversarial(EvalSpec):
     def check(self) -> None:
         """Refuse bad settings (one line) before any model or data is loaded."""
         from robustlab.attacks import corruptions
-        from robustlab.evaluate.adversarial import parse_attacks, parse_eps, parse_suite
+        from robustlab.evaluate.adversarial import parse_attacks, parse_suite
 
         parse_suite(self.suite)
-        parse_eps(self.eps)
+        parse_eps(self.radii)
         parse_attacks(self.attacks)
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum {self.momentum} is invalid; it must be in [0, 1)")

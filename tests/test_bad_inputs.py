@@ -285,13 +285,13 @@ ROWS: list[Row] = [
     R("train-epochs-0", T + ["--epochs", "0"], r"\b0\b"),
     R("train-epochs-word", T + ["--epochs", "two"], r"two"),
     R("train-batch-0", T + ["--batch-size", "0"], r"\b0\b"),
-    R("train-step-size-0", T + ["--step-size", "0"], r"\b0\b"),
+    R("train-lr-step-0", T + ["--lr-step", "0"], r"\b0\b"),
     R("train-optimizer", T + ["--optimizer", "lbfgs"], r"lbfgs"),
     R("train-schedule", T + ["--schedule", "warp"], r"warp"),
     R("train-method", T + ["--method", "magic"], r"magic"),
     R("train-foreign-option", T + ["--beta", "1"], r"beta"),
     R("train-model", T[:] + ["--model", "vgg"], r"vgg"),
-    R("train-norm", T + ["--norm", "ln"], r"\bln\b"),
+    R("train-norm", T + ["--norm-layer", "ln"], r"\bln\b"),
     R("train-quant-qmax-nan", T + ["--quant", "rquant8,q_max=nan"], r"nan"),
     R("train-quant-qmax-inf", T + ["--quant", "rquant8,q_max=inf"], r"inf"),
     R("train-quant-qmax-neg", T + ["--quant", "rquant8,q_max=-1"], r"-1"),
@@ -793,7 +793,7 @@ def test_lr_inf_exits_2_and_writes_no_weights(tmp_path):
 def test_divergence_mid_training_keeps_the_last_good_checkpoint(tmp_path):
     """A step schedule that multiplies a sane lr by 1e20 after epoch 1: epoch 2 diverges."""
     run = tmp_path / "r"
-    o = in_process(TRAIN[:-5] + ["--epochs", "2", "--schedule", "step", "--step-size", "1",
+    o = in_process(TRAIN[:-5] + ["--epochs", "2", "--schedule", "step", "--lr-step", "1",
                                  "--gamma", "1e20", "--quiet", "--device", "cpu", "--out",
                                  str(run)], tmp_path)
     assert o.code == 2 and len(o.lines) == 1, o.stderr

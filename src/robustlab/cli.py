@@ -104,7 +104,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, p in action.choices.items():
                 dests = {a.dest for a in p._actions}
-                if name not in RUN_WRITERS:
+                if name not in RUN_WRITERS and "_writes" not in p._defaults:
                     continue
                 if dests & {"run", "runs"} and "data" not in dests:
                     add_run_data(p)
@@ -125,10 +125,68 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    served: set[str] = set()
     for mod in commands():
         mod.register(sub)
+        served.update(getattr(mod, "KINDS", ()))
+    add_spec_commands(sub, served)
     _add_run_options(parser)
     return parser
+
+
+# ---- one generic command per registered evaluation kind without a command module of its own ----
+
+def add_spec_commands(sub: argparse._SubParsersAction, served: set[str] = frozenset()) -> list[str]:
+    """`robustlab KIND RUN [options]` for every registered spec (`robustlab.tasks`) whose kind is
+    neither served by a command module (its `KINDS`) nor the name of a command; the options are
+    the spec's fields (`tasks.spec.add_options`). Returns the commands added."""
+    from robustlab import tasks
+    from robustlab.tasks.spec import add_options
+
+    added = []
+    for kind, cls in sorted(tasks.load_all().items()):
+        if kind in served or kind in sub.choices:
+            continue
+        p = sub.add_parser(kind, help=cls.title or f"{kind} evaluation of a run",
+                           description=(cls.title or f"The {kind} evaluation of a run.")
+                           + f" Writes RUN/results/{kind}.json (or NAME.json with --name).")
+        p.add_argument("run", metavar="RUN", help="run directory")
+        add_options(p, cls)
+        dests = {a.dest for a in p._actions}
+        for flag, kw in (("--name", {"default": None, "help": "result name (default: the kind)"}),
+                         ("--best", {"action": "store_true",
+                                     "help": "evaluate the best snapshot, not the last"}),
+                         ("--data-dir", {"default": None,
+                                         "help": "where the run's dataset files are"}),
+                         ("--quiet", {"action": "store_true", "help": "no progress output"})):
+            if flag[2:].replace("-", "_") not in dests:
+                p.add_argument(flag, **kw)
+        if "device" not in dests:
+            add_device(p)
+        add_run_data(p)
+        p.set_defaults(func=run_spec, _spec_kind=kind,
+                       _writes=lambda a, kind=kind: getattr(a, "name", None) or kind)
+        added.append(kind)
+    return added
+
+
+def run_spec(args: argparse.Namespace) -> int:
+    """A generic evaluation command: open RUN, run the spec built from the options, write the
+    result, print the spec's table."""
+    from robustlab import tasks
+    from robustlab.runs import open_run
+
+    cls = tasks.spec_class(args._spec_kind)
+    spec = cls.from_args(args)
+    r = open_run(args.run, device=getattr(args, "device", "auto"), data_dir=args.data_dir,
+                 best=args.best)
+    result, path = tasks.evaluate(spec, r, name=args.name,
+                                  progress=False if args.quiet else None)
+    text = spec.table(result)
+    if text:
+        print(text, end="" if text.endswith("\n") else "\n")
+    print(f"written to {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from robustlab import runs
     from robustlab.io import os_error_message, results_last
 
-    lock = RUN_WRITERS.get(args.command)
+    lock = RUN_WRITERS.get(args.command) or getattr(args, "_writes", None)
     try:
         _check_outputs(args)
         with runs.command_context(args.command, lock=lock(args) if lock else None,

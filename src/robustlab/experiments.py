@@ -22,7 +22,7 @@ Preset format (all sections optional except `runs`)::
     data: {name: default, subset: 10000, val_fraction: 0.0, options: {}}
     model: {name: convnet, width: 16}                  # robustlab.models.create kwargs
     train: {epochs: 5, lr: 0.05, batch_size: 128}      # TrainConfig fields (clip, quant, ...)
-    evaluate: {clean: {n: 1000}, biterrors: {rates: [0.01], patterns: 5}}
+    evaluate: {clean: {n_test: 1000}, biterrors: {rates: [0.01], patterns: 5}}
     runs:
       normal: {label: Normal}
       randbet: {label: RandBET, method: randbet, options: {bit_error_rate: 0.01},
@@ -32,9 +32,11 @@ Preset format (all sections optional except `runs`)::
     scales: {smoke: {...overrides...}, small: {}, full: {...}}
 
 Per run: `method`, `options` (method fields), `train` and `model` (overrides), `evaluate`
-(overrides; `null` drops an evaluation), `track` (robust overfitting tracking settings). An
-evaluation's `evaluator` defaults to its name (so `patch-fixed: {evaluator: adversarial, ...}`
-works); its other keys are the library function's keyword arguments.
+(overrides; `null` drops an evaluation), `track` (robust overfitting tracking settings). A run
+is a `robustlab.tasks.train.TrainSpec`; an evaluation is the registered spec of its kind
+(`robustlab.tasks`): its `evaluator` (the kind) defaults to its name (so `patch-fixed:
+{evaluator: adversarial, ...}` works), `snapshot: best` evaluates the early-stopping weights,
+and its other keys are the spec's fields (`preset_specs` gives the whole preset as specs).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import importlib
 import importlib.util
 import json
 import math
-import operator
 import os
 import sys
 import time
@@ -175,23 +176,19 @@ def _validate(p: dict[str, Any], source: str) -> None:
     for name, e in (p.get("evaluate") or {}).items():
         if not isinstance(e, dict):
             raise UserError(f"{source}: evaluation {name!r} must be a mapping of settings")
-        kind = e.get("evaluator", name)
-        if kind not in EVALUATORS:
+        kind = _kind(name, e)
+        if kind not in eval_kinds():
             raise UserError(f"{source}: evaluation {name!r} has unknown evaluator {kind!r}; choose "
-                            f"one of {', '.join(EVALUATORS)}")
-    train_fields = {f.name for f in dataclasses.fields(_train_config_cls())} | {"quant"}
+                            f"one of {', '.join(eval_kinds())}")
+    from robustlab.tasks.train import TrainSpec
+
+    train_fields = TrainSpec.train_settings()
     for where, t in [("train", p.get("train") or {})] + [
             (f"run {n!r} train", r.get("train") or {}) for n, r in runs.items()]:
         bad = sorted(set(t) - train_fields)
         if bad:
             raise UserError(f"{source}: {where} has unknown setting {bad[0]!r}; allowed: "
                             f"{', '.join(sorted(train_fields))}")
-
-
-def _train_config_cls():
-    from robustlab.train.trainer import TrainConfig
-
-    return TrainConfig
 
 
 def fingerprint(obj: Any) -> str:
@@ -327,13 +324,13 @@ def _argv_command() -> str:
 # ---------------------------------------------------------------------------------------------
 
 class Workspace:
-    """Shared state of one plan execution: the resolved data spec and an in-memory data cache."""
+    """Shared state of one plan execution: the resolved data spec and the data, loaded once."""
 
     def __init__(self, preset: dict[str, Any], out: str | Path, *, device: str = "auto",
                  data_dir: str | None = None, progress: bool | None = None):
         self.preset, self.out = preset, Path(out)
         self.device, self.data_dir, self.progress = device, data_dir, progress
-        self._data: dict[str, Any] | None = None
+        self._data: tuple[Any, Any, Any] | None = None
         self.data_spec = self._resolve_data()
 
     def _resolve_data(self) -> dict[str, Any]:
@@ -349,36 +346,21 @@ class Workspace:
             raise UserError(f"unknown data setting {sorted(d)[0]!r}; allowed: name, subset, "
                             f"val_fraction, options")
         if name == "default":  # fashion-mnist when installed, else digits at 28×28
-            train, test = data.load_default(data_dir=self.data_dir)
+            train, _ = data.load_default(data_dir=self.data_dir)
             if "fallback" in train.source or train.name == "digits":
                 name, options = "digits", {"size": int(train.shape[-1]), **options}
             else:
                 name = train.name
-            self._loaded = (name, train, test)
         return runs.data_spec(name, data_dir=self.data_dir, subset=subset, val_fraction=val_fraction,
                               **options)
 
     def data(self) -> tuple[Any, Any, Any]:
-        """(train, val or None, test) of the preset, loaded once."""
+        """(train, val or None, test) of the preset, loaded once (`robustlab.runs.load_data`)."""
         if self._data is None:
-            from robustlab import data, runs
+            from robustlab import runs
 
-            spec = self.data_spec
-            loaded = getattr(self, "_loaded", None)
-            if loaded is not None and loaded[0] == spec["name"] and not spec["options"]:
-                train, test = loaded[1], loaded[2]
-                if spec.get("subset"):
-                    train = train.subset(slice(0, int(spec["subset"])))
-                val = None
-                if spec.get("val_fraction"):
-                    from robustlab.runs import VAL_SPLIT_SEED
-
-                    train, val = data.split(train, float(spec["val_fraction"]), seed=VAL_SPLIT_SEED)
-                self._data = {"train": train, "val": val, "test": test}
-            else:
-                train, val, test = runs.load_data(spec)
-                self._data = {"train": train, "val": val, "test": test}
-        return self._data["train"], self._data["val"], self._data["test"]
+            self._data = runs.load_data(self.data_spec)
+        return self._data
 
     def test_subset(self) -> Any:
         _, _, test = self.data()
@@ -394,66 +376,20 @@ class Workspace:
         return {"data": self.data_spec, "model": model, "method": r.get("method", "normal"),
                 "options": r.get("options") or {}, "train": train, "track": r.get("track")}
 
+    def train_spec(self, name: str) -> Any:
+        """The run's `TrainSpec` (a one-line error naming the run on a bad setting)."""
+        from robustlab.tasks.train import TrainSpec
+
+        try:
+            return TrainSpec.from_preset(self.run_settings(name))
+        except (UserError, TypeError) as e:
+            raise UserError(f"run {name!r}: bad train setting ({e})") from None
+
     def run_dir(self, name: str) -> Path:
         return self.out / name
 
     def run_label(self, name: str) -> str:
         return str(self.preset["runs"][name].get("label") or name)
-
-
-_TRAIN_MODEL_FLAGS = ("width", "norm")  # model keyword arguments `robustlab train` has flags for
-
-
-def train_command(settings: dict[str, Any], out: Path) -> str:
-    """The `robustlab train` command line that trains the same run."""
-    d, m, t = settings["data"], dict(settings["model"]), dict(settings["train"])
-    parts = ["robustlab", "train", "--data", d["name"]]
-    if d.get("subset"):
-        parts += ["--subset", str(d["subset"])]
-    if d.get("val_fraction"):
-        parts += ["--val-fraction", str(d["val_fraction"])]
-    parts += ["--model", str(m.pop("name", "convnet"))]
-    no_flag = {k: v for k, v in m.items() if k not in _TRAIN_MODEL_FLAGS}
-    for k, v in m.items():
-        if k in _TRAIN_MODEL_FLAGS:
-            parts += [f"--{k.replace('_', '-')}", str(v)]
-    parts += ["--method", settings["method"]]
-    for k, v in settings["options"].items():
-        flag = f"--{k.replace('_', '-')}"
-        if isinstance(v, bool):
-            parts += [flag if v else f"--no-{k.replace('_', '-')}"]
-        else:
-            parts += [flag, str(v)]
-    for k, v in t.items():
-        if isinstance(v, bool):
-            if v:
-                parts.append(f"--{k.replace('_', '-')}")
-        elif v is not None:
-            parts += [f"--{k.replace('_', '-')}", str(v)]
-    parts += ["--out", str(out)]
-    line = " ".join(parts)
-    extra = [f"dataset option {k}={v}" for k, v in (d.get("options") or {}).items()]
-    extra += [f"model option {k}={v}" for k, v in no_flag.items()]
-    if extra:
-        line += f"  # plus {', '.join(extra)} (no command-line flag)"
-    return line
-
-
-def _method_factor(method: Any) -> float:
-    """Rough cost of one training step relative to plain training (for the ETA)."""
-    steps = float(getattr(method, "attack_steps", 0) or 0)
-    fraction = float(getattr(method, "fraction", 1.0) or 1.0)
-    if "optimized" in str(getattr(method, "location", "")):
-        steps *= 2.0  # location moves: four extra forward passes per step
-    f = 1.0 + fraction * steps
-    if method.name in ("randbet", "pattbet", "advbet", "awp"):
-        f += 1.0
-    return f
-
-
-def train_cfg_quant(settings: dict[str, Any]) -> bool:
-    """Whether a run trains quantization-aware (its own `quant`, or a bit error method)."""
-    return bool(settings["train"].get("quant")) or settings["method"] in ("randbet", "pattbet", "advbet")
 
 
 def _training_done(out: Path, key: str, epochs: int) -> bool:
@@ -471,47 +407,40 @@ def _training_done(out: Path, key: str, epochs: int) -> bool:
 
 def train_step(ws: Workspace, name: str) -> Step:
     """The step that trains run `name` (resuming an interrupted run with the same settings)."""
-    from robustlab.train import methods as registry
+    from robustlab.train import discover
 
     settings = ws.run_settings(name)
     out = ws.run_dir(name)
     key = fingerprint(settings)
-    methods = registry.discover()
     label = ws.run_label(name)
-    if settings["method"] not in methods:
+    if settings["method"] not in discover():
         return Step(f"train/{name}", f"train {label}", lambda: None, lambda: False,
                     skip=f"method {settings['method']!r} is not in this build")
-    method = registry.create(settings["method"], **settings["options"])
-    train_cfg = dict(settings["train"])
-    train_cfg.pop("quant", None)
-    try:  # settings that cannot give a finite run are refused before anything is written
-        _train_config_cls()(**{k: tuple(v) if k == "milestones" else v
-                               for k, v in train_cfg.items()}).validate()
-    except TypeError as e:
-        raise UserError(f"run {name!r}: bad train setting ({e})") from None
-    epochs = int(train_cfg.get("epochs", _train_config_cls().epochs))
-    n_train = settings["data"].get("subset") or 60000
-    if settings["data"].get("val_fraction"):
-        n_train = int(n_train * (1 - settings["data"]["val_fraction"]))
-    cost = epochs * n_train * _method_factor(method)
-    if train_cfg_quant(settings):
-        cost *= 2.5  # fake quantization of every tensor in every forward pass
-    if settings.get("track"):
-        cost += epochs * int(settings["track"].get("n", 500)) * (1 + settings["track"].get("steps", 10))
+    spec = ws.train_spec(name)
+    spec.check()  # settings that cannot give a finite run are refused before anything is written
+    cost = spec.cost()
+    track = settings.get("track")
+    if track:
+        cost += spec.epochs * int(track.get("n", 500)) * (1 + track.get("steps", 10))
 
     def run() -> None:
         _train(ws, name, settings, key)
 
-    return Step(f"train/{name}", f"train {label} ({settings['method']}, {epochs} epochs)", run,
-                lambda: _training_done(out, key, epochs), cost=cost,
-                command=train_command(settings, out))
+    return Step(f"train/{name}", f"train {label} ({spec.method}, {spec.epochs} epochs)", run,
+                lambda: _training_done(out, key, spec.epochs), cost=cost,
+                command=spec.command_line(out))
 
 
 def _train(ws: Workspace, name: str, settings: dict[str, Any], key: str) -> None:
+    """Train run `name` with its `TrainSpec` into `out/name`: config.yaml, the run, a stamp
+    recording the settings' key and the epochs done (what `Step.done` checks)."""
+    import yaml
+
     from robustlab import checkpoint, runs
 
     out = ws.run_dir(name)
-    train, val, test = ws.data()
+    spec = ws.train_spec(name)
+    data = ws.data()
     with runs.run_lock(out):  # a second plan training the same run exits 2 naming this one
         runs.tidy(out)
         stamp = out / "plan_stamp.json"
@@ -524,240 +453,94 @@ def _train(ws: Workspace, name: str, settings: dict[str, Any], key: str) -> None
         if not resume and (out.exists() or out.is_symlink()):
             set_aside(ws.out, [name])  # never delete what an earlier invocation wrote
         out.mkdir(parents=True, exist_ok=True)
-        _train_in(ws, name, settings, key, out, train, val, test, stamp, resume)
+        hooks, select_best = [], None
+        track = settings.get("track")
+        if track:
+            from robustlab.evaluate.robust_tracking import epoch_hook
 
-
-def _train_in(ws: Workspace, name: str, settings: dict[str, Any], key: str, out: Path, train: Any,
-              val: Any, test: Any, stamp: Path, resume: bool) -> None:
-    import yaml
-
-    from robustlab import models
-    from robustlab.train import fit
-    from robustlab.train import methods as registry
-    from robustlab.train.trainer import TrainConfig
-
-    cfg = dict(settings["train"])
-    quant = None
-    if cfg.get("quant"):
-        from robustlab import quant as quant_mod
-
-        quant = quant_mod.parse(str(cfg["quant"]))
-    cfg.pop("quant", None)
-    if "milestones" in cfg:
-        cfg["milestones"] = tuple(cfg["milestones"])
-    config = TrainConfig(**cfg)
-    m = dict(settings["model"])
-    arch = m.pop("name", "convnet")
-    model = models.create(arch, dataset=train, seed=config.seed, **m)
-    method = registry.create(settings["method"], **settings["options"])
-    hooks, select_best = [], None
-    track = settings.get("track")
-    if track:
-        from robustlab.evaluate.robust_tracking import epoch_hook
-
-        t = dict(track)
-        split = t.pop("split", "val")
-        ds = val if split == "val" and val is not None else test
-        n = t.pop("n", 500)
-        hooks.append(epoch_hook(ds, t or None, n=n, prefix="val_" if ds is val else "test_"))
-        if ds is val:
-            select_best = "val_robust_err"
-    command = train_command(settings, out)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(
-        {"command": command, "plan": ws.preset.get("name"), "run": name, **settings},
-        sort_keys=False))
-    atomic_write_json(stamp, {"key": key, "epochs_done": None})
-    history = fit(model, train, method=method, config=config, val=val, quant=quant, out=out,
-                  resume=resume, device=ws.device, meta={"data": settings["data"], "label":
-                                                           ws.run_label(name)},
-                  epoch_hooks=hooks or None, select_best=select_best, progress=ws.progress)
-    atomic_write_json(stamp, {"key": key, "epochs_done": len(history)})
+            t = dict(track)
+            split = t.pop("split", "val")
+            _, val, test = data
+            ds = val if split == "val" and val is not None else test
+            n = t.pop("n", 500)
+            hooks.append(epoch_hook(ds, t or None, n=n, prefix="val_" if ds is val else "test_"))
+            if ds is val:
+                select_best = "val_robust_err"
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(
+            {"command": spec.command_line(out), "plan": ws.preset.get("name"), "run": name,
+             **settings}, sort_keys=False))
+        atomic_write_json(stamp, {"key": key, "epochs_done": None})
+        history = spec.run(out, data=data, resume=resume, device=ws.device, progress=ws.progress,
+                           meta={"data": settings["data"], "label": ws.run_label(name)},
+                           epoch_hooks=hooks or None, select_best=select_best)
+        atomic_write_json(stamp, {"key": key, "epochs_done": len(history)})
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluations
+# evaluations: each a registered spec (`robustlab.tasks`)
 # ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Evaluator:
-    """How one kind of evaluation runs on an opened run; `module` must be importable."""
-
-    kind: str
-    module: str
-    fn: Callable[[Any, Workspace, dict[str, Any], str], dict[str, Any]]
-    cost: Callable[[dict[str, Any], int], float]  # (settings, n test) → units
-    describe: Callable[[dict[str, Any]], str]
-
-    def available(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except (ImportError, ValueError):
-            return False
-
-
-def _n(settings: dict[str, Any], test: Any) -> int:
-    return min(int(settings.get("n") or len(test)), len(test))
-
 
 def _progress(ws: Workspace) -> bool | None:
     return False if ws.progress is False else None
 
 
-def _eval_clean(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
-    from robustlab.evaluate.clean import clean
+def eval_kinds() -> list[str]:
+    """The evaluation kinds a preset may name (the task registry)."""
+    from robustlab import tasks
 
-    test = ws.test_subset()
-    test = test.subset(slice(0, _n(s, test)))
-    return clean(r.predictor(), test, device=r.device)
+    return sorted(set(tasks.load_all()) | set(_LEGACY))
 
 
-def _eval_flatness(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+def _kind(name: str, s: dict[str, Any]) -> str:
+    """An evaluation's kind (a registry key): its `evaluator` setting, else its name."""
+    return str(s.get("evaluator") or name)
+
+
+def _available(cls: Any) -> bool:
+    try:
+        return not cls.requires or importlib.util.find_spec(cls.requires) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---- evaluations whose spec has not landed in tasks/ yet (removed as each one does) ------------
+
+def _legacy_flatness(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
     from robustlab.evaluate.flatness import flatness
 
-    s = dict(s)
     train = r.train if s.pop("gap", True) else None
-    return flatness(r.model, ws.test_subset(), params=r.params(), device=r.device, train=train,
-                    progress=_progress(ws), **s)
+    return flatness(r.model, r.test, params=r.params(), device=r.device, train=train,
+                    progress=progress, **s)
 
 
-def _eval_landscape(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+def _legacy_landscape(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
     from robustlab.evaluate.flatness import landscape
 
-    return landscape(r.model, ws.test_subset(), params=r.params(), device=r.device,
-                     progress=_progress(ws), **s)
+    return landscape(r.model, r.test, params=r.params(), device=r.device, progress=progress, **s)
 
 
-def _eval_adversarial(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
-    """The attack suite; example images go to `results/<name>_examples.safetensors`."""
-    from robustlab.evaluate.adversarial import adversarial
-
-    return adversarial(r.predictor(), ws.test_subset(), device=r.device, progress=_progress(ws),
-                       dataset=ws.data_spec["name"],
-                       examples_path=r.path / "results" / f"{name}_examples.safetensors", **s)
-
-
-def patches(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *,
-            locations: list[str] | tuple[str, ...] = ("fixed", "random", "optimized-full"),
-            n: int = 1000, size: int | None = None, steps: int = 100, step_size: float = 0.05,
-            restarts: int = 1, stride: int = 2, objective: str = "ce", seed: int = 0,
-            batch_size: int = 500, device: Any = "cpu", n_examples: int = 8,
-            examples_path: str | Path | None = None) -> dict[str, Any]:
-    """RErr under location-fixed, random and optimized adversarial patches (spec §3, §9.4).
-
-    Every location mode attacks the first `n` test images with `robustlab.attacks.patch_attack`
-    (same content steps, restarts and seed); RErr counts an example wrong clean or patched. With
-    `examples_path`, the first patched images of every mode are saved for the report
-    (`robustlab.evaluate.adversarial.save_examples`).
-    """
-    from robustlab.attacks.base import confidence, evaluate_logits
-    from robustlab.attacks.patches import parse_location, patch_attack
-
-    locs = [parse_location(loc) for loc in locations]
-    n = min(int(n), len(test))
-    x_all, y_all = test.x[:n], test.y[:n]
-    clean_wrong, out_locs, examples = [], {}, {}
-    for i in range(0, n, batch_size):
-        x = x_all[i:i + batch_size].to(device)
-        clean_wrong.append(evaluate_logits(model, x).argmax(1).cpu() != y_all[i:i + batch_size])
-    cw = torch.cat(clean_wrong)
-    for loc in locs:
-        g = torch.Generator().manual_seed(seed)
-        wrong = []
-        for i in range(0, n, batch_size):
-            x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
-            res = patch_attack(model, x, y, size=size, steps=steps, step_size=step_size,
-                               location=loc, stride=stride, restarts=restarts, objective=objective,
-                               generator=g)
-            wrong.append((res.pred != y).cpu())
-            if i == 0:
-                k = min(n_examples, x.shape[0])
-                examples[loc] = {"clean": x[:k].cpu(), "adv": res.x_adv[:k].detach().cpu(),
-                                 "pred": res.pred[:k].cpu(), "conf": confidence(res.logits[:k]).cpu(),
-                                 "y": y[:k].cpu()}
-        w = torch.cat(wrong)
-        out_locs[loc] = {"rerr": float((w | cw).double().mean()), "err": float(w.double().mean())}
-    out: dict[str, Any] = {"n": n, "clean": {"err": float(cw.double().mean())}, "locations": out_locs,
-                           "config": {"size": size, "steps": steps, "step_size": step_size,
-                                      "restarts": restarts, "stride": stride,
-                                      "objective": objective, "seed": seed}}
-    if examples_path is not None and examples:
-        from robustlab.evaluate.adversarial import save_examples
-
-        out["examples_file"] = save_examples(examples_path, examples, list(test.classes))
-    return out
-
-
-def _eval_patches(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
-    return patches(r.predictor(), ws.test_subset(), device=r.device,
-                   examples_path=r.path / "results" / f"{name}_examples.safetensors", **s)
-
-
-def _patches_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n", 1000)), n)
-    locs = s.get("locations") or ["fixed", "random", "optimized-full"]
-    steps = int(s.get("steps", 100)) * int(s.get("restarts", 1))
-    return sum(n * steps * (2.5 if "optimized" in loc else 1.0) for loc in locs)
-
-
-def _scheme(r: Any, s: dict[str, Any]) -> Any:
+def _legacy_scheme(r: Any, s: dict[str, Any]) -> Any:
     from robustlab import quant
 
     text = s.pop("scheme", None)
     return quant.parse(str(text)) if text else (r.quant or quant.RQUANT8)
 
 
-def _eval_biterrors(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+def _legacy_biterrors(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
     from robustlab.evaluate.biterrors import bit_errors
 
-    scheme = _scheme(r, s)
-    test = ws.test_subset()
-    test = test.subset(slice(0, _n(s, test)))
-    s.pop("n", None)
-    return bit_errors(r.model, test, scheme=scheme, device=r.device, progress=_progress(ws), **s)
+    scheme = _legacy_scheme(r, s)
+    test = r.test.subset(slice(0, min(int(s.pop("n", None) or len(r.test)), len(r.test))))
+    return bit_errors(r.model, test, scheme=scheme, device=r.device, progress=progress, **s)
 
 
-def _eval_bitattack(r: Any, ws: Workspace, s: dict[str, Any], name: str) -> dict[str, Any]:
+def _legacy_bitattack(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
     from robustlab.evaluate.bitattack import bit_attack
 
-    scheme = _scheme(r, s)
-    test = ws.test_subset()
-    test = test.subset(slice(0, _n(s, test)))
-    s.pop("n", None)
+    scheme = _legacy_scheme(r, s)
+    test = r.test.subset(slice(0, min(int(s.pop("n", None) or len(r.test)), len(r.test))))
     return bit_attack(r.model, test, scheme=scheme, attack_data=r.train, device=r.device,
-                      progress=_progress(ws), **s)
-
-
-def _adv_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n", 1000)), n)
-    steps = int(s.get("steps") or 40)
-    patch_steps = int(s.get("patch_steps") or (100 if s.get("steps") is None else steps))
-    per = int(s.get("restarts", 1)) * len(s.get("objectives", ("ce", "conf")))
-    suite = s.get("suite", "linf,l2,l1,l0,frames,patch,distal,corrupt")
-    items = [i.split(":")[0] for i in (suite.split(",") if isinstance(suite, str) else suite)]
-    cost = 0.0
-    for item in items:
-        if item == "patch":
-            cost += n * patch_steps * per * 2.5
-        elif item == "distal":
-            cost += n * steps * int(s.get("restarts", 1))
-        elif item == "corrupt":
-            cost += 0.3 * n * 11 * len(s.get("severities", (3,)))
-        elif item in ("linf", "l2", "l1") and _standard(s):
-            # APGD-CE, APGD-T (one run per target), APGD-conf; Square's queries are forwards only
-            apgd_steps = int(s.get("steps") or 100)
-            queries = int(s.get("queries") or (min(5000, 50 * apgd_steps) if s.get("steps")
-                                               else 5000))
-            cost += n * apgd_steps * (2 + int(s.get("targets", 9))) * int(s.get("restarts", 1))
-            cost += 0 if item == "l1" else n * queries * 0.4
-        else:
-            cost += n * steps * per
-    return cost
-
-
-def _standard(s: dict[str, Any]) -> bool:
-    attacks = s.get("attacks", "standard")
-    names = attacks.split(",") if isinstance(attacks, str) else list(attacks)
-    return any(a.strip() != "pgd" for a in names)
+                      progress=progress, **s)
 
 
 def _bit_cost(s: dict[str, Any], n: int) -> float:
@@ -798,44 +581,42 @@ def _land_cost(s: dict[str, Any], n: int) -> float:
     return n * pts * (steps + 0.3)
 
 
-EVALUATORS: dict[str, Evaluator] = {}
+_LEGACY: dict[str, tuple[str, Callable[..., dict[str, Any]], Callable[..., float], str]] = {
+    "biterrors": ("robustlab.evaluate.biterrors", _legacy_biterrors, _bit_cost,
+                  "robustlab.evaluate.biterrors.bit_errors"),
+    "bitattack": ("robustlab.evaluate.bitattack", _legacy_bitattack, _bitattack_cost,
+                  "robustlab.evaluate.bitattack.bit_attack"),
+    "flatness": ("robustlab.evaluate.flatness", _legacy_flatness, _flat_cost,
+                 "robustlab.evaluate.flatness.flatness"),
+    "landscape": ("robustlab.evaluate.flatness", _legacy_landscape, _land_cost,
+                  "robustlab.evaluate.flatness.landscape"),
+}
 
 
-def register_evaluator(ev: Evaluator) -> Evaluator:
-    EVALUATORS[ev.kind] = ev
-    return ev
+@dataclasses.dataclass
+class _LegacySpec:
+    """A spec-shaped wrapper of an evaluation whose `tasks/<kind>.py` has not landed yet."""
 
+    kind: str
+    values: dict[str, Any]
 
-register_evaluator(Evaluator(
-    "clean", "robustlab.evaluate.clean", _eval_clean,
-    lambda s, n: 0.3 * min(int(s.get("n") or n), n),
-    lambda s: f"robustlab.evaluate.clean.clean(model, test{_first_n(s)})"))
-register_evaluator(Evaluator(
-    "adversarial", "robustlab.evaluate.adversarial", _eval_adversarial, _adv_cost,
-    lambda s: f"robustlab.evaluate.adversarial.adversarial(model, test, {_kw(s)})"))
-register_evaluator(Evaluator(
-    "patches", "robustlab.attacks.patches", _eval_patches, _patches_cost,
-    lambda s: f"robustlab.experiments.patches(model, test, {_kw(s)})"))
-register_evaluator(Evaluator(
-    "biterrors", "robustlab.evaluate.biterrors", _eval_biterrors, _bit_cost,
-    lambda s: f"robustlab.evaluate.biterrors.bit_errors(model, test, {_kw(s)})"))
-register_evaluator(Evaluator(
-    "bitattack", "robustlab.evaluate.bitattack", _eval_bitattack, _bitattack_cost,
-    lambda s: f"robustlab.evaluate.bitattack.bit_attack(model, test, {_kw(s)})"))
-register_evaluator(Evaluator(
-    "flatness", "robustlab.evaluate.flatness", _eval_flatness, _flat_cost,
-    lambda s: f"robustlab.evaluate.flatness.flatness(model, test, {_kw(s)})"))
-register_evaluator(Evaluator(
-    "landscape", "robustlab.evaluate.flatness", _eval_landscape, _land_cost,
-    lambda s: f"robustlab.evaluate.flatness.landscape(model, test, {_kw(s)})"))
+    @property
+    def requires(self) -> str:
+        return _LEGACY[self.kind][0]
 
+    def settings(self) -> dict[str, Any]:
+        return dict(self.values)
 
-def _kw(s: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in s.items())
+    def cost(self, n_test: int) -> float:
+        return _LEGACY[self.kind][2](self.values, n_test)
 
+    def describe(self) -> str:
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"{_LEGACY[self.kind][3]}(model, test, {kw})"
 
-def _first_n(s: dict[str, Any]) -> str:
-    return f"[:{s['n']}]" if s.get("n") else ""
+    def run(self, run: Any, *, progress: bool | None = None, name: str | None = None
+            ) -> dict[str, Any]:
+        return _LEGACY[self.kind][1](run, dict(self.values), progress)
 
 
 def _eval_done(path: Path, key: str) -> bool:
@@ -848,61 +629,80 @@ def _eval_done(path: Path, key: str) -> bool:
 
 
 def eval_settings(ws: Workspace, run: str) -> dict[str, dict[str, Any]]:
-    """{result name: settings (with `evaluator`)} of the evaluations of `run`."""
+    """{result name: settings (with `evaluator`, the kind)} of the evaluations of `run`."""
     evals = merge(ws.preset.get("evaluate") or {}, ws.preset["runs"][run].get("evaluate") or {})
     out = {}
     for name, s in evals.items():
         s = dict(s or {})
-        s.setdefault("evaluator", name)
-        if s["evaluator"] not in EVALUATORS:
-            raise UserError(f"evaluation {name!r} has unknown evaluator {s['evaluator']!r}; "
-                            f"choose one of {', '.join(EVALUATORS)}")
+        kind = s["evaluator"] = _kind(name, s)
+        if kind not in eval_kinds():
+            raise UserError(f"evaluation {name!r} has unknown evaluator {kind!r}; "
+                            f"choose one of {', '.join(eval_kinds())}")
         out[name] = s
     return out
 
 
+def eval_spec(name: str, settings: dict[str, Any]) -> tuple[Any, str]:
+    """(the spec, the snapshot 'last' or 'best') of one evaluation's preset settings."""
+    from robustlab import tasks
+
+    s = dict(settings)
+    kind = _kind(name, s)
+    s.pop("evaluator", None)
+    snapshot = s.pop("snapshot", "last")
+    if snapshot not in ("last", "best"):
+        raise UserError(f"evaluation {name!r}: snapshot {snapshot!r} must be last or best")
+    if kind in _LEGACY and kind not in tasks.load_all():
+        return _LegacySpec(kind, s), snapshot
+    return tasks.spec_class(kind).from_settings(s, f"evaluation {name!r}"), snapshot
+
+
+def preset_specs(preset: dict[str, Any], out: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """A loaded preset as specs: {run: {"train": TrainSpec, "evaluate": {result name: (spec,
+    snapshot)}}} (what `build_plan` turns into steps)."""
+    ws = Workspace(preset, out)
+    return {run: {"train": ws.train_spec(run),
+                  "evaluate": {name: eval_spec(name, s) for name, s in eval_settings(ws, run).items()}}
+            for run in preset["runs"]}
+
+
 def eval_step(ws: Workspace, run: str, name: str, settings: dict[str, Any], train_key: str,
               skip: str | None = None) -> Step:
-    s = dict(settings)
-    kind = s.pop("evaluator")
-    ev = EVALUATORS[kind]
-    cost_settings = {k: v for k, v in s.items() if k != "snapshot"}
+    spec, snapshot = eval_spec(name, settings)
     path = ws.run_dir(run) / "results" / f"{name}.json"
-    key = fingerprint({"kind": kind, "settings": s, "train": train_key,
-                       "test_subset": (ws.preset.get("data") or {}).get("test_subset")})
-    label = ws.run_label(run)
-    if skip is None and not ev.available():
-        skip = f"{ev.module} is not in this build"
-    n_test = int((ws.preset.get("data") or {}).get("test_subset") or 10000)
+    test_subset = (ws.preset.get("data") or {}).get("test_subset")
+    key = fingerprint({"kind": spec.kind, "settings": spec.settings(), "snapshot": snapshot,
+                       "train": train_key, "test_subset": test_subset})
+    if skip is None and not _available(spec):
+        skip = f"{spec.requires} is not in this build"
+    n_test = int(test_subset or 10000)
 
     def go() -> None:
-        run_evaluation(ws, run, name, kind, s, key)
+        run_evaluation(ws, run, name, spec, snapshot, key)
 
-    return Step(f"eval/{run}/{name}", f"{name} of {label}", go, lambda: _eval_done(path, key),
-                cost=ev.cost(cost_settings, n_test),
-                command=f"{ev.describe(cost_settings)}  # model: {ws.run_dir(run)}"
-                + (" (best snapshot)" if s.get("snapshot") == "best" else "")
-                + (f", test: the first {n_test} test images"
-                   if (ws.preset.get("data") or {}).get("test_subset") else ""),
+    return Step(f"eval/{run}/{name}", f"{name} of {ws.run_label(run)}", go,
+                lambda: _eval_done(path, key), cost=spec.cost(n_test),
+                command=f"{spec.describe()}  # model: {ws.run_dir(run)}"
+                + (" (best snapshot)" if snapshot == "best" else "")
+                + (f", test: the first {n_test} test images" if test_subset else ""),
                 skip=skip)
 
 
-def run_evaluation(ws: Workspace, run: str, name: str, kind: str, settings: dict[str, Any],
-                   key: str) -> dict[str, Any]:
+def run_evaluation(ws: Workspace, run: str, name: str, spec: Any, snapshot: str, key: str
+                   ) -> dict[str, Any]:
+    """Run one evaluation spec on the run's `snapshot`; write `results/<name>.json` (the spec's
+    result, with the run's label, the snapshot, the plan key and the seconds it took)."""
+    from robustlab import tasks
     from robustlab.io import write_result
     from robustlab.runs import open_run
 
-    settings = dict(settings)
-    snapshot = settings.pop("snapshot", "last")
-    if snapshot not in ("last", "best"):
-        raise UserError(f"evaluation {name!r}: snapshot {snapshot!r} must be last or best")
     r = open_run(ws.run_dir(run), device=ws.device, with_data=False, best=snapshot == "best")
-    r.train, r.val, r.test = ws.data()
+    train, val, _ = ws.data()
+    r.train, r.val, r.test = train, val, ws.test_subset()
     t0 = time.perf_counter()
-    res = EVALUATORS[kind].fn(r, ws, dict(settings), name)
+    res, _ = tasks.evaluate(spec, r, name=name, progress=_progress(ws), write=False)
     res = {k: v for k, v in res.items() if not isinstance(v, torch.Tensor) or v.numel() < 100_000}
-    out = {"run": str(r.path), "label": ws.run_label(run), "evaluator": kind, "snapshot": snapshot,
-           "settings": settings, "plan_key": key, "data": r.meta.get("data"), **res,
+    out = {**res, "label": ws.run_label(run), "snapshot": snapshot, "plan_key": key,
            "seconds": round(time.perf_counter() - t0, 2)}
     write_result(r.path, name, out)
     return out
@@ -1015,11 +815,10 @@ class _Unmeasured(Exception):
     """A check refers to something that was not measured."""
 
 
-_OPS: dict[type, Callable[..., Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
-    ast.USub: operator.neg}
+# the only syntax a finding check may use (checked node by node before it is evaluated)
+_SYNTAX = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.Add, ast.Sub, ast.Mult,
+           ast.Div, ast.UnaryOp, ast.USub, ast.Compare, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq,
+           ast.NotEq, ast.Call, ast.Name, ast.Load, ast.Constant)
 
 
 def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | None:
@@ -1028,6 +827,7 @@ def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | No
     Allowed: references `run[metric name]`, numbers, + − × ÷, comparisons (chains too), `and`,
     `or`, `min(...)`, `max(...)`, `abs(...)`, and `kendall("metric a", "metric b")`: Kendall τ
     between two metrics over every run that has both (None with fewer than three such runs).
+    Anything else is refused before evaluation (a whitelist of syntax nodes, no builtins).
     """
     import re
 
@@ -1038,65 +838,49 @@ def evaluate_check(check: str, values: dict[str, dict[str, float]]) -> bool | No
         if row not in values:
             raise UserError(f"finding check {check!r}: unknown run {row!r}")
         v = values[row].get(metric)
-        name = f"_v{len(refs)}"
-        refs[name] = float("nan") if v is None else float(v)
-        return name
+        refs[f"_v{len(refs)}"] = float("nan") if v is None else float(v)
+        return f"_v{len(refs) - 1}"
 
-    expr = re.sub(r"([A-Za-z_][\w-]*)\[([^\]]+)\]", sub, check)
     try:
-        tree = ast.parse(expr, mode="eval")
+        tree = ast.parse(re.sub(r"([A-Za-z_][\w-]*)\[([^\]]+)\]", sub, check), mode="eval")
     except SyntaxError:
         raise UserError(f"finding check {check!r} is not a valid expression") from None
-    funcs = {"min": min, "max": max, "abs": abs}
 
     def kendall(a: str, b: str) -> float:
         pairs = [(v[a], v[b]) for v in values.values() if v.get(a) is not None
                  and v.get(b) is not None]
         if len(pairs) < 3:
-            return float("nan")
+            raise _Unmeasured
         from scipy.stats import kendalltau
 
-        return float(kendalltau([p[0] for p in pairs], [p[1] for p in pairs])[0])
+        tau = float(kendalltau([p[0] for p in pairs], [p[1] for p in pairs])[0])
+        if math.isnan(tau):
+            raise _Unmeasured
+        return tau
 
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in refs:
-            return refs[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.operand))
-        if isinstance(node, ast.BoolOp):
-            vals = [ev(v) for v in node.values]
-            return all(vals) if isinstance(node.op, ast.And) else any(vals)
-        if isinstance(node, ast.Compare):
-            left, ok = ev(node.left), True
-            for op, comp in zip(node.ops, node.comparators):
-                if type(op) not in _OPS:
-                    break
-                right = ev(comp)
-                ok = ok and _OPS[type(op)](left, right)
-                left = right
-            else:
-                return ok
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs:
-            return funcs[node.func.id](*[ev(a) for a in node.args])
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "kendall" and len(node.args) == 2
-                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
-            tau = kendall(node.args[0].value, node.args[1].value)
-            if math.isnan(tau):
-                raise _Unmeasured
-            return tau
-        raise UserError(f"finding check {check!r}: unsupported expression {ast.dump(node)[:40]}")
+    funcs = {"min": min, "max": max, "abs": abs, "kendall": kendall}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    strings = {id(a) for n in calls if getattr(n.func, "id", "") == "kendall" for a in n.args}
 
+    def allowed(node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in refs or node.id in funcs
+        if isinstance(node, ast.Constant):  # numbers; strings only as kendall's two metric names
+            return type(node.value) in (int, float) or (isinstance(node.value, str)
+                                                          and id(node) in strings)
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", "")
+            return name in funcs and not node.keywords and (name != "kendall" or (
+                len(node.args) == 2 and all(isinstance(getattr(a, "value", None), str) for a in node.args)))
+        return isinstance(node, _SYNTAX)
+
+    for node in ast.walk(tree):
+        if not allowed(node):
+            raise UserError(f"finding check {check!r}: unsupported expression {ast.dump(node)[:40]}")
     if any(math.isnan(v) for v in refs.values()):
         return None
     try:
-        return bool(ev(tree))
+        return bool(eval(compile(tree, "<check>", "eval"), {"__builtins__": {}}, {**refs, **funcs}))
     except _Unmeasured:
         return None
 

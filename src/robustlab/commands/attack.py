@@ -13,6 +13,8 @@ from robustlab.cli import add_device, add_speed
 from robustlab.tasks.adversarial import Adversarial, flag_lines, summary_table
 from robustlab.tasks.spec import add_options
 
+KINDS = ("adversarial",)  # the spec kinds this command runs (no generic `robustlab KIND`)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

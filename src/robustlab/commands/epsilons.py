@@ -10,6 +10,8 @@ from robustlab.cli import add_data, add_device
 from robustlab.tasks.epsilons import Epsilons
 from robustlab.tasks.spec import add_options
 
+KINDS = ("epsilons",)  # the spec kinds this command runs (no generic `robustlab KIND`)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

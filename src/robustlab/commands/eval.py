@@ -8,6 +8,8 @@ from robustlab.cli import add_device
 from robustlab.tasks.clean import Clean
 from robustlab.tasks.spec import add_options
 
+KINDS = ("clean",)  # the spec kinds this command runs (no generic `robustlab KIND`)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="clean test error of a run",

@@ -62,7 +62,7 @@ def _describe(name: str, result: dict) -> str:
     from robustlab.report.summary import kind_of, spec_for
 
     kind = kind_of(name, result)
-    if kind in (name, "other"):
-        return name
     cls = spec_for(kind)
-    return f"{name} ({kind}" + (f": {cls.title}" if cls is not None and cls.title else "") + ")"
+    what = [kind] if kind not in (name, "other") else []
+    what += [cls.title] if cls is not None and cls.title else []
+    return f"{name} ({': '.join(what)})" if what else name

@@ -7,158 +7,44 @@ see docs/distributed.md); rank 0 writes the run directory and prints.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-import types
-import typing
 from pathlib import Path
 
-from robustlab import models
-from robustlab.cli import (
-    add_data,
-    add_device,
-    add_speed,
-    nonneg_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    unit_interval_open,
-)
+from robustlab.cli import add_device
 from robustlab.errors import UserError
 from robustlab.io import atomic_write_text, create_dir, remove_created
-from robustlab.train import methods as method_registry
-from robustlab.train.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
-
-_TYPES = {int: int, float: float, str: str}
-
-
-def _field_type(tp: typing.Any) -> typing.Any:
-    """Unwrap `X | None` to X."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else str
-    return tp
-
-
-def add_method_options(p: argparse.ArgumentParser) -> dict[str, set[str]]:
-    """One option per field of every registered method; returns {method: its option dests}."""
-    group = p.add_argument_group("method options (each applies to the methods that take it)")
-    taken = {a.dest for a in p._actions}
-    owners: dict[str, list[str]] = {}
-    per_method: dict[str, set[str]] = {}
-    for name, cls in sorted(method_registry.discover().items()):
-        hints = typing.get_type_hints(cls)
-        per_method[name] = set()
-        for f in dataclasses.fields(cls):
-            per_method[name].add(f.name)
-            owners.setdefault(f.name, []).append(name)
-            if f.name in taken:
-                continue
-            taken.add(f.name)
-            tp = _field_type(hints.get(f.name, str))
-            flag = "--" + f.name.replace("_", "-")
-            help_ = f.metadata.get("help", "")
-            if tp is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=help_)
-            else:
-                group.add_argument(flag, dest=f.name, type=_TYPES.get(tp, str),
-                                   default=argparse.SUPPRESS, metavar=tp.__name__.upper()
-                                   if isinstance(tp, type) else "VALUE", help=help_)
-    for dest, names in owners.items():
-        for action in group._group_actions:
-            if action.dest == dest and action.help is not None:
-                action.help = f"{action.help} [{', '.join(names)}]".strip()
-    return per_method
+from robustlab.tasks.train import TrainSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from robustlab import models
+
     p = sub.add_parser("train", help="train a model", description="Train a classifier with a "
                        "training method and write a run directory (model.safetensors, model.json, "
-                       "metrics.jsonl). An interrupted run continues with --resume.")
-    add_data(p)
-    p.add_argument("--subset", type=positive_int, default=None,
-                   help="train on the first N training images only")
-    p.add_argument("--val-fraction", type=unit_interval_open, default=0.0,
-                   help="hold out this fraction of the training set for validation")
-    p.add_argument("--model", default="convnet", help=f"one of {', '.join(models.names())}")
-    p.add_argument("--norm", default=None, choices=list(models.NORMS), help="normalization layers")
-    p.add_argument("--width", type=positive_int, default=None, help="channel width (convnet, resnet20)")
-    p.add_argument("--init", default=None, metavar="RUN",
-                   help="start from the model and weights of an existing run (fine-tuning; also "
-                        "for runs made by `robustlab import`); --model, --norm and --width do "
-                        "not apply")
-    p.add_argument("--method", default="normal", help="training method")
-    d = TrainConfig()
-    p.add_argument("--epochs", type=positive_int, default=d.epochs)
-    p.add_argument("--lr", type=positive_float, default=d.lr)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--momentum", type=unit_interval_open, default=d.momentum)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    p.add_argument("--step-size", type=positive_int, default=d.step_size, help="epochs per step decay")
-    p.add_argument("--gamma", type=positive_float, default=d.gamma, help="decay factor")
-    p.add_argument("--label-smoothing", type=unit_interval_open, default=0.0)
-    p.add_argument("--clip", type=positive_float, default=None, metavar="W_MAX",
-                   help="clamp every weight to [-W_MAX, W_MAX] after each step")
-    p.add_argument("--quant", default=None, metavar="SCHEME",
-                   help="quantization-aware training, e.g. rquant8 (see `robustlab biterrors --help`)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+                       "metrics.jsonl). An interrupted run continues with --resume. Models: "
+                       f"{', '.join(models.names())}.")
+    per_method = TrainSpec.add_options(p)  # the spec's fields, then every method's fields
     add_device(p)
-    add_speed(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/DATA-MODEL-METHOD-sSEED)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run, _method_options=add_method_options(p))
+    p.set_defaults(func=run, _method_options=per_method)
 
 
 # Options that may differ on --resume: --epochs extends a run; the rest do not change its weights.
 RESUME_SAFE = {"epochs", "resume", "quiet", "device", "out", "data_dir"}
-F32_MAX = 3.4028234663852886e38
-# Method options for which +inf is a documented value (e.g. bit errors from the first batch).
-INF_ALLOWED = {"loss_threshold"}
-
-
-def _check_method_options(method_opts: dict[str, object]) -> None:
-    for k, v in sorted(method_opts.items()):
-        if k in INF_ALLOWED and v == math.inf:
-            continue
-        if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= F32_MAX):
-            raise UserError(f"--{k.replace('_', '-')} {v} is invalid; it must be a finite number")
+# option names recorded in config.yaml by earlier versions → today's
+RENAMED = {"norm": "norm_layer", "step_size": "lr_step"}
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import checkpoint, distributed, runs
-    from robustlab.train import fit
 
     # Validate everything before anything is written.
     if args.out is not None and not args.out.strip():
         raise UserError("--out '' is empty; give a run directory (or leave --out out for the "
                         "default runs/DATA-MODEL-METHOD-sSEED)")
-    method_opts = {k: getattr(args, k) for k in set().union(*args._method_options.values())
-                   if hasattr(args, k)}
-    if args.method not in args._method_options:
-        raise UserError(f"unknown method {args.method!r}; choose one of "
-                        f"{', '.join(sorted(args._method_options))}")
-    foreign = sorted(set(method_opts) - args._method_options[args.method])
-    if foreign:
-        raise UserError(f"--{foreign[0].replace('_', '-')} does not apply to method {args.method!r}")
-    _check_method_options(method_opts)
-    method = method_registry.create(args.method, **method_opts)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         optimizer=args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
-                         weight_decay=args.weight_decay, schedule=args.schedule,
-                         step_size=args.step_size, gamma=args.gamma, seed=args.seed,
-                         label_smoothing=args.label_smoothing, clip=args.clip,
-                         channels_last=args.channels_last, bf16=args.bf16)
-    config.validate()
-    quant = None
-    if args.quant:
-        from robustlab import quant as quant_mod
-
-        quant = quant_mod.parse(args.quant)
+    spec = TrainSpec.from_args(args, args._method_options)
+    method, config, quant = spec.check()
     from robustlab import data as data_mod
 
     data_mod.check_data_dir(args.data_dir)  # a missing folder is an error, not a fall back
@@ -172,24 +58,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a run; use --resume to continue it or another --out")
     owns_group = not distributed.is_initialized()
     device = distributed.init(args.device)  # joins the process group under torchrun
-    spec = runs.data_spec(args.data, data_dir=args.data_dir, subset=args.subset,
-                          val_fraction=args.val_fraction)
-    train, val, _test = runs.load_data(spec)
-    if len(train) == 0:
+    data = runs.load_data(spec.data_spec())
+    if len(data[0]) == 0:
         raise UserError(f"--data {args.data}: the training set is empty")
-    kwargs = {k: v for k, v in (("norm", args.norm), ("width", args.width)) if v is not None}
-    if args.init is not None:
-        model = _init_model(args, train)
-    else:
-        model = models.create(args.model, dataset=train, seed=args.seed, **kwargs)
+    model = spec.make_model(data[0])
     if args.resume and args.init is None and (out / checkpoint.META).is_file():
-        _check_resume_meta(out, model, method, config, spec, quant)
+        _check_resume_meta(out, model, method, config, spec.data_spec(), quant)
     if args.resume and not fresh_start:  # a corrupt resume point is refused before any write
         import torch
 
-        from robustlab.train.trainer import _optimizer, load_resume_point
+        from robustlab.train.trainer import load_resume_point, make_optimizer
 
-        load_resume_point(out, model, _optimizer(model, config), torch.device("cpu"), args.epochs)
+        load_resume_point(out, model, make_optimizer(model, config), torch.device("cpu"), args.epochs)
 
     distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
     main = distributed.is_main()
@@ -199,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
             _write_config(out, args)
         if fresh_start and main:
             print(f"{out}: no epoch had finished; training it from the start")
-        fit(model, train, method=method, config=config, val=val, quant=quant, out=out,
-            resume=args.resume and not fresh_start, device=device, meta={"data": spec},
-            progress=False if args.quiet else None)
+        spec.run(out, data=data, model=model, resume=args.resume and not fresh_start,
+                 device=device, progress=False if args.quiet else None)
     except UserError:
         # remove only what this invocation created and that holds no finished epoch
         if main and not checkpoint.has_state(out):
@@ -213,37 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if main:
         print(f"run written to {out}")
     return 0
-
-
-def _init_model(args: argparse.Namespace, train) -> object:
-    """The model of the run `--init` (built-in, Normalized or a factory model), checked against
-    the training data's image shape and classes."""
-    import torch
-
-    from robustlab import checkpoint
-
-    given = [f for f, v in (("--model", args.model != "convnet"), ("--norm", args.norm),
-                            ("--width", args.width)) if v]
-    if given:
-        raise UserError(f"{given[0]} does not apply with --init {args.init}: the model comes "
-                        "from that run")
-    init = Path(args.init)
-    if not (init / checkpoint.META).is_file():
-        raise UserError(f"--init {args.init} is not a run directory (no {checkpoint.META})")
-    model, _ = checkpoint.load(init)
-    x = train.x[:1]
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except RuntimeError as e:
-        raise UserError(f"--init {args.init}: the model does not accept the images of --data "
-                        f"{args.data} (shape {tuple(x.shape[1:])}): "
-                        f"{str(e).strip().splitlines()[0]}") from None
-    classes = int(train.y.max()) + 1 if len(train) else 0
-    if out.ndim != 2 or out.shape[1] < classes:
-        raise UserError(f"--init {args.init}: the model has {out.shape[-1]} outputs but --data "
-                        f"{args.data} has {classes} classes")
-    return model
 
 
 def _recorded_options(out: Path) -> dict | None:
@@ -259,11 +107,11 @@ def _recorded_options(out: Path) -> dict | None:
         raise UserError(f"--resume: {path} is unreadable ({str(e).splitlines()[0]})") from None
     if not isinstance(rec, dict) or rec.get("command") != "train" or "method" not in rec:
         return None  # written by a preset (demo/reproduce): model.json is compared instead
-    return rec
+    return {RENAMED.get(k, k): v for k, v in rec.items()}
 
 
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return "--" + RENAMED.get(key, key).replace("_", "-")
 
 
 def _differences(recorded: dict, now: dict) -> list[str]:
@@ -304,12 +152,11 @@ def _check_epochs_left(out: Path, epochs: int) -> None:
                         f"--epochs to train it further")
 
 
-def _check_resume_meta(out: Path, model, method, config: TrainConfig, spec: dict,
+def _check_resume_meta(out: Path, model, method, config, spec: dict,
                        quant) -> None:
     """Compare what determines the weights with the run's model.json (preset runs, or a missing
     config.yaml): architecture, data, method, training settings other than epochs, quantization."""
     from robustlab import checkpoint
-    from robustlab.train.trainer import _jsonable_config
 
     meta = checkpoint.read_meta(out)
     if not isinstance(meta, dict):
@@ -327,7 +174,7 @@ def _check_resume_meta(out: Path, model, method, config: TrainConfig, spec: dict
         if rec_data.get(k) != spec.get(k):
             diff.append(f"{flag} {spec.get(k)!r} (recorded {rec_data.get(k)!r})")
     rec_cfg = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
-    for k, v in _jsonable_config(config).items():
+    for k, v in config.to_dict().items():
         if k != "epochs" and k in rec_cfg and rec_cfg[k] != v:
             diff.append(f"{_flag(k)} {v!r} (recorded {rec_cfg[k]!r})")
     rec_method = meta.get("method") if isinstance(meta.get("method"), dict) else {}

@@ -228,7 +228,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type[EvalSpec], *,
         m = f.metadata
         if not m.get("cli", True) or f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = (None if required else f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())
         names = [flag(f.name), *m.get("aliases", ())]
         help_text = m["help"]
         if hints.get(f.name) is bool or isinstance(default, bool):
@@ -240,16 +242,20 @@ def add_options(parser: argparse.ArgumentParser, cls: type[EvalSpec], *,
             continue
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": _with_default(help_text,
                                                                                           default)}
+        if required:  # a field without a default: a required option
+            kw["required"] = True
         if m.get("type") is not None:
             kw["type"] = m["type"]
         if m.get("metavar"):
             kw["metavar"] = m["metavar"]
         if m.get("choices"):
             kw["choices"] = m["choices"]
-        parser.add_argument(names[0], **kw)
+        action = parser.add_argument(names[0], **kw)
+        action.term = m.get("term")  # type: ignore[attr-defined]  # the vocabulary term it stands for
         for alias in names[1:]:
             parser.add_argument(alias, dest=f.name, type=kw.get("type"), default=argparse.SUPPRESS,
-                                action=_Deprecated, new=names[0], help=argparse.SUPPRESS)
+                                choices=kw.get("choices"), action=_Deprecated, new=names[0],
+                                help=argparse.SUPPRESS)
 
 
 def _with_default(help_text: str, default: Any) -> str:

@@ -202,3 +202,15 @@ def test_tracking_hook_is_the_presets_old_hook() -> None:
     assert t.hook(train, test)[1] == "val_robust_err"
     assert t.hook(None, test)[1] is None
     assert Tracking(split="test").hook(train, test)[1] is None
+
+
+def test_tracking_run_reads_best_vs_last(tmp_path) -> None:
+    import types
+
+    rows = [{"epoch": 1, "val_robust_err": 0.6}, {"epoch": 2, "val_robust_err": 0.4},
+            {"epoch": 3, "val_robust_err": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = Tracking().run(types.SimpleNamespace(path=tmp_path))
+    assert (res["best_epoch"], res["last_epoch"]) == (2, 3)
+    assert res["overfitting"]["val_robust_err"] == pytest.approx(0.1)
+    assert "best 40.00% at epoch 2, last 50.00% at epoch 3" in Tracking().table(res)

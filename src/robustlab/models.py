@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from robustlab import sources
 from robustlab.errors import UserError
 
 NORMS = ("none", "bn", "gn")
@@ -444,9 +445,7 @@ class Predictor(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the model's first parameter (or buffer) lives; CPU for a plain callable."""
-        from robustlab.sources import model_device
-
-        return model_device(self.model)
+        return sources.model_device(self.model)
 
     def sweep(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
               adversary: Callable[[Predictor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -458,11 +457,9 @@ class Predictor(nn.Module):
         float32 as the model computes); `keep_logits` keeps the float32 logits on the CPU. No
         batch at all is a `UserError` naming the data (`name`).
         """
-        from robustlab.sources import eval_mode
-
         ys, preds, clean_preds, outs = [], [], [], []
         total = clean_total = None
-        restore = eval_mode(self.model)
+        restore = sources.eval_mode(self.model)
         try:
             for x, y in batches:
                 xa = x if adversary is None else adversary(self, x, y)
@@ -489,6 +486,38 @@ class Predictor(nn.Module):
         return Sweep(y_all, torch.cat(preds), torch.cat(clean_preds) if clean_preds else None,
                      total, clean_total if adversary is not None else total,
                      torch.cat(outs) if keep_logits else None)
+
+    def loss_and_grad(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                      wrt: Sequence[torch.Tensor], *, n: int, sign: float = 1.0, grad: bool = True,
+                      adversary: Callable[[Predictor, torch.Tensor, torch.Tensor], torch.Tensor]
+                      | None = None, attack_at: Predictor | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor]:
+        """The weight attacks' objective over `batches`: Σ sign·CE/`n` (float64 sum of the
+        per-batch float32 values), its gradient w.r.t. the tensors `wrt` (leaves inside this
+        predictor's weights; with `grad`) and how many examples were predicted as their label.
+        `adversary` attacks each batch at `attack_at` (default: these weights). Eval mode."""
+        total = agree = None
+        grads = [torch.zeros_like(w) for w in wrt] if grad else None
+        restore = sources.eval_mode(self.model)
+        try:
+            for x, y in batches:
+                xa = x if adversary is None else adversary(attack_at or self, x, y)
+                with torch.set_grad_enabled(grad):
+                    out = self(xa).float()
+                    batch = sign * F.cross_entropy(out, y, reduction="sum") / n
+                    if grads is not None:
+                        for acc, g in zip(grads, torch.autograd.grad(batch, list(wrt),
+                                                                     allow_unused=True)):
+                            if g is not None:
+                                acc += g
+                part, same = batch.detach().double(), (out.detach().argmax(1) == y).sum()
+                total = part if total is None else total + part
+                agree = same if agree is None else agree + same
+        finally:
+            restore()
+        if total is None or agree is None:
+            raise UserError("no examples to evaluate (the data set is empty)")
+        return total, grads, agree
 
 
 @dataclasses.dataclass
@@ -530,8 +559,6 @@ class Batches:
 
     def __init__(self, data: Any, batch_size: int, device: torch.device | str | None = None,
                  bounds: Sequence[float] | None = None):
-        from robustlab import sources
-
         self.batch_size, self.device, self.bounds = int(batch_size), device, bounds
         if isinstance(data, tuple):
             x, y = data
@@ -550,8 +577,6 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.stream is None:
             return iter(self.cached)
-        from robustlab import sources
-
         bounds, self.bounds = self.bounds, None  # checked on the first pass
         return sources.batches_of(self.stream, self.batch_size, self.device, bounds)
 

@@ -21,6 +21,7 @@ from robustlab.attacks.pgd import init_delta, pgd, project
 from robustlab.attacks.threat import NORMS, check_norm, default_eps
 from robustlab.data import Dataset
 from robustlab.errors import UserError
+from robustlab.models import Predictor
 
 _P = {"linf": math.inf, "l2": 2.0, "l1": 1.0, "l0": 0.0}
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
@@ -87,6 +88,7 @@ def perturbation_examples(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor
     then the box) and adversarially (PGD on `model`; without a model, the largest step towards
     `target`, the nearest training image of another class)."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    model = None if model is None else Predictor.of(model)  # quantized: its dequantized weights
     x1 = x[:1]
     rand, adv = [], []
     for r in radii:

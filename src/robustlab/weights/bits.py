@@ -43,7 +43,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -51,7 +50,6 @@ from robustlab.errors import UserError
 from robustlab.models import Predictor
 from robustlab.quant import Quantized, popcount
 from robustlab.weights.ball import SELECTIONS, select
-from robustlab.weights.objective import eval_mode
 
 __all__ = ["PROJECTIONS", "SELECTIONS", "STEPS", "STEP_SIZE", "BitAttackResult", "CodeObjective",
            "attack_codes", "bfa", "bit_attack", "check_budget", "msb", "popcount", "project_codes",
@@ -112,21 +110,11 @@ class CodeObjective:
         weights. Device tensors (no host sync)."""
         flat = self.q.dequantize_flat(codes).detach().requires_grad_(grad)
         pred = Predictor(self.model, self._params(flat), quant=False)
-        total = torch.zeros((), dtype=torch.float64, device=self.q.device)
-        hits = torch.zeros((), dtype=torch.int64, device=self.q.device)
-        g_all = torch.zeros_like(flat) if grad else None
         n = self.x.shape[0]
-        with eval_mode(self.model), torch.set_grad_enabled(grad):
-            for x, t in self._chunks():
-                out = pred(x).float()
-                loss = self.sign * F.cross_entropy(out, t, reduction="sum") / n
-                p = out.detach().argmax(1)
-                hits += (p != t).sum() if self.target is None else (p == t).sum()
-                if grad:
-                    (g,) = torch.autograd.grad(loss, flat)
-                    g_all += g
-                total += loss.detach().double()
-        return total.float(), hits, g_all
+        total, grads, agree = pred.loss_and_grad(self._chunks(), [flat], n=n, sign=self.sign,
+                                                 grad=grad)
+        hits = agree if self.target is not None else n - agree
+        return total.float(), hits, grads[0] if grads is not None else None
 
     def value_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and its gradient w.r.t. the flat dequantized weights."""

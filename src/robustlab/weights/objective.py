@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.base import eval_mode  # re-exported: weights.eval_mode is the same helper
+from robustlab.attacks.base import eval_mode  # noqa: F401 (re-exported as weights.eval_mode)
 from robustlab.models import Batches, Predictor
 
 Params = dict[str, torch.Tensor]
@@ -128,23 +127,10 @@ class ModelObjective:
 
     def value_and_grad(self, params: Params, seed: int) -> tuple[torch.Tensor, Params]:
         detached = {n: p.detach() for n, p in params.items()}
-        names = list(params)
+        leaves = {n: p.clone().requires_grad_(True) for n, p in detached.items()}
         gen = torch.Generator().manual_seed(int(seed))
-        adversary = self._adversary(gen)
-        at = self.predictor(detached)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        grads = {n: torch.zeros_like(p) for n, p in detached.items()}
-        n_total = max(self.n, 1)
-        with eval_mode(self.model):
-            for x, y in self.batches:
-                xa = x if adversary is None else adversary(at, x, y)
-                leaves = {n: p.clone().requires_grad_(True) for n, p in detached.items()}
-                out = self.predictor(leaves)(xa)
-                batch_loss = F.cross_entropy(out, y, reduction="sum") / n_total
-                gs = torch.autograd.grad(batch_loss, [leaves[n] for n in names],
-                                         allow_unused=True)
-                for n, g in zip(names, gs):
-                    if g is not None:
-                        grads[n] += g
-                loss += batch_loss.detach().double()
-        return loss.float(), grads
+        loss, grads, _ = self.predictor(leaves).loss_and_grad(
+            self.batches, list(leaves.values()), n=max(self.n, 1),
+            adversary=self._adversary(gen), attack_at=self.predictor(detached))
+        assert grads is not None
+        return loss.float(), dict(zip(leaves, grads))

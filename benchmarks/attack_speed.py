@@ -3,7 +3,8 @@
 Every library runs L∞ PGD with a random start, --steps iterations of step 2.5·ε/steps and one
 restart on the first --n-test Fashion-MNIST test images (digits upsampled to 28×28 when
 Fashion-MNIST is not installed), in batches of --batch-size. Reported per library: seconds per
-batch (median of --repeats timed runs after one warm-up), images per second, and the robust
+batch, wall and process CPU time (median of --repeats timed runs after one warm-up; the libraries
+run interleaved, one run each per repeat), images per second, and the robust
 error (a fidelity check: all should be close). robustlab runs three ways: `robustlab-plain`
 (fp32, contiguous, no early exit: the reference), `robustlab` (its default fp32 path:
 channels_last where it helps and the verdict-preserving early exit of misclassified examples)
@@ -136,8 +137,11 @@ def main() -> None:
                          "misclassified with wrong-class confidence ≥ this (0: once misclassified, "
                          "which keeps every RErr verdict)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", default="benchmarks/results/attack_speed.json")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     try:
         train, test = data.load("fashion-mnist")
@@ -158,7 +162,9 @@ def main() -> None:
     alpha = 2.5 * a.eps / a.steps
     with torch.no_grad():
         clean_err = float((model(x_all).argmax(1) != y_all).float().mean())
-    rows = []
+    batches = [(x_all[i:i + a.batch_size], y_all[i:i + a.batch_size])
+               for i in range(0, a.n_test, a.batch_size)]
+    rows, runs = [], {}
     for name in a.libraries.split(","):
         module, make = LIBRARIES[name]
         if not installed(module):
@@ -166,40 +172,48 @@ def main() -> None:
             rows.append({"library": name, "skipped": "not installed"})
             continue
         try:
-            run = make(model, a.eps, alpha, a.steps, a)
+            runs[name] = make(model, a.eps, alpha, a.steps, a)
         except Exception as e:  # noqa: BLE001 — report any library set-up failure and go on
             print(f"{name}: could not be set up ({type(e).__name__}: {e}), skipped")
             rows.append({"library": name, "skipped": f"{type(e).__name__}: {e}"})
             continue
-        batches = [(x_all[i:i + a.batch_size], y_all[i:i + a.batch_size])
-                   for i in range(0, a.n_test, a.batch_size)]
-        run(*batches[0])  # warm-up
-        times, wrong, verdicts = [], 0, []
-        for r in range(a.repeats):
+        runs[name](*batches[0])  # warm-up
+    # Interleaved: every repeat runs each library once (order rotated per repeat), so that a
+    # change of machine load hits all libraries alike. Wall time and process CPU time (the latter
+    # is what a shared, loaded CPU does not inflate) per batch.
+    names = list(runs)
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    advs_first: dict[str, list[torch.Tensor]] = {}
+    for r in range(a.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)] if names else []:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            advs = [run(x, y) for x, y in batches]
+            t0, c0 = time.perf_counter(), time.process_time()
+            advs = [runs[name](x, y) for x, y in batches]
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) / len(batches))
-            if r == 0:
-                with torch.no_grad():
-                    for (x, y), adv in zip(batches, advs):
-                        assert (adv - x).abs().max() <= a.eps + 1e-5, name
-                        v = (model(adv).argmax(1) != y) | (model(x).argmax(1) != y)
-                        wrong += int(v.sum())
-                        verdicts.append(v.cpu())
-        sec = statistics.median(times)
+            wall[name].append((time.perf_counter() - t0) / len(batches))
+            cpu[name].append((time.process_time() - c0) / len(batches))
+            advs_first.setdefault(name, advs)
+    for name in names:
+        wrong, verdicts = 0, []
+        with torch.no_grad():
+            for (x, y), adv in zip(batches, advs_first[name]):
+                assert (adv - x).abs().max() <= a.eps + 1e-5, name
+                v = (model(adv).argmax(1) != y) | (model(x).argmax(1) != y)
+                wrong += int(v.sum())
+                verdicts.append(v.cpu())
+        sec, csec = statistics.median(wall[name]), statistics.median(cpu[name])
         verdict = torch.cat(verdicts)
         ref = next((r for r in rows if r["library"] == "robustlab-plain" and "verdicts" in r), None)
         same = (None if ref is None or not name.startswith("robustlab")
                 else bool(torch.equal(verdict, torch.tensor(ref["verdicts"]))))
-        rows.append({"library": name, "sec_per_batch": sec, "images_per_sec": a.batch_size / sec,
-                     "rerr": wrong / a.n_test, "verdicts": verdict.tolist(),
-                     "identical_verdicts_to_plain": same})
-        print(f"{name:<15} {1000 * sec:9.1f} ms/batch  {a.batch_size / sec:9.1f} img/s  "
-              f"RErr {100 * wrong / a.n_test:5.1f}%"
+        rows.append({"library": name, "sec_per_batch": sec, "cpu_sec_per_batch": csec,
+                     "images_per_sec": a.batch_size / sec, "rerr": wrong / a.n_test,
+                     "verdicts": verdict.tolist(), "identical_verdicts_to_plain": same})
+        print(f"{name:<15} {1000 * sec:9.1f} ms/batch  {1000 * csec:9.1f} CPU ms/batch  "
+              f"{a.batch_size / sec:9.1f} img/s  RErr {100 * wrong / a.n_test:5.1f}%"
               + ("" if same is None else f"  verdicts identical to robustlab-plain: {same}"))
     base = next((r for r in rows if r["library"] == "robustlab" and "sec_per_batch" in r), None)
     if base:
@@ -208,9 +222,10 @@ def main() -> None:
                 r["relative_to_robustlab"] = r["sec_per_batch"] / base["sec_per_batch"]
         peers = [r for r in rows if "sec_per_batch" in r and not r["library"].startswith("robustlab")]
         if peers:
-            fastest = min(peers, key=lambda r: r["sec_per_batch"])
-            print(f"robustlab default fp32 is {fastest['sec_per_batch'] / base['sec_per_batch']:.2f}× "
-                  f"as fast as the fastest peer ({fastest['library']})")
+            for key, what in (("sec_per_batch", "wall"), ("cpu_sec_per_batch", "CPU")):
+                fastest = min(peers, key=lambda r: r[key])
+                print(f"robustlab default fp32 is {fastest[key] / base[key]:.2f}× as fast as the "
+                      f"fastest peer ({fastest['library']}) in {what} time")
     bf = next((r for r in rows if r["library"] == "robustlab-bf16" and "rerr" in r), None)
     if base and bf:
         print(f"bf16 RErr − fp32 RErr: {100 * (bf['rerr'] - base['rerr']):+.1f} points")

@@ -407,28 +407,34 @@ def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0
     stopping = cfg.early_stop is not None
     if stopping:
         st["done"] = stop_test(logits, labels, cfg.early_stop)
+    # `sv` holds the state of the running examples, rows `idx` of `st` (None: all, sv is st); it
+    # is re-packed only when some example has just been decided, not at every step.
+    idx: torch.Tensor | None = None
+    sv, xs, ls, ms = st, x, labels, mask
     for step in range(cfg.steps):
-        idx, sv = None, st
         if stopping:
-            idx = (~st["done"]).nonzero().squeeze(1)  # one sync per iteration, not per example
-            if idx.numel() == 0:
-                break
-            if idx.numel() < n:
-                sv = {k: v[idx] for k, v in st.items()}
-            else:
-                idx = None
-        xs = x if idx is None else x[idx]
-        ls = labels if idx is None else labels.index(idx)
-        ms = mask if mask is None or mask.shape[0] == 1 or idx is None else mask[idx]
+            run = ~sv["done"]
+            if not bool(run.all()):  # one sync per iteration, not per example
+                if idx is not None:
+                    for k, v in sv.items():
+                        st[k][idx] = v
+                keep = run.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    idx, sv = None, st
+                    break
+                idx = keep if idx is None else idx[keep]
+                sv = {k: v[keep] for k, v in sv.items()}
+                xs, ls = xs[keep], ls.index(keep)
+                ms = ms if ms is None or ms.shape[0] == 1 else ms[keep]
         cand = rule.propose(sv, xs, ms, step, cfg)
         loss_c, grad_c, logits_c = eval_rows(model, cand, ls.obj, cfg, rows)
         keep_best(sv, cand, loss_c, logits_c, ls)
         if stopping:
             sv["done"] = sv["done"] | stop_test(logits_c, ls, cfg.early_stop)
         rule.update(sv, cand, loss_c, grad_c, step + 1, cfg)
-        if idx is not None:
-            for k, v in sv.items():
-                st[k][idx] = v
+    if idx is not None:
+        for k, v in sv.items():
+            st[k][idx] = v
     return st["best"], st["best_logits"], st
 
 

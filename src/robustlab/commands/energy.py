@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import tasks
     from robustlab.checkpoint import read_meta
     from robustlab.commands.biterrors import open_test_run
+    from robustlab.io import write_result
     from robustlab.runs import quant_from_meta
     from robustlab.tasks.biterrors import resolve_quant
 
@@ -41,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     r = open_test_run(args.run, args)
     body = spec.run(r, progress=False if args.quiet else None, curve=curve)
     res = tasks.make_result(spec, r, body)
-    from robustlab.io import write_result
-
     out = write_result(r.path, "energy", res)
     spec.figures(res, r.path / "results")
     print(spec.table(res))

@@ -31,12 +31,6 @@ def predict_with_labels(model: Callable[[torch.Tensor], torch.Tensor], data: Any
     return s.logits, s.y.cpu()
 
 
-def predict(model: Callable[[torch.Tensor], torch.Tensor], ds: Any, *, batch_size: int = 512,
-            device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits of `model` on every example of `ds` (on the CPU, float32)."""
-    return predict_with_labels(model, ds, batch_size=batch_size, device=device, bounds=None)[0]
-
-
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
     pred = logits.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)

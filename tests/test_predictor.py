@@ -94,3 +94,11 @@ def test_popcount_is_one_function():
     assert bits.popcount is popcount
     x = torch.arange(256, dtype=torch.int64).to(torch.uint8)
     assert popcount(x).tolist() == [bin(i).count("1") for i in range(256)]
+
+
+def test_sweep_verdicts_are_float32_inside_an_outer_autocast():
+    net, (x, y) = _net(), _data()
+    ref = Predictor(net).sweep([(x, y)], keep_logits=True).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = Predictor(net).sweep([(x, y)], keep_logits=True)
+    assert s.logits.dtype == torch.float32 and torch.equal(s.logits, ref)

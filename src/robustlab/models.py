@@ -454,8 +454,9 @@ class Predictor(nn.Module):
 
         `adversary(predictor, x, y) -> x_adv` attacks each batch at these weights (robust error:
         wrong clean or attacked, spec §2); `loss` sums the cross-entropy (float64, per batch in
-        float32 as the model computes); `keep_logits` keeps the float32 logits on the CPU. No
-        batch at all is a `UserError` naming the data (`name`).
+        float32 as the model computes); `keep_logits` keeps the float32 logits on the CPU. The
+        verdicts run without autocast (float32, as `robustlab.attacks.evaluate_logits`). No batch
+        at all is a `UserError` naming the data (`name`).
         """
         ys, preds, clean_preds, outs = [], [], [], []
         total = clean_total = None
@@ -463,7 +464,7 @@ class Predictor(nn.Module):
         try:
             for x, y in batches:
                 xa = x if adversary is None else adversary(self, x, y)
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                     out = self(xa).float()
                     preds.append(out.argmax(1))
                     ys.append(y)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.attacks import apgd, pgd
+from robustlab.attacks import apgd, pgd, square
 from robustlab.attacks.norms import NORMS, Linf, get_norm
 from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
@@ -151,7 +151,7 @@ def test_shared_argument_checks_give_the_same_message() -> None:
     for bad, msg in (({"eps": -1.0}, "eps -1.0 is invalid"), ({"restarts": 0}, "restarts 0 is invalid"),
                      ({"early_stop": 2.0}, "early-stop confidence 2.0 is invalid"),
                      ({"steps": -1}, "steps -1 is invalid")):
-        for attack in (pgd, apgd):
+        for attack in (pgd, apgd) if "steps" in bad else (pgd, apgd, square):
             kw = {"eps": 0.1, **bad}
             with pytest.raises(UserError, match=msg):
                 attack(model, x, y, **kw)

@@ -35,7 +35,15 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, bview, check_bounds, eval_mode, merge_into
+from robustlab.attacks.base import (
+    AttackResult,
+    Model,
+    bview,
+    check_attack_args,
+    check_bounds,
+    eval_mode,
+    merge_into,
+)
 from robustlab.attacks.pgd import (
     Bounds,
     EngineCfg,
@@ -222,16 +230,11 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
         raise UserError(f"Square needs images N×C×H×W; got inputs of shape {tuple(x.shape)}")
     if eps is None:
         eps = default_eps(norm, tuple(x.shape[1:]))
-    if not eps >= 0 or math.isinf(eps):
-        raise UserError(f"eps {eps} is invalid; it must be a finite number ≥ 0")
+    check_attack_args(eps=eps, restarts=restarts, early_stop=early_stop)
     if queries < 1:
         raise UserError(f"queries {queries} is invalid; it must be an integer ≥ 1")
     if not 0 < p_init <= 1:
         raise UserError(f"p_init {p_init} is invalid; it must be in (0, 1]")
-    if restarts < 1:
-        raise UserError(f"restarts {restarts} is invalid; it must be an integer ≥ 1")
-    if early_stop is not None and not 0 <= early_stop <= 1:
-        raise UserError(f"early-stop confidence {early_stop} is invalid; it must be in [0, 1]")
     bounds = check_bounds(x, bounds)
     y_int = int_labels(y)
     if y_int is None:

@@ -567,3 +567,23 @@ def test_tau_from_correct_held_out_examples_only() -> None:
         want = mt.threshold_at_tpr(conf[ok], tpr)
         assert res["clean"]["tau"][f"{tpr:g}"] == pytest.approx(want)
         assert want > float(conf[~ok].max())  # the wrong ones would lower τ
+
+
+# §5 clipping: norm-layer scales (found by module type) go to [1 − w_max, 1 + w_max], never to
+# [−w_max, w_max]; their shifts and every other parameter to [−w_max, w_max].
+def test_clipping_never_caps_a_norm_scale_at_w_max() -> None:
+    from torch import nn
+
+    from robustlab import models
+
+    net = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3), nn.BatchNorm1d(3), nn.GroupNorm(1, 3))
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+        for i in (1, 2, 3):
+            net[i].weight.copy_(torch.tensor([1.5, 1.0, 0.5]))
+            net[i].bias.copy_(torch.tensor([0.5, -0.05, -0.5]))
+    models.clip_(net, 0.1)
+    assert torch.equal(net[0].weight, torch.full((3, 3), 0.1))
+    for i in (1, 2, 3):
+        assert net[i].weight.tolist() == pytest.approx([1.1, 1.0, 0.9])
+        assert net[i].bias.tolist() == pytest.approx([0.1, -0.05, -0.1])

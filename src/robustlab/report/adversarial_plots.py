@@ -157,7 +157,8 @@ def plot_confidence_grid(results: Sequence[tuple[str, Result]], path: str | Path
 def _bar_values(r: Mapping[str, Any], key: str | None) -> dict[str, tuple[Any, Any]]:
     """{threat: (metric without rejection, metric at τ)} as `summary.Metric`s (value and 95 %
     interval): RErr, FPR for distal (100 % without rejection), Err for corruptions."""
-    from robustlab.report.summary import Metric, result_values
+    from robustlab.report.metric import Metric
+    from robustlab.report.summary import result_values
 
     vals = result_values("adversarial", {k: v for k, v in r.items() if k != "evaluator"}
                          | {"evaluator": "adversarial"})

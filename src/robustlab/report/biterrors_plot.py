@@ -76,7 +76,8 @@ def plot_rerr_vs_rate(results: Result | Sequence[Result], path: str | Path, *,
 
 def _intervals(r: Mapping[str, Any], rates: list[float]) -> list[tuple[float, float]] | None:
     """95 % intervals (in %) of the mean RErr per rate, as in the summary table."""
-    from robustlab.report.summary import rate_label, result_values
+    from robustlab.report.metric import rate_label
+    from robustlab.report.summary import result_values
 
     vals = result_values("biterrors", dict(r) | {"evaluator": "biterrors"})
     out = []

@@ -18,8 +18,8 @@ from typing import Any
 from robustlab.errors import UserError
 from robustlab.report import stats
 from robustlab.report.figures import pyplot, save
+from robustlab.report.metric import Metric
 from robustlab.report.rows import Row, Table, fmt_interval, fmt_number
-from robustlab.report.summary import Metric
 
 MARKERS = "osD^vP*Xh<>p"
 

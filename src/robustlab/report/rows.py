@@ -23,7 +23,7 @@ from typing import Any
 
 from robustlab.errors import UserError
 from robustlab.report import stats
-from robustlab.report.summary import Metric
+from robustlab.report.metric import Metric
 
 OVER = {"examples": ("image", "images"), "patterns": ("pattern", "patterns"),
         "samples": ("sample", "samples")}

@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robustlab.io import read_json
-from robustlab.report import stats
+from robustlab.report.metric import Metric
+from robustlab.report.metric import number as _num
+from robustlab.report.metric import plural as _plural
+from robustlab.report.metric import rate_label as rate_label  # re-exported (older callers)
+from robustlab.report.metric import sig3 as _g
 
 log = logging.getLogger("robustlab.report")
 
@@ -36,24 +39,6 @@ DEFAULT_NAMES = {"clean": ("clean", "eval"), "adversarial": ("adversarial", "att
                  "flatness": ("flatness", "flatness-average", "flatness-worst",
                               "flatness-average-clean", "flatness-worst-clean"),
                  "energy": ("energy",), "chip": ("chip", "chip-errors")}
-
-
-def rate_label(p: float) -> str:
-    """0.01 → '1%', 0.005 → '0.5%', 0.0001 → '0.01%'."""
-    return f"{100 * p:.4g}%"
-
-
-def _tau_label(key: str) -> str:
-    try:
-        return f"{100 * float(key):g}%"
-    except ValueError:
-        return key
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
 
 
 def kind_of(name: str, r: dict[str, Any]) -> str:
@@ -91,71 +76,7 @@ def _legacy_kind(r: dict[str, Any]) -> str:
     return "other"
 
 
-@dataclass
-class Metric:
-    """One number of one result with what it is: its 95 % interval (`lo`, `hi`, None when the
-    data allow none) over `n` `over` (examples, patterns, samples), a display `label` that names
-    the threat and radius, the better direction, the unit ("%" for rates, "" otherwise) and the
-    settings that produced it."""
-
-    value: float
-    lo: float | None = None
-    hi: float | None = None
-    n: int | None = None
-    over: str = "examples"
-    label: str = ""
-    better: str = "lower"
-    unit: str = "%"
-    setting: str = ""
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        return None if self.lo is None or self.hi is None else (self.lo, self.hi)
-
-
 NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
-
-
-def _plural(k: Any, word: str) -> str:
-    return f"{k} {word}" + ("" if k == 1 else "s")
-
-
-def _g(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-
-
-def _rate(value: float, n: Any, *, label: str, setting: str = "", better: str = "lower",
-          k: int | None = None, over: str = "examples") -> Metric:
-    """A proportion with its Wilson interval over n (no interval when n is unknown)."""
-    n_i = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 else None
-    lo = hi = None
-    if n_i is not None and not math.isnan(value):
-        kk = k if k is not None else min(n_i, max(0, round(value * n_i)))
-        lo, hi = stats.wilson(kk, n_i)
-    return Metric(float(value), lo, hi, n_i, over if n_i else "", label, better, "%", setting)
-
-
-def _mean_over(value: float, values: list[float] | None, std: float | None, k: int | None, *,
-               label: str, over: str, unit: str = "%", setting: str = "",
-               fallback_n: Any = None) -> Metric:
-    """A mean over k patterns/samples with its t interval; for rates never narrower than the
-    Wilson interval over `fallback_n` examples (which is the interval with a single pattern)."""
-    iv = stats.mean_interval(values) if values else None
-    if iv is None and isinstance(k, int) and std is not None:
-        iv = stats.mean_interval_from_std(value, std, k)
-    if iv is not None:
-        lo, hi = iv
-        if unit == "%":
-            w = _rate(value, fallback_n, label=label).interval if fallback_n else None
-            if w is not None:
-                lo, hi = min(lo, w[0]), max(hi, w[1])
-            lo, hi = max(0.0, lo), min(1.0, hi)
-        return Metric(float(value), lo, hi, k if isinstance(k, int) else len(values or []), over,
-                      label, "lower", unit, setting)
-    if unit == "%" and fallback_n:
-        return _rate(value, fallback_n, label=label, setting=setting)
-    return Metric(float(value), None, None, k if isinstance(k, int) else None, over if k else "",
-                  label, "lower", unit, setting)
 
 
 def threat_label(key: str, t: dict[str, Any]) -> str:
@@ -176,35 +97,6 @@ def threat_label(key: str, t: dict[str, Any]) -> str:
     else:
         text = str(threat)
     return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
-
-
-def _rerr_at_count(t: dict[str, Any], clean: dict[str, Any], tau: float, rate: float
-                   ) -> tuple[int, int] | None:
-    """(errors, non-rejected) behind RErr@τ, recounted from the per-example confidences."""
-    c, cw = clean.get("conf"), clean.get("wrong")
-    a, aw = t.get("adv_conf"), t.get("adv_wrong")
-    if not (isinstance(c, list) and isinstance(cw, list) and isinstance(a, list)
-            and isinstance(aw, list)) or len(a) > len(c):
-        return None
-    m = len(a)
-    d = sum(1 for i in range(m) if c[i] >= tau or a[i] >= tau)
-    for dd in (d, d - 1, d + 1, d - 2, d + 2):
-        if dd > 0 and abs(rate * dd - round(rate * dd)) < 1e-6:
-            return round(rate * dd), dd
-    return None
-
-
-def _auc_metric(t: dict[str, Any], clean: dict[str, Any], label: str, setting: str) -> Metric:
-    auc = float(t["auc"])
-    cw, aw = clean.get("wrong"), t.get("adv_wrong")
-    iv = None
-    if isinstance(cw, list) and isinstance(aw, list) and len(aw) <= len(cw):
-        pos = sum(1 for w in cw[:len(aw)] if not w)
-        neg = sum(1 for w, c in zip(aw, cw) if w and not c)
-        iv = stats.auc_interval(auc, pos, neg)
-    lo, hi = iv if iv else (None, None)
-    return Metric(auc, lo, hi, len(aw) if iv and isinstance(aw, list) else None,
-                  "examples" if iv else "", label, "higher", "", setting)
 
 
 def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> str:

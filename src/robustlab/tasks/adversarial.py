@@ -180,6 +180,7 @@ class Adversarial(EvalSpec):
 
     # ---- what a result shows -----------------------------------------------------------------
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        from robustlab.report import metric as M
         from robustlab.report import summary as S
 
         r = result
@@ -197,38 +198,38 @@ class Adversarial(EvalSpec):
             ats = {k: v for k, v in (t.get("at") or {}).items() if not taus or k == taus[0]}
             if threat == "distal":
                 for tk, a in ats.items():
-                    if S._num(a.get("fpr")) is not None:
-                        out[f"FPR@{S._tau_label(tk)} {label}"] = S._rate(
-                            a["fpr"], n, label=f"FPR@{S._tau_label(tk)} {tl}", setting=setting)
+                    if M.number(a.get("fpr")) is not None:
+                        out[f"FPR@{M.tau_label(tk)} {label}"] = M.rate_metric(
+                            a["fpr"], n, label=f"FPR@{M.tau_label(tk)} {tl}", setting=setting)
             elif threat == "corrupt":
                 count = max(1, len(t.get("corruptions") or {}))
                 nn = n * count if isinstance(n, int) else None
-                if S._num(t.get("mean_err")) is not None:
-                    out[f"Err {label}"] = S._rate(t["mean_err"], nn, label=f"Err {tl}",
+                if M.number(t.get("mean_err")) is not None:
+                    out[f"Err {label}"] = M.rate_metric(t["mean_err"], nn, label=f"Err {tl}",
                                                   setting=f"n={n} × {count} corruption(s)")
                 for tk, a in ats.items():
-                    if S._num(a.get("err")) is not None:
-                        out[f"Err@{S._tau_label(tk)} {label}"] = S._rate(
-                            a["err"], nn, label=f"Err@{S._tau_label(tk)} {tl}",
+                    if M.number(a.get("err")) is not None:
+                        out[f"Err@{M.tau_label(tk)} {label}"] = M.rate_metric(
+                            a["err"], nn, label=f"Err@{M.tau_label(tk)} {tl}",
                             setting=f"n={n} × {count} corruption(s)")
             else:
-                if S._num(t.get("rerr")) is not None:
-                    out[f"RErr {label}"] = S._rate(t["rerr"], n, label=f"RErr {tl}", setting=setting)
+                if M.number(t.get("rerr")) is not None:
+                    out[f"RErr {label}"] = M.rate_metric(t["rerr"], n, label=f"RErr {tl}", setting=setting)
                 for tk, a in ats.items():
-                    if S._num(a.get("rerr")) is not None:
+                    if M.number(a.get("rerr")) is not None:
                         tau = a.get("tau", (clean.get("tau") or {}).get(tk))
-                        kd = (S._rerr_at_count(t, clean, tau, a["rerr"])
-                              if S._num(tau) is not None else None)
-                        out[f"RErr@{S._tau_label(tk)} {label}"] = S._rate(
+                        kd = (M.rerr_at_count(t, clean, tau, a["rerr"])
+                              if M.number(tau) is not None else None)
+                        out[f"RErr@{M.tau_label(tk)} {label}"] = M.rate_metric(
                             a["rerr"], kd[1] if kd else n, k=kd[0] if kd else None,
-                            label=f"RErr@{S._tau_label(tk)} {tl}", setting=setting)
-                    if S._num(a.get("fpr")) is not None:
-                        out[f"FPR@{S._tau_label(tk)} {label}"] = S._rate(
-                            a["fpr"], n, label=f"FPR@{S._tau_label(tk)} {tl}", setting=setting)
-                if S._num(t.get("auc")) is not None:
-                    out[f"AUC {label}"] = S._auc_metric(t, clean, f"ROC AUC {tl}", setting)
-        if S._num(clean.get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = S._rate(clean["err"], n_cfg,
+                            label=f"RErr@{M.tau_label(tk)} {tl}", setting=setting)
+                    if M.number(a.get("fpr")) is not None:
+                        out[f"FPR@{M.tau_label(tk)} {label}"] = M.rate_metric(
+                            a["fpr"], n, label=f"FPR@{M.tau_label(tk)} {tl}", setting=setting)
+                if M.number(t.get("auc")) is not None:
+                    out[f"AUC {label}"] = M.auc_metric(t, clean, f"ROC AUC {tl}", setting)
+        if M.number(clean.get("err")) is not None:
+            out[f"{pre}Err (attacked split)"] = M.rate_metric(clean["err"], n_cfg,
                                                         label=f"{pre}Err (attacked split)")
         return out
 

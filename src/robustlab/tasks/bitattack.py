@@ -134,7 +134,8 @@ class BitAttack(EvalSpec):
         return f"robustlab.evaluate.bitattack.bit_attack(model, {test}, {kw})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        from robustlab.report.summary import DEFAULT_NAMES, _num, _plural, _rate
+        from robustlab.report.metric import number, plural, rate_metric
+        from robustlab.report.summary import DEFAULT_NAMES
 
         r = result
         pre = "" if name in DEFAULT_NAMES["bitattack"] else f"{name}/"
@@ -149,24 +150,24 @@ class BitAttack(EvalSpec):
             nn = n * kk if isinstance(n, int) and isinstance(kk, int) else n
             what = METHOD_NAMES.get(method, str(method))
             setting = f"n={n}" + (f" × {kk} patterns" if method == "random" and kk else "") + \
-                (f", {r.get('n_attack')} attacked, {_plural(cfg.get('steps'), 'step')}"
+                (f", {r.get('n_attack')} attacked, {plural(cfg.get('steps'), 'step')}"
                  if method in ("attack", "worst") and r.get("n_attack") else "") + \
                 (f", {r.get('n_attack')} attacked" if method == "bfa" and r.get("n_attack") else "")
             found = res.get("found_by") or []
             budgets = res.get("budget") or r.get("budgets") or []
             for i, (b, v) in enumerate(zip(budgets, res.get("rerr") or [])):
-                if _num(v) is not None:
+                if number(v) is not None:
                     by = f", found by {found[i]}" if i < len(found) and found[i] else ""
-                    out[f"{pre}RErr {b} bits{suffix}"] = _rate(
+                    out[f"{pre}RErr {b} bits{suffix}"] = rate_metric(
                         v, nn, label=f"{pre}RErr {b} flipped bits, {what}", setting=setting + by)
             if method == "worst":  # spec §3a: the envelope max over b' ≤ b beside the raw values
                 env_by = res.get("env_found_by") or []
                 env_b = res.get("env_budget") or []
                 for i, (b, v) in enumerate(zip(budgets, res.get("rerr_env") or [])):
-                    if _num(v) is not None:
+                    if number(v) is not None:
                         at = (f", from {env_b[i]} bits by {env_by[i]}"
                               if i < len(env_b) and i < len(env_by) else "")
-                        out[f"{pre}RErr ≤{b} bits{suffix}"] = _rate(
+                        out[f"{pre}RErr ≤{b} bits{suffix}"] = rate_metric(
                             v, nn, label=f"{pre}RErr ≤{b} flipped bits, envelope of the worst case",
                             setting=setting + at)
         return out

@@ -108,7 +108,8 @@ class BitErrors(EvalSpec):
         return f"robustlab.evaluate.biterrors.bit_errors(model, {test}, {', '.join(k for k in kw if k)})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        from robustlab.report.summary import DEFAULT_NAMES, _mean_over, _num, _rate, rate_label
+        from robustlab.report.metric import mean_metric, number, rate_label, rate_metric
+        from robustlab.report.summary import DEFAULT_NAMES
 
         r = result
         pre = "" if name in DEFAULT_NAMES["biterrors"] else f"{name}/"
@@ -117,15 +118,15 @@ class BitErrors(EvalSpec):
         bits = (r.get("scheme") or {}).get("bits")
         qname = f"{bits}-bit" if bits else "quantized"
         setting = f"{k} patterns × n={n}" if k is not None else f"n={n}"
-        if _num(r.get("clean_err")) is not None:
-            out[f"{pre}Err q"] = _rate(r["clean_err"], n, label=f"{pre}Err {qname} (no bit errors)",
+        if number(r.get("clean_err")) is not None:
+            out[f"{pre}Err q"] = rate_metric(r["clean_err"], n, label=f"{pre}Err {qname} (no bit errors)",
                                        setting=f"n={n}")
         rerr = r.get("rerr") or {}
         values = rerr.get("values")
         for i, (p, m) in enumerate(zip(r.get("rates") or [], rerr.get("mean") or [])):
             col = [row[i] for row in values] if isinstance(values, list) and values else None
             std = (rerr.get("std") or [None] * (i + 1))[i]
-            out[f"{pre}RErr p={rate_label(p)}"] = _mean_over(
+            out[f"{pre}RErr p={rate_label(p)}"] = mean_metric(
                 m, col, std, k, label=f"{pre}RErr bit errors p={rate_label(p)}", over="patterns",
                 setting=setting, fallback_n=n)
         return out

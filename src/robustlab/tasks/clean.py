@@ -39,12 +39,13 @@ class Clean(EvalSpec):
         return f"robustlab.evaluate.clean.clean(model, test{f'[:{self.n_test}]' if self.n_test else ''})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        from robustlab.report.summary import DEFAULT_NAMES, _num, _rate
+        from robustlab.report.metric import number, rate_metric
+        from robustlab.report.summary import DEFAULT_NAMES
 
         pre = "" if name in DEFAULT_NAMES["clean"] else f"{name}/"
-        if _num(result.get("err")) is None:
+        if number(result.get("err")) is None:
             return {}
-        return {f"{pre}Err": _rate(result["err"], result.get("n"), label=f"{pre}Err clean",
+        return {f"{pre}Err": rate_metric(result["err"], result.get("n"), label=f"{pre}Err clean",
                                    setting=f"n={result.get('n', '?')} test images")}
 
     def table(self, result: dict[str, Any]) -> str:

@@ -82,14 +82,14 @@ class Energy(EvalSpec):
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         import math
 
-        from robustlab.report.summary import Metric, _g, _num
+        from robustlab.report.metric import Metric, number, sig3
 
         r = result
-        if _num(r.get("energy_saved")) is None:
+        if number(r.get("energy_saved")) is None:
             return {}
         return {"energy saved": Metric(float(r["energy_saved"]), label="energy saved",
                                        better="higher", over="", setting=f"tolerance "
-                                       f"{_g(100 * r.get('tolerance', math.nan))} points")}
+                                       f"{sig3(100 * r.get('tolerance', math.nan))} points")}
 
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.biterrors_plot import plot_energy

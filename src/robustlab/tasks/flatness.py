@@ -181,43 +181,36 @@ class Flatness(EvalSpec):
         return f"robustlab.evaluate.flatness.flatness(model, test, {kw})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        from robustlab.report.summary import (
-            DEFAULT_NAMES,
-            NORM_NAMES,
-            Metric,
-            _g,
-            _mean_over,
-            _num,
-            _plural,
-        )
+        from robustlab.report.metric import Metric, mean_metric, number, plural, sig3
+        from robustlab.report.summary import DEFAULT_NAMES, NORM_NAMES
 
         r = result
         pre = "" if name in DEFAULT_NAMES["flatness"] else f"{name}/"
         out: dict[str, Any] = {}
         variant = "" if r.get("variant", "robust") == "robust" else f"{r['variant']} "
         att = r.get("attack") or {}
-        on = (f"{NORM_NAMES.get(att.get('norm'), att.get('norm'))} ε={_g(att['eps'])}"
+        on = (f"{NORM_NAMES.get(att.get('norm'), att.get('norm'))} ε={sig3(att['eps'])}"
               if att.get("eps") is not None else "")
-        setting = ", ".join(s for s in (f"n={r.get('n')}", f"PGD {on}, {_plural(att.get('steps'), 'step')}"
+        setting = ", ".join(s for s in (f"n={r.get('n')}", f"PGD {on}, {plural(att.get('steps'), 'step')}"
                                         if on else "") if s)
         for d in r.get("details") or []:
-            if _num(d.get("flatness")) is not None:
-                base = _num(d.get("loss"))
+            if number(d.get("flatness")) is not None:
+                base = number(d.get("loss"))
                 losses = d.get("perturbed_losses")
                 diffs = ([x - base for x in losses] if base is not None and isinstance(losses, list)
                          else None)
                 key = f"{pre}{variant}{r['flatness_kind']} flatness ξ={d['xi']:g}"
                 samples = len(losses) if isinstance(losses, list) else None
-                out[key] = _mean_over(
+                out[key] = mean_metric(
                     d["flatness"], diffs, None, samples, unit="",
                     label=f"{pre}{variant}{r['flatness_kind']}-case flatness ξ={d['xi']:g}"
                     + (f" ({variant or 'robust '}loss, {on})" if on else ""),
                     over="samples", setting=setting)
-        if _num(r.get("loss")) is not None:
+        if number(r.get("loss")) is not None:
             out[f"{pre}{variant or 'robust '}loss"] = Metric(
                 float(r["loss"]), label=f"{pre}{variant or 'robust '}test loss"
                 + (f" ({on})" if on else ""), unit="", over="", n=None, setting=setting)
-        if _num(r.get("gap")) is not None:
+        if number(r.get("gap")) is not None:
             out[f"{pre}{variant or 'robust '}loss gap"] = Metric(
                 float(r["gap"]), label=f"{pre}{variant or 'robust '}loss gap test − train", unit="",
                 over="", setting=setting)

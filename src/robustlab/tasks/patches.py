@@ -62,6 +62,7 @@ class Patches(EvalSpec):
                 + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        from robustlab.report import metric as M
         from robustlab.report import summary as S
 
         r, out = result, {}
@@ -69,17 +70,17 @@ class Patches(EvalSpec):
         n = r.get("n")
         cfg = r.get("config") or {}
         setting = ", ".join(p for p in (f"n={n}" if n is not None else "",
-                                        S._plural(cfg["steps"], "step")
+                                        M.plural(cfg["steps"], "step")
                                         if cfg.get("steps") is not None else "",
-                                        S._plural(cfg["restarts"], "restart")
+                                        M.plural(cfg["restarts"], "restart")
                                         if cfg.get("restarts") else "")
                             if p)
         for loc, v in (r.get("locations") or {}).items():
-            if S._num(v.get("rerr")) is not None:
-                out[f"{pre}RErr patch {loc}"] = S._rate(
+            if M.number(v.get("rerr")) is not None:
+                out[f"{pre}RErr patch {loc}"] = M.rate_metric(
                     v["rerr"], n, label=f"{pre}RErr patch, {loc} location", setting=setting)
-        if S._num((r.get("clean") or {}).get("err")) is not None:
-            out[f"{pre}Err (attacked split)"] = S._rate(r["clean"]["err"], n,
+        if M.number((r.get("clean") or {}).get("err")) is not None:
+            out[f"{pre}Err (attacked split)"] = M.rate_metric(r["clean"]["err"], n,
                                                         label=f"{pre}Err (attacked split)")
         return out
 

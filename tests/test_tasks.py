@@ -173,11 +173,6 @@ def _term_options() -> list[tuple[str, str, argparse.Action, str]]:
     return out
 
 
-# Commands still declaring options by hand while their specs land (issue 14: H10's
-# biterrors/energy/bitattack/flatness); each leaves this set once its options come from a spec.
-PENDING = {"biterrors", "energy", "bitattack", "flatness"}
-
-
 def _violations() -> list[str]:
     bad = []
     for cmd, flag, act, term in _term_options():
@@ -203,7 +198,7 @@ def test_every_command_speaks_the_vocabulary():
     parses with the term's type and is stored under the term's name."""
     found = _term_options()
     assert {cmd for cmd, *_ in found} >= {"train", "eval"}
-    assert [v for v in _violations() if v.split()[0] not in PENDING] == []
+    assert _violations() == []
 
 
 def test_the_vocabulary_check_catches_a_stray_meaning(toy):

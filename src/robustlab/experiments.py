@@ -488,7 +488,7 @@ def eval_kinds() -> list[str]:
     """The evaluation kinds a preset may name (the task registry)."""
     from robustlab import tasks
 
-    return sorted(set(tasks.load_all()) | set(_LEGACY))
+    return sorted(tasks.load_all())
 
 
 def _kind(name: str, s: dict[str, Any]) -> str:
@@ -501,122 +501,6 @@ def _available(cls: Any) -> bool:
         return not cls.requires or importlib.util.find_spec(cls.requires) is not None
     except (ImportError, ValueError):
         return False
-
-
-# ---- evaluations whose spec has not landed in tasks/ yet (removed as each one does) ------------
-
-def _legacy_flatness(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
-    from robustlab.evaluate.flatness import flatness
-
-    train = r.train if s.pop("gap", True) else None
-    return flatness(r.model, r.test, params=r.params(), device=r.device, train=train,
-                    progress=progress, **s)
-
-
-def _legacy_landscape(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
-    from robustlab.evaluate.flatness import landscape
-
-    return landscape(r.model, r.test, params=r.params(), device=r.device, progress=progress, **s)
-
-
-def _legacy_scheme(r: Any, s: dict[str, Any]) -> Any:
-    from robustlab import quant
-
-    text = s.pop("scheme", None)
-    return quant.parse(str(text)) if text else (r.quant or quant.RQUANT8)
-
-
-def _legacy_biterrors(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
-    from robustlab.evaluate.biterrors import bit_errors
-
-    scheme = _legacy_scheme(r, s)
-    test = r.test.subset(slice(0, min(int(s.pop("n", None) or len(r.test)), len(r.test))))
-    return bit_errors(r.model, test, scheme=scheme, device=r.device, progress=progress, **s)
-
-
-def _legacy_bitattack(r: Any, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
-    from robustlab.evaluate.bitattack import bit_attack
-
-    scheme = _legacy_scheme(r, s)
-    test = r.test.subset(slice(0, min(int(s.pop("n", None) or len(r.test)), len(r.test))))
-    return bit_attack(r.model, test, scheme=scheme, attack_data=r.train, device=r.device,
-                      progress=progress, **s)
-
-
-def _bit_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n") or n), n)
-    rates = s.get("rates") or [0] * 10
-    return 0.5 * n * int(s.get("patterns", 50)) * len(rates)
-
-
-def _bitattack_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n") or n), n)
-    budgets = s.get("budgets") or [10, 20, 40, 80, 160, 320]
-    method = s.get("method", "attack,bfa")
-    methods = method.split(",") if isinstance(method, str) else list(method)
-    n_att = int(s.get("n_attack", 512))
-    cost = 0.0
-    if "attack" in methods:
-        cost += len(budgets) * (int(s.get("steps", 20)) * int(s.get("restarts", 3)) * n_att + 0.3 * n)
-    if "random" in methods:
-        cost += len(budgets) * int(s.get("random_patterns", 5)) * 0.3 * n
-    if "bfa" in methods:
-        cost += max(budgets) * n_att * 3 + len(budgets) * 0.3 * n
-    return cost
-
-
-def _flat_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n", 1000)), n)
-    steps = int(s.get("attack_settings", {}).get("steps", 20)) + 1
-    per = int(s.get("samples", 10)) if s.get("kind", "average") == "average" else \
-        int(s.get("steps", 20)) * int(s.get("restarts", 1))
-    xis = len(s.get("xi", [0.5])) if isinstance(s.get("xi"), list) else 1
-    return 2 * n * steps * (per * xis + 1) * (1 if not s.get("clean") else 0.2)
-
-
-def _land_cost(s: dict[str, Any], n: int) -> float:
-    n = min(int(s.get("n", 1000)), n)
-    pts = int(s.get("points", 21)) ** int(s.get("dims", 1))
-    steps = int(s.get("attack_settings", {}).get("steps", 20)) + 1
-    return n * pts * (steps + 0.3)
-
-
-_LEGACY: dict[str, tuple[str, Callable[..., dict[str, Any]], Callable[..., float], str]] = {
-    "biterrors": ("robustlab.evaluate.biterrors", _legacy_biterrors, _bit_cost,
-                  "robustlab.evaluate.biterrors.bit_errors"),
-    "bitattack": ("robustlab.evaluate.bitattack", _legacy_bitattack, _bitattack_cost,
-                  "robustlab.evaluate.bitattack.bit_attack"),
-    "flatness": ("robustlab.evaluate.flatness", _legacy_flatness, _flat_cost,
-                 "robustlab.evaluate.flatness.flatness"),
-    "landscape": ("robustlab.evaluate.flatness", _legacy_landscape, _land_cost,
-                  "robustlab.evaluate.flatness.landscape"),
-}
-
-
-@dataclasses.dataclass
-class _LegacySpec:
-    """A spec-shaped wrapper of an evaluation whose `tasks/<kind>.py` has not landed yet."""
-
-    kind: str
-    values: dict[str, Any]
-
-    @property
-    def requires(self) -> str:
-        return _LEGACY[self.kind][0]
-
-    def settings(self) -> dict[str, Any]:
-        return dict(self.values)
-
-    def cost(self, n_test: int) -> float:
-        return _LEGACY[self.kind][2](self.values, n_test)
-
-    def describe(self) -> str:
-        kw = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
-        return f"{_LEGACY[self.kind][3]}(model, test, {kw})"
-
-    def run(self, run: Any, *, progress: bool | None = None, name: str | None = None
-            ) -> dict[str, Any]:
-        return _LEGACY[self.kind][1](run, dict(self.values), progress)
 
 
 def _eval_done(path: Path, key: str) -> bool:
@@ -652,8 +536,6 @@ def eval_spec(name: str, settings: dict[str, Any]) -> tuple[Any, str]:
     snapshot = s.pop("snapshot", "last")
     if snapshot not in ("last", "best"):
         raise UserError(f"evaluation {name!r}: snapshot {snapshot!r} must be last or best")
-    if kind in _LEGACY and kind not in tasks.load_all():
-        return _LegacySpec(kind, s), snapshot
     return tasks.spec_class(kind).from_settings(s, f"evaluation {name!r}"), snapshot
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.report.figures import Result, load_result, pyplot, save
+from robustlab.report.figures import Result, hide_unused, load_result, panel_grid, pyplot, save
 
 
 def _first_tpr(r: Mapping[str, Any], tpr: str | None) -> str | None:
@@ -79,19 +79,14 @@ def plot_confidence_histograms(result: Result, path: str | Path, *, title: str |
         raise UserError("the result holds no adversarial confidences to plot")
     key = _first_tpr(r, tpr)
     tau = ((r.get("clean") or {}).get("tau") or {}).get(key) if key else None
-    plt = pyplot()
-    cols = min(4, len(threats))
-    rows = math.ceil(len(threats) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows + 0.6), squeeze=False,
-                             sharex=True)
+    _, fig, axes = panel_grid(len(threats), 3.3, 2.6, extra=0.6, sharex=True)
     edges = [i / bins for i in range(bins + 1)]
     for ax, (k, t) in zip(axes.flat, threats):
         _hist_panel(ax, t, c_conf, c_wrong, tau, edges)
         ax.set_title(_threat_title(k, t))
         ax.set_xlabel("confidence")
         ax.set_ylabel("density")
-    for ax in list(axes.flat)[len(threats):]:
-        ax.axis("off")
+    hide_unused(axes, len(threats))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle((title + ": " if title else "") + "confidence"

@@ -28,6 +28,26 @@ def pyplot() -> Any:
     return plt
 
 
+def panel_grid(n: int, width: float, height: float, *, extra: float = 0.5,
+               **share: Any) -> tuple[Any, Any, Any]:
+    """pyplot, a figure and its 2-D axes for `n` panels, at most 4 a row, each `width` × `height`
+    inches plus `extra` inches below for a shared legend (`share`: sharex/sharey)."""
+    import math
+
+    plt = pyplot()
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + extra),
+                             squeeze=False, **share)
+    return plt, fig, axes
+
+
+def hide_unused(axes: Any, n: int) -> None:
+    """Blank the panels after the first `n` of a grid."""
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+
+
 def wilson_bars(rates: Any, ns: Any) -> list[list[float]]:
     """Matplotlib error bars (2×N, in %) of rates with Wilson 95 % intervals over n examples
     each (0 where n or the rate is unknown)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.report.figures import Result, load_result, pyplot, save
+from robustlab.report.figures import Result, hide_unused, load_result, panel_grid, pyplot, save
 
 
 def _load(r: Result) -> dict[str, Any]:
@@ -64,11 +64,7 @@ def plot_landscapes(items: Sequence[tuple[str, dict[str, Any]]], path: str | Pat
     items = [(lab, r) for lab, r in items if r.get("dims") == 1]
     if not items:
         raise UserError("no 1-D landscape results to plot")
-    plt = pyplot()
-    cols = min(4, len(items))
-    rows = math.ceil(len(items) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows + 0.5), squeeze=False,
-                             sharey=True)
+    _, fig, axes = panel_grid(len(items), 3.2, 2.7, sharey=True)
     for ax, (label, r) in zip(axes.flat, items):
         ax.plot(r["axis"], r["clean_loss"], label="clean loss", color="tab:blue", marker="o", ms=3)
         ax.plot(r["axis"], r["robust_loss"], label="robust loss", color="tab:red", marker="s", ms=3)
@@ -80,8 +76,7 @@ def plot_landscapes(items: Sequence[tuple[str, dict[str, Any]]], path: str | Pat
         ax.grid(True, alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("cross-entropy")
-    for ax in list(axes.flat)[len(items):]:
-        ax.axis("off")
+    hide_unused(axes, len(items))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

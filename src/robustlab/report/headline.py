@@ -17,7 +17,7 @@ from typing import Any
 
 from robustlab.errors import UserError
 from robustlab.report import stats
-from robustlab.report.figures import pyplot, save
+from robustlab.report.figures import hide_unused, panel_grid, save
 from robustlab.report.metric import Metric
 from robustlab.report.rows import Row, Table, fmt_interval, fmt_number
 
@@ -89,11 +89,7 @@ def plot_tradeoff(table: Table, rows: Sequence[Row], path: str | Path) -> Path:
     panels = [(r, p) for r, p in panels if p]
     if not panels:
         raise UserError("no clean error and robust error to plot against each other")
-    plt = pyplot()
-    cols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.35 * cols, 3.1 * nrows + 0.5), squeeze=False,
-                             sharex=True)
+    plt, fig, axes = panel_grid(len(panels), 3.35, 3.1, sharex=True)
     for ax, (row, pts) in zip(axes.flat, panels):
         xy = [(c.value, m.value) for _, c, m in pts]
         front = set(pareto(xy))
@@ -117,8 +113,7 @@ def plot_tradeoff(table: Table, rows: Sequence[Row], path: str | Path) -> Path:
         if row.note:
             ax.text(0.5, 0.02, "cannot discriminate", transform=ax.transAxes, ha="center",
                     va="bottom", fontsize=8, color="0.35")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+    hide_unused(axes, len(panels))
     handles = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", ls="",
                           ms=7, label=m) for i, m in enumerate(table.models)]
     handles.append(plt.Line2D([], [], color="0.25", ls="--", label="Pareto front (filled)"))

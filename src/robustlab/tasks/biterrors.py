@@ -62,9 +62,51 @@ def legacy(settings: dict[str, Any] | None, names: dict[str, str]) -> dict[str, 
 BIT_LEGACY = {"n": "n_test", "scheme": "quant", "seed0": "seed"}
 
 
+@dataclasses.dataclass
+class PatternSpec(EvalSpec):
+    """Base of the specs that evaluate a run's quantized model under K seeded bit error patterns
+    (biterrors, chip, energy): their shared fields, the older preset keys and the keywords of
+    `robustlab.evaluate.biterrors`' functions. Not registered itself."""
+
+    legacy_names: ClassVar[dict[str, str]] = {}  # older preset keys of this kind, beside BIT_LEGACY
+
+    patterns: int = option("patterns")
+    seed: int = option("seed", 100, help="first pattern seed: patterns use seeds SEED…SEED+K−1")
+    quant: str | None = option("quant", help=QUANT_HELP)
+    n_test: int | None = option("n_test")
+    batch_size: int = option("batch_size", 1000)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
+        return super().from_settings(legacy(settings, {**BIT_LEGACY, **cls.legacy_names}), where)
+
+    def scheme(self, run: Any) -> Any:
+        return resolve_quant(self.quant, getattr(run, "quant", None))
+
+    def evaluate(self, function: Any, run: Any, *args: Any, progress: bool | None = None,
+                 **kw: Any) -> dict[str, Any]:
+        """`function(model, test[:n_test], *args, **kw)` with the patterns, seed, scheme, batch
+        size and device of this spec and run."""
+        return function(run.model, first_n(run.test, self.n_test), *args, scheme=self.scheme(run),
+                        patterns=self.patterns, seed0=self.seed, batch_size=self.batch_size,
+                        device=run.device, progress=progress, **kw)
+
+    def pattern_cost(self, n_test: int, points: int) -> float:
+        """K patterns at each of `points` rates (offsets, voltages) over the test images."""
+        n = min(int(self.n_test or n_test), n_test)
+        return 0.5 * n * int(self.patterns) * points
+
+    def call_text(self, function: str, *args: str) -> str:
+        """The Python call of `describe()`: `args` (empty ones left out), then the patterns."""
+        test = f"test[:{self.n_test}]" if self.n_test else "test"
+        kw = [*args, f"patterns={self.patterns}", f"seed0={self.seed}",
+              f"scheme={self.quant!r}" if self.quant else ""]
+        return f"robustlab.evaluate.biterrors.{function}(model, {test}, {', '.join(k for k in kw if k)})"
+
+
 @register
 @dataclasses.dataclass
-class BitErrors(EvalSpec):
+class BitErrors(PatternSpec):
     """Err and RErr of a run's quantized model under K seeded random bit error patterns per rate
     (nested across rates, identical for every model of the same shapes)."""
 
@@ -76,36 +118,18 @@ class BitErrors(EvalSpec):
         "rates", type=list_of(rate),
         help="bit error rates as fractions or percentages (e.g. 0.001,0.01 or 0.1%%,1%%); "
         "default: 0.1,0.5,1,2,3,4,5,10,15,20%% for 28×28 data, 0.005…2.5%% for 32×32")
-    patterns: int = option("patterns")
-    seed: int = option("seed", 100, help="first pattern seed: patterns use seeds SEED…SEED+K−1")
-    quant: str | None = option("quant", help=QUANT_HELP)
-    n_test: int | None = option("n_test")
-    batch_size: int = option("batch_size", 1000)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(legacy(settings, BIT_LEGACY), where)
-
-    def scheme(self, run: Any) -> Any:
-        return resolve_quant(self.quant, getattr(run, "quant", None))
 
     def run(self, run: Any, *, progress: bool | None = None, name: str | None = None
             ) -> dict[str, Any]:
         from robustlab.evaluate.biterrors import bit_errors
 
-        return bit_errors(run.model, first_n(run.test, self.n_test), scheme=self.scheme(run),
-                          rates=self.rates, patterns=self.patterns, seed0=self.seed,
-                          batch_size=self.batch_size, device=run.device, progress=progress)
+        return self.evaluate(bit_errors, run, rates=self.rates, progress=progress)
 
     def cost(self, n_test: int) -> float:
-        n = min(int(self.n_test or n_test), n_test)
-        return 0.5 * n * int(self.patterns) * len(self.rates or [0] * 10)
+        return self.pattern_cost(n_test, len(self.rates or [0] * 10))
 
     def describe(self) -> str:
-        test = f"test[:{self.n_test}]" if self.n_test else "test"
-        kw = [f"rates={self.rates!r}" if self.rates else "", f"patterns={self.patterns}",
-              f"seed0={self.seed}", f"scheme={self.quant!r}" if self.quant else ""]
-        return f"robustlab.evaluate.biterrors.bit_errors(model, {test}, {', '.join(k for k in kw if k)})"
+        return self.call_text("bit_errors", f"rates={self.rates!r}" if self.rates else "")
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import mean_metric, number, rate_label, rate_metric

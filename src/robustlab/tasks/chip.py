@@ -5,21 +5,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from robustlab.tasks.biterrors import BIT_LEGACY, QUANT_HELP, legacy, resolve_quant
-from robustlab.tasks.clean import first_n
-from robustlab.tasks.spec import EvalSpec, option, register
+from robustlab.tasks.biterrors import PatternSpec
+from robustlab.tasks.spec import option, register
 from robustlab.values import list_of, nonneg_int
 
 
 @register
 @dataclasses.dataclass
-class Chip(EvalSpec):
+class Chip(PatternSpec):
     """Err and RErr of a run's quantized model read back through a profiled chip's bit error map:
     K samples per weight-layout offset."""
 
     kind: ClassVar[str] = "chip"
     title: ClassVar[str] = "Err and RErr of the quantized model stored on a profiled chip"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+    legacy_names: ClassVar[dict[str, str]] = {"chip_file": "chip"}
 
     chip: str | None = option(default=None, metavar="FILE",
                               help="chip map (.json or .npz; format in robustlab/examples/README.md)")
@@ -29,13 +29,6 @@ class Chip(EvalSpec):
     patterns: int = option("patterns", help="samples of the chip's bit errors per offset "
                            "(seeds SEED…SEED+K−1)")
     seed: int = option("seed", 100, help="first sample seed: samples use seeds SEED…SEED+K−1")
-    quant: str | None = option("quant", help=QUANT_HELP)
-    n_test: int | None = option("n_test")
-    batch_size: int = option("batch_size", 1000)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(legacy(settings, {**BIT_LEGACY, "chip_file": "chip"}), where)
 
     def load(self) -> Any:
         """The chip map (a one-line error when missing or malformed)."""
@@ -51,23 +44,16 @@ class Chip(EvalSpec):
         """`chip`: the map already loaded by `load()` (else it is read here)."""
         from robustlab.evaluate.biterrors import chip_errors
 
-        res = chip_errors(run.model, first_n(run.test, self.n_test),
-                          chip if chip is not None else self.load(),
-                          scheme=resolve_quant(self.quant, getattr(run, "quant", None)),
-                          offsets=self.offsets, patterns=self.patterns, seed0=self.seed,
-                          batch_size=self.batch_size, device=run.device, progress=progress)
+        res = self.evaluate(chip_errors, run, chip if chip is not None else self.load(),
+                            offsets=self.offsets, progress=progress)
         return {"chip_file": str(self.chip), **res}
 
     def cost(self, n_test: int) -> float:
-        n = min(int(self.n_test or n_test), n_test)
-        return 0.5 * n * int(self.patterns) * len(self.offsets)
+        return self.pattern_cost(n_test, len(self.offsets))
 
     def describe(self) -> str:
-        test = f"test[:{self.n_test}]" if self.n_test else "test"
-        return (f"robustlab.evaluate.biterrors.chip_errors(model, {test}, "
-                f"robustlab.biterrors.load_chip_map({self.chip!r}), offsets={self.offsets!r}, "
-                f"patterns={self.patterns}, seed0={self.seed}"
-                + (f", scheme={self.quant!r}" if self.quant else "") + ")")
+        return self.call_text("chip_errors", f"robustlab.biterrors.load_chip_map({self.chip!r})",
+                              f"offsets={self.offsets!r}")
 
     def table(self, result: dict[str, Any]) -> str:
         o = result["overall"]

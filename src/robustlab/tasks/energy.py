@@ -7,15 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustlab.tasks.biterrors import BIT_LEGACY, QUANT_HELP, legacy, resolve_quant
-from robustlab.tasks.clean import first_n
-from robustlab.tasks.spec import EvalSpec, option, register
+from robustlab.tasks.biterrors import PatternSpec
+from robustlab.tasks.spec import option, register
 from robustlab.values import nonneg_float
 
 
 @register
 @dataclasses.dataclass
-class Energy(EvalSpec):
+class Energy(PatternSpec):
     """For every point of a voltage → (bit error rate, energy) curve, RErr under K random bit error
     patterns at that rate; the lowest voltage at (and above) which the mean RErr stays within
     `tolerance` percentage points of the clean error, and the energy per access saved there."""
@@ -23,6 +22,7 @@ class Energy(EvalSpec):
     kind: ClassVar[str] = "energy"
     title: ClassVar[str] = "lowest safe memory voltage of the quantized model and energy saved"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+    legacy_names: ClassVar[dict[str, str]] = {"curve_file": "curve", "tolerance_pp": "tolerance"}
 
     curve: str | None = option(
         default=None,
@@ -32,16 +32,6 @@ class Energy(EvalSpec):
     tolerance: float = option(default=1.0, type=nonneg_float, metavar="PP",
                               help="allowed RErr above the clean error, in percentage points "
                               "(default 1.0)")
-    patterns: int = option("patterns")
-    seed: int = option("seed", 100, help="first pattern seed: patterns use seeds SEED…SEED+K−1")
-    quant: str | None = option("quant", help=QUANT_HELP)
-    n_test: int | None = option("n_test")
-    batch_size: int = option("batch_size", 1000)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(legacy(settings, {**BIT_LEGACY, "curve_file": "curve",
-                                                       "tolerance_pp": "tolerance"}), where)
 
     def load(self) -> Any:
         """The voltage curve (a one-line error when missing or malformed)."""
@@ -57,27 +47,20 @@ class Energy(EvalSpec):
         """`curve`: the curve already loaded by `load()` (else it is read here)."""
         from robustlab.evaluate.biterrors import energy
 
-        res = energy(run.model, first_n(run.test, self.n_test),
-                     curve if curve is not None else self.load(), tolerance=self.tolerance / 100,
-                     scheme=resolve_quant(self.quant, getattr(run, "quant", None)),
-                     patterns=self.patterns, seed0=self.seed, batch_size=self.batch_size,
-                     device=run.device, progress=progress)
+        res = self.evaluate(energy, run, curve if curve is not None else self.load(),
+                            tolerance=self.tolerance / 100, progress=progress)
         return {"curve_file": str(self.curve), "tolerance_pp": self.tolerance, **res}
 
     def cost(self, n_test: int) -> float:
-        n = min(int(self.n_test or n_test), n_test)
         try:
             points = len(self.load().voltage)
         except Exception:  # noqa: BLE001 - a plan's estimate; the run reports a bad curve
             points = 10
-        return 0.5 * n * int(self.patterns) * points
+        return self.pattern_cost(n_test, points)
 
     def describe(self) -> str:
-        test = f"test[:{self.n_test}]" if self.n_test else "test"
-        return (f"robustlab.evaluate.biterrors.energy(model, {test}, "
-                f"robustlab.biterrors.load_curve({self.curve!r}), tolerance={self.tolerance / 100:g}, "
-                f"patterns={self.patterns}, seed0={self.seed}"
-                + (f", scheme={self.quant!r}" if self.quant else "") + ")")
+        return self.call_text("energy", f"robustlab.biterrors.load_curve({self.curve!r})",
+                              f"tolerance={self.tolerance / 100:g}")
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         import math

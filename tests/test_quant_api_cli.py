@@ -89,3 +89,17 @@ def test_adversarial_api_equals_cli(fitted, capsys):
     py = rl.evaluate.adversarial(model, test, "linf", n=40, attacks="pgd", steps=3,
                                  dataset="synthetic", progress=False)
     _same(py, cli)
+
+
+def test_bit_attack_api_equals_cli(fitted, capsys):
+    model, test, run = fitted
+    train, _ = rl.data.load("synthetic")
+    code, _, err = run_cli(capsys, "bitattack", run, "--budgets", "0,5", "--methods",
+                           "attack,bfa,random", "--steps", "2", "--restarts", "2", "--n-attack",
+                           "32", "--random-patterns", "2", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    py = rl.evaluate.bit_attack(model, test, budgets=[0, 5], method="attack,bfa,random", steps=2,
+                                restarts=2, n_attack=32, random_patterns=2, attack_data=train,
+                                progress=False)
+    assert py["scheme"]["bits"] == 4
+    _same(py, _result(run, "bitattack"))

@@ -166,34 +166,26 @@ def _from_arrays(name: str, a: files.Arrays, source: str) -> tuple[Dataset, Data
             _make(name, a.x_test, a.y_test, a.classes, source, k))
 
 
-def _file_dataset(name: str, data_dir: str | Path | None, verify: bool,
-                  download: bool) -> tuple[Dataset, Dataset]:
-    arrays, loc = files.read_dataset(name, data_dir, verify=verify, download=download)
-    return _from_arrays(name, arrays, str(loc.archive or loc.root))
+def _file_loader(name: str, doc: str) -> Callable[..., tuple[Dataset, Dataset]]:
+    """The loader of a file dataset `name`: `(data_dir=None, *, verify=True, download=False)`."""
+
+    def load(data_dir: str | Path | None = None, *, verify: bool = True,
+             download: bool = False) -> tuple[Dataset, Dataset]:
+        arrays, loc = files.read_dataset(name, data_dir, verify=verify, download=download)
+        return _from_arrays(name, arrays, str(loc.archive or loc.root))
+
+    load.__name__ = load.__qualname__ = name.replace("-", "_")
+    load.__doc__ = doc
+    return load
 
 
-def fashion_mnist(data_dir: str | Path | None = None, *, verify: bool = True,
-                  download: bool = False) -> tuple[Dataset, Dataset]:
-    """Fashion-MNIST (60000 + 10000 gray 28×28) from IDX files, gzipped or not."""
-    return _file_dataset("fashion-mnist", data_dir, verify, download)
-
-
-def mnist(data_dir: str | Path | None = None, *, verify: bool = True,
-          download: bool = False) -> tuple[Dataset, Dataset]:
-    """MNIST (60000 + 10000 gray 28×28) from IDX files, gzipped or not."""
-    return _file_dataset("mnist", data_dir, verify, download)
-
-
-def cifar10(data_dir: str | Path | None = None, *, verify: bool = True,
-            download: bool = False) -> tuple[Dataset, Dataset]:
-    """CIFAR-10 (50000 + 10000 color 32×32) from the python batches or their tar.gz archive."""
-    return _file_dataset("cifar10", data_dir, verify, download)
-
-
-def svhn(data_dir: str | Path | None = None, *, verify: bool = True,
-         download: bool = False) -> tuple[Dataset, Dataset]:
-    """SVHN cropped digits (73257 + 26032 color 32×32) from train/test_32x32.mat; label 10 → 0."""
-    return _file_dataset("svhn", data_dir, verify, download)
+fashion_mnist = _file_loader("fashion-mnist", "Fashion-MNIST (60000 + 10000 gray 28×28) from IDX "
+                             "files, gzipped or not.")
+mnist = _file_loader("mnist", "MNIST (60000 + 10000 gray 28×28) from IDX files, gzipped or not.")
+cifar10 = _file_loader("cifar10", "CIFAR-10 (50000 + 10000 color 32×32) from the python batches "
+                       "or their tar.gz archive.")
+svhn = _file_loader("svhn", "SVHN cropped digits (73257 + 26032 color 32×32) from "
+                    "train/test_32x32.mat; label 10 → 0.")
 
 
 def load_npz(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from robustlab.cli import add_device, add_speed
-from robustlab.tasks.adversarial import Adversarial, flag_lines, summary_table
+from robustlab.tasks.adversarial import Adversarial, flag_lines
 from robustlab.tasks.spec import add_options
 
 KINDS = ("adversarial",)  # the spec kinds this command runs (no generic `robustlab KIND`)
@@ -67,5 +67,3 @@ def run(args: argparse.Namespace) -> int:
         print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
-
-__all__ = ["flag_lines", "summary_table"]

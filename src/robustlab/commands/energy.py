@@ -5,6 +5,7 @@ Options come from the spec `tasks.energy.Energy`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from robustlab.commands.biterrors import add_run_options
 from robustlab.tasks.energy import Energy
@@ -20,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "points of the clean error, and the energy per access saved there. Writes "
         "RUN/results/energy.json and RUN/results/energy.png.")
     p.add_argument("run", metavar="RUN", help="run directory")
-    add_options(p, Energy)
-    for action in p._actions:
-        if action.dest == "curve":
-            action.required = True  # the one setting without a default
+    curve = next(f for f in dataclasses.fields(Energy) if f.name == "curve")
+    p.add_argument("--curve", required=True, metavar=curve.metadata["metavar"],
+                   help=curve.metadata["help"])  # the one setting the command requires
+    add_options(p, Energy, skip=("curve",))
     add_run_options(p)
     p.set_defaults(func=run)
 

@@ -69,6 +69,8 @@ class PatternSpec(EvalSpec):
     `robustlab.evaluate.biterrors`' functions. Not registered itself."""
 
     legacy_names: ClassVar[dict[str, str]] = {}  # older preset keys of this kind, beside BIT_LEGACY
+    # an input file: (its field, its reader in robustlab.biterrors, the error when it is missing)
+    source: ClassVar[tuple[str, str, str] | None] = None
 
     patterns: int = option("patterns")
     seed: int = option("seed", 100, help="first pattern seed: patterns use seeds SEED…SEED+K−1")
@@ -82,6 +84,19 @@ class PatternSpec(EvalSpec):
 
     def scheme(self, run: Any) -> Any:
         return resolve_quant(self.quant, getattr(run, "quant", None))
+
+    def load(self) -> Any:
+        """The input file of `source` (chip map, voltage curve): a one-line error when missing
+        or malformed."""
+        from robustlab import biterrors as be
+        from robustlab.errors import UserError
+
+        if self.source is None:
+            return None
+        name, reader, missing = self.source
+        if not getattr(self, name):
+            raise UserError(missing)
+        return getattr(be, reader)(getattr(self, name))
 
     def evaluate(self, function: Any, run: Any, *args: Any, progress: bool | None = None,
                  **kw: Any) -> dict[str, Any]:

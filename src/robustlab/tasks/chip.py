@@ -19,6 +19,8 @@ class Chip(PatternSpec):
     kind: ClassVar[str] = "chip"
     title: ClassVar[str] = "Err and RErr of the quantized model stored on a profiled chip"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+    source: ClassVar[tuple[str, str, str] | None] = (
+        "chip", "load_chip_map", "chip: give a chip map file (.json or .npz)")
     legacy_names: ClassVar[dict[str, str]] = {"chip_file": "chip"}
 
     chip: str | None = option(default=None, metavar="FILE",
@@ -29,15 +31,6 @@ class Chip(PatternSpec):
     patterns: int = option("patterns", help="samples of the chip's bit errors per offset "
                            "(seeds SEED…SEED+K−1)")
     seed: int = option("seed", 100, help="first sample seed: samples use seeds SEED…SEED+K−1")
-
-    def load(self) -> Any:
-        """The chip map (a one-line error when missing or malformed)."""
-        from robustlab import biterrors as be
-        from robustlab.errors import UserError
-
-        if not self.chip:
-            raise UserError("chip: give a chip map file (.json or .npz)")
-        return be.load_chip_map(self.chip)
 
     def run(self, run: Any, *, progress: bool | None = None, name: str | None = None,
             chip: Any = None) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class Energy(PatternSpec):
     kind: ClassVar[str] = "energy"
     title: ClassVar[str] = "lowest safe memory voltage of the quantized model and energy saved"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+    source: ClassVar[tuple[str, str, str] | None] = (
+        "curve", "load_curve", "energy: give a voltage curve file (--curve CSV)")
     legacy_names: ClassVar[dict[str, str]] = {"curve_file": "curve", "tolerance_pp": "tolerance"}
 
     curve: str | None = option(
@@ -32,15 +34,6 @@ class Energy(PatternSpec):
     tolerance: float = option(default=1.0, type=nonneg_float, metavar="PP",
                               help="allowed RErr above the clean error, in percentage points "
                               "(default 1.0)")
-
-    def load(self) -> Any:
-        """The voltage curve (a one-line error when missing or malformed)."""
-        from robustlab import biterrors as be
-        from robustlab.errors import UserError
-
-        if not self.curve:
-            raise UserError("energy: give a voltage curve file (--curve CSV)")
-        return be.load_curve(self.curve)
 
     def run(self, run: Any, *, progress: bool | None = None, name: str | None = None,
             curve: Any = None) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class PatternSpec(EvalSpec):
             raise UserError(missing)
         return getattr(be, reader)(getattr(self, name))
 
-    def evaluate(self, function: Any, run: Any, *args: Any, progress: bool | None = None,
+    def apply(self, function: Any, run: Any, *args: Any, progress: bool | None = None,
                  **kw: Any) -> dict[str, Any]:
         """`function(model, test[:n_test], *args, **kw)` with the patterns, seed, scheme, batch
         size and device of this spec and run."""
@@ -138,7 +138,7 @@ class BitErrors(PatternSpec):
             ) -> dict[str, Any]:
         from robustlab.evaluate.biterrors import bit_errors
 
-        return self.evaluate(bit_errors, run, rates=self.rates, progress=progress)
+        return self.apply(bit_errors, run, rates=self.rates, progress=progress)
 
     def cost(self, n_test: int) -> float:
         return self.pattern_cost(n_test, len(self.rates or [0] * 10))

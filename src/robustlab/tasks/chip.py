@@ -37,7 +37,7 @@ class Chip(PatternSpec):
         """`chip`: the map already loaded by `load()` (else it is read here)."""
         from robustlab.evaluate.biterrors import chip_errors
 
-        res = self.evaluate(chip_errors, run, chip if chip is not None else self.load(),
+        res = self.apply(chip_errors, run, chip if chip is not None else self.load(),
                             offsets=self.offsets, progress=progress)
         return {"chip_file": str(self.chip), **res}
 

@@ -40,7 +40,7 @@ class Energy(PatternSpec):
         """`curve`: the curve already loaded by `load()` (else it is read here)."""
         from robustlab.evaluate.biterrors import energy
 
-        res = self.evaluate(energy, run, curve if curve is not None else self.load(),
+        res = self.apply(energy, run, curve if curve is not None else self.load(),
                             tolerance=self.tolerance / 100, progress=progress)
         return {"curve_file": str(self.curve), "tolerance_pp": self.tolerance, **res}
 

@@ -587,3 +587,16 @@ def test_clipping_never_caps_a_norm_scale_at_w_max() -> None:
     for i in (1, 2, 3):
         assert net[i].weight.tolist() == pytest.approx([1.1, 1.0, 0.9])
         assert net[i].bias.tolist() == pytest.approx([0.1, -0.05, -0.1])
+
+
+# §3 corruptions: fixed severities — contrast scales deviations from each image's mean by
+# 0.6, 0.45, 0.3, 0.2, 0.1 (severity 1 is the mildest); brightness adds 0.1·s, clipped to 1
+def test_contrast_and_brightness_severities() -> None:
+    from robustlab.attacks.corruptions import corrupt
+
+    x = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    x[1] = x[1] * 0.5  # a second image with another mean
+    for s, f in zip((1, 2, 3, 4, 5), (0.6, 0.45, 0.3, 0.2, 0.1)):
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        assert torch.allclose(corrupt(x, "contrast", s), (x - mean) * f + mean, atol=1e-6)
+        assert torch.allclose(corrupt(x, "brightness", s), (x + 0.1 * s).clamp(0, 1), atol=1e-6)

@@ -600,3 +600,12 @@ def test_contrast_and_brightness_severities() -> None:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         assert torch.allclose(corrupt(x, "contrast", s), (x - mean) * f + mean, atol=1e-6)
         assert torch.allclose(corrupt(x, "brightness", s), (x + 0.1 * s).clamp(0, 1), atol=1e-6)
+
+
+# §3 corruptions: blur is a normalized (sum 1) Gaussian: a constant image stays constant
+def test_blur_keeps_a_constant_image() -> None:
+    from robustlab.attacks.corruptions import corrupt
+
+    x = torch.full((2, 1, 8, 8), 0.3)
+    for s in (1, 3, 5):
+        assert torch.allclose(corrupt(x, "blur", s), x, atol=1e-6)

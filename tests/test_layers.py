@@ -15,8 +15,8 @@ RANKS = [
     {"__main__", "cli", "commands"},
     {"tasks", "report", "experiments"},
     {"evaluate", "train"},
-    {"attacks", "weights", "biterrors", "sources", "runs"},
-    {"data_files", "data", "models", "quant", "checkpoint", "distributed"},
+    {"attacks", "weights", "biterrors", "runs"},
+    {"data_files", "data", "sources", "models", "quant", "checkpoint", "distributed"},
     {"", "errors", "values", "device", "io"},
 ]
 

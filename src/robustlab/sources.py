@@ -20,6 +20,7 @@ and `x`/`y` views whose slices (`stream.x[:n]`) read only the rows asked for.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -45,17 +46,15 @@ DEFAULT_BOUNDS: Bounds = (0.0, 1.0)
 
 def check_bounds_arg(bounds: Sequence[float] | None) -> Bounds:
     """`bounds` as a (lo, hi) pair of floats with lo < hi (None → (0, 1))."""
-    from robustlab.attacks.base import check_bounds as _check
-
-    return DEFAULT_BOUNDS if bounds is None else _check(torch.zeros(0), tuple(bounds))
+    return DEFAULT_BOUNDS if bounds is None else check_bounds(torch.zeros(0), tuple(bounds))
 
 
 def check_bounds(x: torch.Tensor, bounds: Sequence[float] | None = DEFAULT_BOUNDS,
-                 what: str = "inputs") -> None:
-    """Raise a one-line `UserError` when `x` has values outside `bounds` (default [0, 1]).
-
-    The same check the attacks make (`robustlab.attacks.base.check_bounds`), with `what` naming
-    the data in the message.
+                 what: str = "inputs") -> Bounds:
+    """Validate the box `bounds` = (lo, hi) (None → [0, 1]) and that every entry of `x` lies in
+    it; returns (lo, hi). A bad box or an input outside it is a one-line `UserError` naming the
+    range found, with `what` naming the data (attacks never clamp a user's inputs silently; they
+    make this same check through `robustlab.attacks.base.check_bounds`).
 
     Example:
         >>> import torch, robustlab as rl
@@ -66,13 +65,24 @@ def check_bounds(x: torch.Tensor, bounds: Sequence[float] | None = DEFAULT_BOUND
         ...     print(e)  # doctest: +ELLIPSIS
         inputs lie in [2, 2], outside the bounds [0, 1]; ...
     """
-    from robustlab.attacks.base import check_bounds as _check
-
+    if bounds is None:
+        bounds = DEFAULT_BOUNDS
     try:
-        _check(x, check_bounds_arg(bounds))
-    except UserError as e:
-        msg = str(e)
-        raise UserError(msg.replace("inputs", what, 1) if msg.startswith("inputs") else msg) from None
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise UserError(f"bounds {bounds!r} are invalid; give two numbers (lo, hi)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise UserError(f"bounds ({lo:g}, {hi:g}) are invalid; they must be finite with lo < hi")
+    if x.numel() == 0:
+        return lo, hi
+    mn, mx = torch.aminmax(x.detach().float())
+    mn_f, mx_f = float(mn), float(mx)
+    if not (math.isfinite(mn_f) and math.isfinite(mx_f)):
+        raise UserError(f"{what} contain NaN or infinite values; attacks need finite inputs")
+    if mn_f < lo or mx_f > hi:
+        raise UserError(f"{what} lie in [{mn_f:.3g}, {mx_f:.3g}], outside the bounds [{lo:g}, {hi:g}]; "
+                        "normalize inside the model (rl.models.Normalized) or pass bounds=")
+    return lo, hi
 
 
 def _as_tensor(v: Any, what: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab import sources
 from robustlab.errors import UserError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -190,24 +191,9 @@ def check_bounds(x: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> t
     """Validate the box `bounds` = (lo, hi) and that every entry of `x` lies in it; returns it.
 
     An input outside the box is a one-line `UserError` naming the range found (attacks never
-    clamp a user's inputs silently).
+    clamp a user's inputs silently). The one check is `robustlab.sources.check_bounds`.
     """
-    try:
-        lo, hi = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise UserError(f"bounds {bounds!r} are invalid; give two numbers (lo, hi)") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise UserError(f"bounds ({lo:g}, {hi:g}) are invalid; they must be finite with lo < hi")
-    if x.numel() == 0:
-        return lo, hi
-    mn, mx = torch.aminmax(x.detach().float())
-    mn_f, mx_f = float(mn), float(mx)
-    if not (math.isfinite(mn_f) and math.isfinite(mx_f)):
-        raise UserError("inputs contain NaN or infinite values; attacks need finite inputs")
-    if mn_f < lo or mx_f > hi:
-        raise UserError(f"inputs lie in [{mn_f:.3g}, {mx_f:.3g}], outside the bounds [{lo:g}, {hi:g}]; "
-                        "normalize inside the model (rl.models.Normalized) or pass bounds=")
-    return lo, hi
+    return sources.check_bounds(x, bounds)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import dataclasses
 import importlib
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +34,7 @@ SCHEMA = 1  # version of the result layout written by `make_result`
 
 def option(name: str | None = None, default: Any = dataclasses.MISSING, *, help: str | None = None,
            type: Callable[[str], Any] | None = None, metavar: str | None = None,
-           choices: tuple[Any, ...] | None = None, cli: bool = True, aliases: tuple[str, ...] = (),
+           choices: Collection[Any] | None = None, cli: bool = True, aliases: tuple[str, ...] = (),
            default_factory: Any = dataclasses.MISSING) -> Any:
     """A spec field. `name` names a shared term of `VOCABULARY` (same flag, meaning, type and
     default in every command); without it, `help` (and `type`) describe a field of this spec

@@ -9,9 +9,10 @@ working for one release with a one-line deprecation note.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from robustlab.attacks.norms import NORMS as _NORM_REGISTRY
 from robustlab.values import list_of, nonneg_int, positive_float, positive_int, seed_int
 
 
@@ -21,7 +22,7 @@ class Term:
     type: Callable[[str], Any] | None = None
     default: Any = None
     metavar: str | None = None
-    choices: tuple[Any, ...] | None = None
+    choices: Collection[Any] | None = None
     aliases: tuple[str, ...] = ()
 
 
@@ -39,7 +40,8 @@ def _tpr(text: str) -> float:
 
 _tpr.__name__ = "a TPR in (0, 1]"
 
-NORMS = ("linf", "l2", "l1", "l0")
+# the registered Lp norms, a live view: a norm registered later (attacks.norms.NORMS) is accepted too
+NORMS = _NORM_REGISTRY.keys()
 
 VOCABULARY: dict[str, Term] = {
     # which data, how much of it, how fast

@@ -32,7 +32,8 @@ Preset format (all sections optional except `runs`)::
     scales: {smoke: {...overrides...}, small: {}, full: {...}}
 
 Per run: `method`, `options` (method fields), `train` and `model` (overrides), `evaluate`
-(overrides; `null` drops an evaluation), `track` (robust overfitting tracking settings). A run
+(overrides; `null` drops an evaluation), `track` (robust overfitting tracking:
+the `robustlab.tasks.tracking.Tracking` settings, e.g. `{n_test: 360, steps: 3}`). A run
 is a `robustlab.tasks.train.TrainSpec`; an evaluation is the registered spec of its kind
 (`robustlab.tasks`): its `evaluator` (the kind) defaults to its name (so `patch-fixed:
 {evaluator: adversarial, ...}` works), `snapshot: best` evaluates the early-stopping weights,
@@ -385,6 +386,16 @@ class Workspace:
         except (UserError, TypeError) as e:
             raise UserError(f"run {name!r}: bad train setting ({e})") from None
 
+    def track_spec(self, name: str) -> Any:
+        """The run's robust tracking (`tasks.tracking.Tracking` from its `track:` settings), or
+        None without one."""
+        track = self.preset["runs"][name].get("track")
+        if not track:
+            return None
+        from robustlab.tasks.tracking import Tracking
+
+        return Tracking.from_settings(track, f"run {name!r}: track")
+
     def run_dir(self, name: str) -> Path:
         return self.out / name
 
@@ -419,9 +430,9 @@ def train_step(ws: Workspace, name: str) -> Step:
     spec = ws.train_spec(name)
     spec.check()  # settings that cannot give a finite run are refused before anything is written
     cost = spec.cost()
-    track = settings.get("track")
-    if track:
-        cost += spec.epochs * int(track.get("n", 500)) * (1 + track.get("steps", 10))
+    track = ws.track_spec(name)
+    if track is not None:
+        cost += spec.epochs * track.cost(0)
 
     def run() -> None:
         _train(ws, name, settings, key)
@@ -454,18 +465,11 @@ def _train(ws: Workspace, name: str, settings: dict[str, Any], key: str) -> None
             set_aside(ws.out, [name])  # never delete what an earlier invocation wrote
         out.mkdir(parents=True, exist_ok=True)
         hooks, select_best = [], None
-        track = settings.get("track")
-        if track:
-            from robustlab.evaluate.robust_tracking import epoch_hook
-
-            t = dict(track)
-            split = t.pop("split", "val")
+        track = ws.track_spec(name)
+        if track is not None:
             _, val, test = data
-            ds = val if split == "val" and val is not None else test
-            n = t.pop("n", 500)
-            hooks.append(epoch_hook(ds, t or None, n=n, prefix="val_" if ds is val else "test_"))
-            if ds is val:
-                select_best = "val_robust_err"
+            hook, select_best = track.hook(val, test)
+            hooks.append(hook)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(
             {"command": spec.command_line(out), "plan": ws.preset.get("name"), "run": name,
              **settings}, sort_keys=False))

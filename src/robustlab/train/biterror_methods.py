@@ -35,7 +35,7 @@ from robustlab import biterrors as be
 from robustlab.errors import UserError
 from robustlab.quant import RQUANT8, Quantized, Scheme
 from robustlab.train.methods import Context, Method, register
-from robustlab.weights.bits import bit_attack, check_budget
+from robustlab.weights.bits import attack_codes, check_budget
 
 THRESHOLD_10 = 1.75  # clean-loss threshold of the curriculum on 10-class problems
 
@@ -200,7 +200,7 @@ class AdversarialPatterns:
 
     def patterns(self, ctx: Context, q: Quantized, x: torch.Tensor, y: torch.Tensor
                  ) -> torch.Tensor:
-        r = bit_attack(ctx.model, q, x, y, budget=self.bit_budget, steps=self.bit_attack_steps,
+        r = attack_codes(ctx.model, q, x, y, budget=self.bit_budget, steps=self.bit_attack_steps,
                        step_size=self.bit_attack_step_size, selection=self.bit_attack_params,
                        generator=ctx.generator, batch_size=x.shape[0], progress=False)
         return torch.bitwise_xor(r.codes, q.codes)

@@ -34,7 +34,7 @@ from robustlab.data import Dataset
 from robustlab.device import autocast
 from robustlab.errors import UserError
 from robustlab.io import atomic_write_text, dumps
-from robustlab.models import forward_with
+from robustlab.models import Predictor, forward_with
 from robustlab.train.methods import Method
 
 OPTIMIZERS = ("sgd", "adam")
@@ -201,11 +201,11 @@ def evaluate_loss_err(ctx: TrainContext, ds: Dataset, batch_size: int = 512) -> 
     if distributed.active():
         ds = ds.subset(slice(*distributed.shard_bounds(n)))
     loss = err = 0.0
-    with ctx.eval_mode():
-        for x, y in ds.batches(batch_size, device=ctx.device):
-            logits = ctx.forward(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            err += (logits.argmax(1) != y).sum().item()
+    if len(ds):  # a rank's shard may be empty: it contributes nothing
+        with ctx.eval_mode():  # ctx.forward: the training numerics (bf16, channels-last, QAT)
+            s = Predictor(ctx.forward, quant=False).sweep(ds.batches(batch_size, device=ctx.device),
+                                                          loss=True)
+        loss, err = float(s.loss), float(s.wrong.sum())
     if distributed.active():
         loss, err = distributed.all_reduce_sum(torch.tensor([loss, err], dtype=torch.float64)).tolist()
     return loss / n, err / n

@@ -201,8 +201,8 @@ class AdversarialPatterns:
     def patterns(self, ctx: Context, q: Quantized, x: torch.Tensor, y: torch.Tensor
                  ) -> torch.Tensor:
         r = attack_codes(ctx.model, q, x, y, budget=self.bit_budget, steps=self.bit_attack_steps,
-                       step_size=self.bit_attack_step_size, selection=self.bit_attack_params,
-                       generator=ctx.generator, batch_size=x.shape[0], progress=False)
+                         step_size=self.bit_attack_step_size, selection=self.bit_attack_params,
+                         generator=ctx.generator, batch_size=x.shape[0], progress=False)
         return torch.bitwise_xor(r.codes, q.codes)
 
 

@@ -31,7 +31,7 @@ from robustlab import checkpoint, data
 from robustlab.device import resolve_device
 from robustlab.errors import UserError
 from robustlab.io import check_output_dir, clean_temp_files, hostname, pid_alive
-from robustlab.models import forward_with
+from robustlab.models import Predictor
 
 try:
     import fcntl
@@ -356,11 +356,12 @@ class Run:
         p = {k: v.detach() for k, v in self.model.named_parameters()}
         return self.quant.fake_quantize(p) if self.quant is not None else p
 
-    def predictor(self):
-        """x ↦ logits at `params()`, in eval mode: what attacks and metrics call."""
+    def predictor(self) -> Predictor:
+        """The run's model at `params()` (taken as given), in eval mode: what attacks and metrics
+        call (`models.Predictor`)."""
         params = self.params()
         self.model.eval()
-        return lambda x: forward_with(self.model, params, x)
+        return Predictor(self.model, params, quant=False)
 
 
 def _check_same_shape(r: Run, source: str) -> None:

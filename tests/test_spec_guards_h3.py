@@ -609,3 +609,17 @@ def test_blur_keeps_a_constant_image() -> None:
     x = torch.full((2, 1, 8, 8), 0.3)
     for s in (1, 3, 5):
         assert torch.allclose(corrupt(x, "blur", s), x, atol=1e-6)
+
+
+# §4 AT split: the adversarial part of a batch of n is round(f·n) examples (the last ones)
+def test_at_split_rounds_the_fraction() -> None:
+    from robustlab.train import create
+    from robustlab.train.trainer import TrainConfig, TrainContext
+
+    model = _Linear4()
+    ctx = TrainContext(model, TrainConfig(seed=0), torch.device("cpu"), 4)
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(10) % 4
+    for f, k in ((0.35, 4), (0.5, 5), (0.04, 1)):
+        batch = create("at", fraction=f, eps=0.05, attack_steps=1).prepare(ctx, x, y)
+        assert batch[1].shape[0] == k

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import bench_data
+
 from robustlab import models
 from robustlab.attacks.fab import fab
 from robustlab.checkpoint import read_weights

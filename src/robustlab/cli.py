@@ -21,6 +21,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from robustlab.commands.options import (  # noqa: F401  (re-exported for the commands)
+    add_device,
+    add_run_options,
+    add_speed,
+)
 from robustlab.errors import UserError
 from robustlab.values import (  # noqa: F401  (re-exported for the commands)
     list_of,
@@ -42,16 +47,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
-
-
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to compute (auto: CUDA when available)")
-
-
-def add_speed(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (final verdicts in fp32)")
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
@@ -152,17 +147,9 @@ def add_spec_commands(sub: argparse._SubParsersAction, served: set[str] = frozen
                            + f" Writes RUN/results/{kind}.json (or NAME.json with --name).")
         p.add_argument("run", metavar="RUN", help="run directory")
         add_options(p, cls)
-        dests = {a.dest for a in p._actions}
-        for flag, kw in (("--name", {"default": None, "help": "result name (default: the kind)"}),
-                         ("--best", {"action": "store_true",
-                                     "help": "evaluate the best snapshot, not the last"}),
-                         ("--data-dir", {"default": None,
-                                         "help": "where the run's dataset files are"}),
-                         ("--quiet", {"action": "store_true", "help": "no progress output"})):
-            if flag[2:].replace("-", "_") not in dests:
-                p.add_argument(flag, **kw)
-        if "device" not in dests:
-            add_device(p)
+        if "name" not in {a.dest for a in p._actions}:
+            p.add_argument("--name", default=None, help="result name (default: the kind)")
+        add_run_options(p)
         add_run_data(p)
         p.set_defaults(func=run_spec, _spec_kind=kind,
                        _writes=lambda a, kind=kind: getattr(a, "name", None) or kind)

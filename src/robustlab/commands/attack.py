@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from robustlab.cli import add_device, add_speed
+from robustlab.commands.options import add_run_options, add_speed
 from robustlab.tasks.adversarial import Adversarial, flag_lines
 from robustlab.tasks.spec import add_options
 
@@ -25,12 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "RUN/results/NAME.json, example images and figures beside it.")
     p.add_argument("run", metavar="RUN", help="run directory")
     add_options(p, Adversarial)
-    p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
-    p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
     p.add_argument("--name", default="attack", help="result name (default: %(default)s)")
     p.add_argument("--no-figures", action="store_true", help="write no PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_device(p)
+    add_run_options(p)
     add_speed(p)
     p.set_defaults(func=run)
 

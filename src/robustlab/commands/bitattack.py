@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from robustlab.cli import add_device
+from robustlab.commands.options import add_run_options
 from robustlab.tasks.bitattack import BitAttack
 from robustlab.tasks.spec import add_options
 
@@ -24,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<= b). Writes RUN/results/bitattack[-targetK].json and a PNG of RErr against the budget.")
     p.add_argument("run", metavar="RUN", help="run directory")
     add_options(p, BitAttack)
-    p.add_argument("--best", action="store_true", help="use the best snapshot, not the last")
-    p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device(p)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

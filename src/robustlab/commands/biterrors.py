@@ -10,20 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli import add_device
+from robustlab.commands.options import add_run_options
 from robustlab.tasks.biterrors import BitErrors, resolve_quant
 from robustlab.tasks.chip import Chip
 from robustlab.tasks.spec import add_options
 
 SHARED = ("patterns", "seed", "quant", "n_test", "batch_size")  # one option for both specs
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Runtime options shared by `biterrors` and `energy` (not evaluation settings)."""
-    p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
-    p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
-    add_device(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

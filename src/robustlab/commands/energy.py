@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from robustlab.commands.biterrors import add_run_options
+from robustlab.commands.options import add_run_options
 from robustlab.tasks.energy import Energy
 from robustlab.tasks.spec import add_options
 

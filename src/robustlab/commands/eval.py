@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from robustlab.cli import add_device
+from robustlab.commands.options import add_run_options
 from robustlab.tasks.clean import Clean
 from robustlab.tasks.spec import add_options
 
@@ -17,10 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "run's model (at its quantized weights when it was trained quantized); "
                        "writes RUN/results/eval.json.")
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
-    p.add_argument("--best", action="store_true", help="evaluate the best snapshot, not the last")
     add_options(p, Clean)
-    add_device(p)
+    add_run_options(p, quiet=False)
     p.set_defaults(func=run)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from robustlab.cli import add_device
+from robustlab.commands.options import add_run_options
 from robustlab.tasks.flatness import CASES, Flatness
 from robustlab.tasks.landscape import Landscape
 from robustlab.tasks.spec import add_options
@@ -39,10 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also compute a loss landscape (clean and robust loss)")
     add_options(p, Landscape, skip=tuple(f.name for f in dataclasses.fields(Landscape)
                                          if f.name not in LANDSCAPE_ONLY))
-    p.add_argument("--best", action="store_true", help="use the best snapshot, not the last")
-    p.add_argument("--data-dir", default=None, help="where the run's dataset files are")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device(p)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

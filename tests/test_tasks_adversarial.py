@@ -82,7 +82,7 @@ def test_old_spellings_still_work_with_a_note(capsys) -> None:
     assert (a.tprs, a.severities, a.backtrack, a.early_exit, a.sanity) == \
         ([0.95], [5], False, False, False)
     kw = a.keywords()
-    assert kw["early_stop"] is False and kw["n"] == 1000 and "n_test" not in kw
+    assert kw["early_stop"] is False and kw["n_test"] == 1000 and "n" not in kw
     # presets name the number of test images `n`: accepted, with a note
     p = Patches.from_settings({"n": 40, "steps": 2})
     assert (p.n_test, p.steps, p.restarts) == (40, 2, 1)

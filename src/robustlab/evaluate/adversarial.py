@@ -62,7 +62,7 @@ from robustlab.attacks.patches import check_size, patch_attack
 from robustlab.attacks.pgd import OBJECTIVES, pgd
 from robustlab.attacks.threat import DISTAL_EPS, NORMS, default_eps, frame_width, patch_size
 from robustlab.data import Dataset
-from robustlab.errors import UserError
+from robustlab.errors import UNSET, UserError, renamed
 from robustlab.evaluate import metrics as M
 from robustlab.models import with_quant
 
@@ -293,7 +293,7 @@ def _model_device(model: Model) -> torch.device:
 
 
 def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAULT_SUITE, *,
-                eps: str | dict[str, float] | None = None, n: int = 1000, holdout: float = 0.1,
+                eps: str | dict[str, float] | None = None, n_test: int = 1000, holdout: float = 0.1,
                 tprs: Sequence[float] = (0.99, 0.98), attacks: str | Sequence[str] = "standard",
                 steps: int | None = None, patch_steps: int | None = None,
                 queries: int | None = None, targets: int = 9, restarts: int = 1,
@@ -304,8 +304,8 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
                 device: torch.device | str | None = None, bf16: bool = False,
                 channels_last: bool | None = None, n_examples: int = 8,
                 examples_path: str | Path | None = None, dataset: str | None = None,
-                progress: bool | None = None) -> dict[str, Any]:
-    """Run an evaluation suite on the first `n` test examples; returns a JSON-able dict.
+                progress: bool | None = None, n: Any = UNSET) -> dict[str, Any]:
+    """Run an evaluation suite on the first `n_test` test examples; returns a JSON-able dict.
 
     `attacks` selects the optimizers of the Lp threats: `standard` (APGD-CE, APGD-T with
     `targets` target classes, APGD-conf, Square), `pgd` (the quick PGD suite of `objectives`) or
@@ -318,6 +318,7 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
     relative to the result's folder when the file is saved beside it).
     """
+    n = renamed("adversarial", "n", n, "n_test", n_test)  # `n=`: the old keyword
     test = sources.as_data(test, bounds=(0.0, 1.0))  # any data; rows read only as sliced
     model = with_quant(model)  # a quantization-aware fit's model: at its dequantized weights
     items = parse_suite(suite)

@@ -39,7 +39,7 @@ from torch import nn
 
 from robustlab import distributed, sources
 from robustlab.data import Dataset
-from robustlab.errors import UserError
+from robustlab.errors import UNSET, UserError, renamed
 from robustlab.models import Batches, Predictor, quant_of
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params
 from robustlab.weights import bits as wb
@@ -103,14 +103,16 @@ def parse_methods(method: str | Sequence[str]) -> list[str]:
 
 
 def bit_attack(model: nn.Module, test: Dataset, *, budgets: Sequence[int] = BUDGETS,
-               method: str | Sequence[str] = "attack,bfa", scheme: Scheme | None = None,
+               method: str | Sequence[str] = "attack,bfa", quant: Scheme | None = None,
                quantized: Quantized | None = None, attack_data: Dataset | None = None,
                n_attack: int = 512, target: int | None = None, steps: int = STEPS,
                step_size: float = STEP_SIZE, restarts: int = RESTARTS, random_patterns: int = 5,
                selection: str | Sequence[str] = "all", seed: int = 0, batch_size: int = 512,
                device: torch.device | str | None = None,
-               progress: bool | None = None) -> dict[str, Any]:
+               progress: bool | None = None,
+               scheme: Any = UNSET) -> dict[str, Any]:
     """RErr of `model` on `test` under adversarial bit flips for each budget (module docstring)."""
+    scheme = renamed("bit_attack", "scheme", scheme, "quant", quant)
     test = sources.as_data(test)  # tensors, torch Dataset, DataLoader (see robustlab.sources)
     attack_data = None if attack_data is None else sources.as_data(attack_data)
     scheme = scheme or quant_of(model)  # a quantization-aware fit's

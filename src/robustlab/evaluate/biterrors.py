@@ -30,7 +30,7 @@ from robustlab import biterrors as be
 from robustlab import distributed, sources
 from robustlab.data import Dataset
 from robustlab.device import resolve_device
-from robustlab.errors import UserError
+from robustlab.errors import UNSET, UserError, renamed
 from robustlab.models import Batches, Predictor, quant_of
 from robustlab.quant import RQUANT8, Quantized, Scheme, model_params, popcount
 
@@ -103,14 +103,15 @@ def _setup(model: nn.Module, device: str | torch.device | None, scheme: Scheme |
     return dev, scheme or quant_of(model) or RQUANT8, sources.eval_mode(model)
 
 
-def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
-               rates: Sequence[float] | None = None, patterns: int = 50, seed0: int = 100,
+def bit_errors(model: nn.Module, test: Any, *, quant: Scheme | None = None,
+               rates: Sequence[float] | None = None, patterns: int = 50, seed: int = 100,
                batch_size: int = 1000, device: str | torch.device | None = None,
                progress: bool | None = None, quantized: Quantized | None = None,
-               bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+               bounds: Sequence[float] | None = (0.0, 1.0),
+               scheme: Any = UNSET, seed0: Any = UNSET) -> dict[str, Any]:
     """Err and RErr of `model` on `test` under K random bit error patterns at each rate.
 
-    Pattern k uses seed `seed0 + k`. `scheme` defaults to the model's own (attached by a
+    Pattern k uses seed `seed + k`. `quant` (the scheme) defaults to the model's own (attached by a
     quantization-aware `rl.train.fit`, as a run records it), else RQuant 8-bit; pass `quantized` to
     evaluate given codes instead of quantizing the model's parameters. The model is moved to
     `device` (default: where its parameters are) and evaluated in eval mode; the caller's mode is
@@ -126,6 +127,8 @@ def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
         >>> len(r["rerr"]["mean"])
         2
     """
+    scheme = renamed("bit_errors", "scheme", scheme, "quant", quant)
+    seed0 = renamed("bit_errors", "seed0", seed0, "seed", seed)
     test = sources.as_data(test)
     rates = _check(patterns, batch_size, default_rates(test.shape) if rates is None else rates)
     be.check_seed(seed0)
@@ -173,16 +176,19 @@ def bit_errors(model: nn.Module, test: Any, *, scheme: Scheme | None = None,
     }
 
 
-def chip_errors(model: nn.Module, test: Any, chip: be.ChipMap, *, scheme: Scheme | None = None,
-                offsets: Sequence[int] = (0,), patterns: int = 10, seed0: int = 100,
+def chip_errors(model: nn.Module, test: Any, chip: be.ChipMap, *, quant: Scheme | None = None,
+                offsets: Sequence[int] = (0,), patterns: int = 10, seed: int = 100,
                 batch_size: int = 1000, device: str | torch.device | None = None,
                 progress: bool | None = None,
-                bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+                bounds: Sequence[float] | None = (0.0, 1.0),
+                scheme: Any = UNSET, seed0: Any = UNSET) -> dict[str, Any]:
     """Err and RErr of `model` stored on a profiled chip: per weight-layout offset, K samples.
 
-    Sample k of offset o reads the codes back through `chip.apply(q, seed0 + k, o)`. `test`,
+    Sample k of offset o reads the codes back through `chip.apply(q, seed + k, o)`. `test`,
     `device` and `bounds` as for `bit_errors`.
     """
+    scheme = renamed("chip_errors", "scheme", scheme, "quant", quant)
+    seed0 = renamed("chip_errors", "seed0", seed0, "seed", seed)
     test = sources.as_data(test)
     _check(patterns, batch_size, [0.0])
     offsets = [int(o) for o in offsets]
@@ -233,18 +239,21 @@ def _summary(counts: torch.Tensor, n: int) -> dict[str, Any]:
 
 
 def energy(model: nn.Module, test: Any, curve: be.EnergyCurve, *, tolerance: float = 0.01,
-           scheme: Scheme | None = None, patterns: int = 50, seed0: int = 100,
+           quant: Scheme | None = None, patterns: int = 50, seed: int = 100,
            batch_size: int = 1000, device: str | torch.device | None = None,
            progress: bool | None = None,
-           bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+           bounds: Sequence[float] | None = (0.0, 1.0),
+           scheme: Any = UNSET, seed0: Any = UNSET) -> dict[str, Any]:
     """Lowest safe supply voltage and energy saved: RErr (mean over patterns) at each voltage's bit
     error rate must stay within `tolerance` (a fraction, 0.01 = 1 point) of the clean error.
     `test`, `device` and `bounds` as for `bit_errors`."""
+    scheme = renamed("energy", "scheme", scheme, "quant", quant)
+    seed0 = renamed("energy", "seed0", seed0, "seed", seed)
     test = sources.as_data(test)
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise UserError(f"tolerance {tolerance} must be a number ≥ 0")
-    res = bit_errors(model, test, scheme=scheme, rates=curve.bit_error_rate, patterns=patterns,
-                     seed0=seed0, batch_size=batch_size, device=device, progress=progress,
+    res = bit_errors(model, test, quant=scheme, rates=curve.bit_error_rate, patterns=patterns,
+                     seed=seed0, batch_size=batch_size, device=device, progress=progress,
                      bounds=bounds)
     verdict = be.safe_voltage(curve, res["rerr"]["mean"], res["clean_err"], tolerance)
     rows = [{"voltage": v, "bit_error_rate": p, "relative_energy": curve.relative_energy(i),

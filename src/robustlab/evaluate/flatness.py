@@ -22,7 +22,7 @@ from torch import nn
 
 from robustlab import distributed, sources
 from robustlab.data import Dataset
-from robustlab.errors import UserError
+from robustlab.errors import UNSET, UserError, renamed
 from robustlab.models import Predictor
 from robustlab.weights import (
     ModelObjective,
@@ -152,12 +152,13 @@ def _setup(model: nn.Module, params: dict[str, torch.Tensor] | None, selection: 
 def flatness(model: nn.Module, test: Any, *, kind: str = "average",
              xi: float | Sequence[float] = 0.5, clean: bool = False,
              attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
-             n: int | None = 1000, samples: int = 10, steps: int = 20, restarts: int = 1,
+             n_test: int | None = 1000, samples: int = 10, steps: int = 20, restarts: int = 1,
              step_size: float | None = None, selection: Any = "all",
              params: dict[str, torch.Tensor] | None = None, train: Any = None,
              seed: int = 0, batch_size: int = 256, device: torch.device | str | None = None,
              progress: bool | None = None, return_nu: bool = False,
-             bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+             bounds: Sequence[float] | None = (0.0, 1.0),
+             n: Any = UNSET) -> dict[str, Any]:
     """Flatness of the robust (or clean) loss at the model's weights for each ξ.
 
     kind: "average" (mean over `samples` random ν on the sphere of B_ξ) or "worst" (projected
@@ -170,7 +171,7 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
     the conv/linear weights and biases, never norm-layer parameters).
     With `train`, the same robust loss on as many training examples gives the test−train gap.
     `test`/`train`: a robustlab `Dataset`, `(x, y)` tensors, a torch `Dataset` or a `DataLoader`
-    (streamed: the first `n` examples are read again for every loss evaluation, never held).
+    (streamed: the first `n_test` examples are read again for every loss evaluation, never held).
     Inputs outside `bounds` are refused; the default attack stays within them. The model runs in
     eval mode; its mode and buffers are left as they were.
 
@@ -182,6 +183,7 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
         >>> r["flatness"][0]
         0.0
     """
+    n = renamed("flatness", "n", n, "n_test", n_test)
     test = sources.as_data(test)
     if kind not in KINDS:
         raise UserError(f"unknown flatness kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -244,12 +246,13 @@ def flatness(model: nn.Module, test: Any, *, kind: str = "average",
 def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "random",
               xi: float = 0.5, extent: float | None = None, points: int = 21,
               attack: Attack | None = None, attack_settings: dict[str, Any] | None = None,
-              n: int | None = 1000, selection: Any = "all",
+              n_test: int | None = 1000, selection: Any = "all",
               params: dict[str, torch.Tensor] | None = None, nu: dict[str, torch.Tensor] | None = None,
               steps: int = 20, seed: int = 0, batch_size: int = 256,
               device: torch.device | str | None = None,
               progress: bool | None = None,
-              bounds: Sequence[float] | None = (0.0, 1.0)) -> dict[str, Any]:
+              bounds: Sequence[float] | None = (0.0, 1.0),
+              n: Any = UNSET) -> dict[str, Any]:
     """Clean and robust loss along 1-D or 2-D directions through the weights.
 
     Directions: "random" (filter-normalized Gaussian: coordinate α perturbs every filter by α
@@ -266,6 +269,7 @@ def landscape(model: nn.Module, test: Any, *, dims: int = 1, direction: str = "r
         >>> len(r["clean_loss"]), len(r["robust_loss"])
         (3, 3)
     """
+    n = renamed("landscape", "n", n, "n_test", n_test)
     test = sources.as_data(test)
     if dims not in (1, 2):
         raise UserError(f"landscape dims={dims} must be 1 or 2")

@@ -12,22 +12,26 @@ from typing import Any
 
 import torch
 
+from robustlab.errors import UNSET, renamed
+
 LOCATIONS = ("fixed", "random", "optimized-full")
 
 
 def patches(model: Callable[[torch.Tensor], torch.Tensor], test: Any, *,
             locations: list[str] | tuple[str, ...] = LOCATIONS,
-            n: int = 1000, size: int | None = None, steps: int = 100, step_size: float = 0.05,
+            n_test: int = 1000, size: int | None = None, steps: int = 100, step_size: float = 0.05,
             restarts: int = 1, stride: int = 2, objective: str = "ce", seed: int = 0,
             batch_size: int = 500, device: Any = "cpu", n_examples: int = 8,
-            examples_path: str | Path | None = None) -> dict[str, Any]:
+            examples_path: str | Path | None = None,
+            n: Any = UNSET) -> dict[str, Any]:
     """RErr under location-fixed, random and optimized adversarial patches (spec §3, §9.4).
 
-    Every location mode attacks the first `n` test images with `robustlab.attacks.patch_attack`
+    Every location mode attacks the first `n_test` test images with `robustlab.attacks.patch_attack`
     (same content steps, restarts and seed); RErr counts an example wrong clean or patched. With
     `examples_path`, the first patched images of every mode are saved for the report
     (`robustlab.evaluate.adversarial.save_examples`).
     """
+    n = renamed("patches", "n", n, "n_test", n_test)
     from robustlab.attacks.base import confidence, evaluate_logits
     from robustlab.attacks.patches import parse_location, patch_attack
 

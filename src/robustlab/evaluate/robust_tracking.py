@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from robustlab import sources
-from robustlab.errors import UserError
+from robustlab.errors import UNSET, UserError, renamed
 from robustlab.models import Predictor
 from robustlab.weights.objective import Attack, adversarial_inputs
 
@@ -47,16 +47,17 @@ def make_attack(settings: dict[str, Any] | None, shape: Sequence[int]
 
 def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any] | Attack | None,
                    generator: torch.Generator, *, batch_size: int = 256,
-                   device: torch.device | str | None = None, n: int | None = None
-                   ) -> dict[str, float]:
+                   device: torch.device | str | None = None, n_test: int | None = None,
+                   n: Any = UNSET) -> dict[str, float]:
     """Robust loss / error and clean loss / error of `model_fn` (x → logits, already in eval mode)
-    on the first `n` examples of `dataset` (all by default).
+    on the first `n_test` examples of `dataset` (all by default).
 
     `attack_settings`: a dict of PGD settings (see `make_attack`; default PGD-L∞ with 10 steps
     at the spec's ε), or an attack `(model, x, y, *, generator) -> AttackResult` such as
     `robustlab.attacks.PGD(...)`. robust_err counts an example wrong clean or attacked
     (spec §2); robust_loss is the mean cross-entropy on the attacked inputs.
     """
+    n = renamed("robust_metrics", "n", n, "n_test", n_test)
     dataset = sources.as_data(dataset)
     if callable(attack_settings):
         attack = attack_settings
@@ -77,12 +78,14 @@ def robust_metrics(model_fn: Model, dataset: Any, attack_settings: dict[str, Any
 
 
 def epoch_hook(dataset: Any, attack_settings: dict[str, Any] | Attack | None = None, *,
-               seed: int = 0, prefix: str = "val_", n: int | None = None,
-               batch_size: int = 256) -> Callable[[Any], dict[str, float]]:
+               seed: int = 0, prefix: str = "val_", n_test: int | None = None,
+               batch_size: int = 256,
+               n: Any = UNSET) -> Callable[[Any], dict[str, float]]:
     """A trainer epoch hook: `robust_metrics` of the training model (in eval mode, through
     `ctx.forward`, i.e. quantized when the run is) with a generator reseeded to `seed` every epoch,
     so epochs are compared on identical attack randomness. Keys get `prefix`. `dataset`: anything
     `robustlab.sources.as_data` takes (a `DataLoader` is streamed every epoch)."""
+    n = renamed("epoch_hook", "n", n, "n_test", n_test)
     dataset = sources.as_data(dataset)
     if not callable(attack_settings):
         attack, _ = make_attack(attack_settings, dataset.shape)
@@ -92,7 +95,7 @@ def epoch_hook(dataset: Any, attack_settings: dict[str, Any] | Attack | None = N
     def hook(ctx: Any) -> dict[str, float]:
         with ctx.eval_mode():
             m = robust_metrics(ctx.forward, dataset, attack, torch.Generator().manual_seed(seed),
-                               batch_size=batch_size, device=ctx.device, n=n)
+                               batch_size=batch_size, device=ctx.device, n_test=n)
         return {f"{prefix}{k}": v for k, v in m.items()}
 
     return hook

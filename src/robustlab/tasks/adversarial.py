@@ -59,7 +59,7 @@ def _severity(text: str) -> int:
 _severity.__name__ = "a corruption severity"
 
 # spec field → the keyword of `adversarial()` when the names differ
-_KEYWORDS = {"n_test": "n", "early_exit": "early_stop", "radii": "eps"}
+_KEYWORDS = {"early_exit": "early_stop", "radii": "eps"}
 
 
 @register

@@ -102,7 +102,7 @@ class BitAttack(EvalSpec):
                             f"0..{run.test.num_classes - 1}")
         src = run.train if self.attack_split == "train" and run.train is not None else run.test
         res = bit_attack(run.model, first_n(run.test, self.n_test), budgets=self.budgets,
-                         method=methods, scheme=scheme, attack_data=src, n_attack=self.n_attack,
+                         method=methods, quant=scheme, attack_data=src, n_attack=self.n_attack,
                          target=self.target, steps=self.steps, step_size=self.step_size,
                          restarts=self.restarts, random_patterns=self.random_patterns,
                          selection=self.params, seed=self.seed, batch_size=self.batch_size,
@@ -130,7 +130,7 @@ class BitAttack(EvalSpec):
               f"steps={self.steps}, restarts={self.restarts}, random_patterns="
               f"{self.random_patterns}, selection={self.params!r}, seed={self.seed}"
               + (f", target={self.target}" if self.target is not None else "")
-              + (f", scheme={self.quant!r}" if self.quant else ""))
+              + (f", quant={self.quant!r}" if self.quant else ""))
         return f"robustlab.evaluate.bitattack.bit_attack(model, {test}, {kw})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -102,8 +102,8 @@ class PatternSpec(EvalSpec):
                  **kw: Any) -> dict[str, Any]:
         """`function(model, test[:n_test], *args, **kw)` with the patterns, seed, scheme, batch
         size and device of this spec and run."""
-        return function(run.model, first_n(run.test, self.n_test), *args, scheme=self.scheme(run),
-                        patterns=self.patterns, seed0=self.seed, batch_size=self.batch_size,
+        return function(run.model, first_n(run.test, self.n_test), *args, quant=self.scheme(run),
+                        patterns=self.patterns, seed=self.seed, batch_size=self.batch_size,
                         device=run.device, progress=progress, **kw)
 
     def pattern_cost(self, n_test: int, points: int) -> float:
@@ -114,8 +114,8 @@ class PatternSpec(EvalSpec):
     def call_text(self, function: str, *args: str) -> str:
         """The Python call of `describe()`: `args` (empty ones left out), then the patterns."""
         test = f"test[:{self.n_test}]" if self.n_test else "test"
-        kw = [*args, f"patterns={self.patterns}", f"seed0={self.seed}",
-              f"scheme={self.quant!r}" if self.quant else ""]
+        kw = [*args, f"patterns={self.patterns}", f"seed={self.seed}",
+              f"quant={self.quant!r}" if self.quant else ""]
         return f"robustlab.evaluate.biterrors.{function}(model, {test}, {', '.join(k for k in kw if k)})"
 
 

@@ -145,7 +145,7 @@ class Flatness(EvalSpec):
         xis = self.xis()
         check_radius(run.params(), select(run.model, self.params), xis, None)
         res = flatness(run.model, run.test, kind=self.case, xi=xis, clean=self.clean,
-                       attack_settings=attack_settings(self, run), n=self.n_test,
+                       attack_settings=attack_settings(self, run), n_test=self.n_test,
                        samples=self.samples, steps=self.ascent_steps, restarts=self.restarts,
                        step_size=self.ascent_step_size, selection=self.params,
                        params=run.params(), train=run.train if self.train else None,
@@ -172,7 +172,7 @@ class Flatness(EvalSpec):
     def describe(self) -> str:
         att = {"norm": self.norm, "steps": self.steps, **({"eps": self.eps} if self.eps else {})}
         kw = (f"kind={self.case!r}, xi={self.xis()!r}, clean={self.clean}, attack_settings={att!r}, "
-              f"n={self.n_test}, "
+              f"n_test={self.n_test}, "
               + (f"samples={self.samples}" if self.case == "average" else
                  f"steps={self.ascent_steps}, restarts={self.restarts}, "
                  f"step_size={self.ascent_step_size}")

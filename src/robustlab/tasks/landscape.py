@@ -67,7 +67,7 @@ class Landscape(EvalSpec):
         self.check()
         return landscape(run.model, run.test, dims=self.dims, direction=self.direction,
                          xi=self.xi, extent=self.extent, points=self.n_points(),
-                         attack_settings=attack_settings(self, run), n=self.n_test,
+                         attack_settings=attack_settings(self, run), n_test=self.n_test,
                          selection=self.params, params=run.params(), nu=nu,
                          steps=self.ascent_steps, seed=self.seed, batch_size=self.batch_size,
                          device=run.device, progress=progress)
@@ -80,7 +80,7 @@ class Landscape(EvalSpec):
         att = {"norm": self.norm, "steps": self.steps, **({"eps": self.eps} if self.eps else {})}
         return (f"robustlab.evaluate.flatness.landscape(model, test, dims={self.dims}, "
                 f"direction={self.direction!r}, xi={self.xi}, extent={self.extent}, "
-                f"points={self.n_points()}, attack_settings={att!r}, n={self.n_test}, "
+                f"points={self.n_points()}, attack_settings={att!r}, n_test={self.n_test}, "
                 f"selection={self.params!r}, steps={self.ascent_steps}, seed={self.seed})")
 
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:

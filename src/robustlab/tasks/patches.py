@@ -10,7 +10,7 @@ from robustlab.evaluate.patches import LOCATIONS
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import list_of, positive_int
 
-_KEYWORDS = {"n_test": "n"}  # spec field → keyword of `evaluate.patches.patches()`
+_KEYWORDS: dict[str, str] = {}  # spec field → keyword of `evaluate.patches.patches()`
 
 
 @register

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import sys
 import typing
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustlab.errors import UserError
+from robustlab.errors import UserError, deprecated
 from robustlab.tasks.vocabulary import VOCABULARY, Term
 
 SCHEMA = 1  # version of the result layout written by `make_result`
@@ -128,11 +127,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return v
-
-
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr: an old spelling still works, for one release."""
-    sys.stderr.write(f"robustlab: note: {old} is deprecated; use {new}\n")
 
 
 def _check_keys(cls: type[EvalSpec], settings: dict[str, Any], where: str) -> dict[str, Any]:

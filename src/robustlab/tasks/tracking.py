@@ -55,7 +55,7 @@ class Tracking(EvalSpec):
 
         ds = val if self.split == "val" and val is not None else test
         on_val = ds is val
-        hook = epoch_hook(ds, self.attack_settings(), seed=self.seed, n=self.n_test,
+        hook = epoch_hook(ds, self.attack_settings(), seed=self.seed, n_test=self.n_test,
                           batch_size=self.batch_size, prefix="val_" if on_val else "test_")
         return hook, "val_robust_err" if on_val else None
 
@@ -78,7 +78,7 @@ class Tracking(EvalSpec):
 
     def describe(self) -> str:
         return (f"robustlab.evaluate.robust_tracking.epoch_hook(held_out, {self.attack_settings()!r}, "
-                f"seed={self.seed}, n={self.n_test}, batch_size={self.batch_size})")
+                f"seed={self.seed}, n_test={self.n_test}, batch_size={self.batch_size})")
 
     def table(self, result: dict[str, Any]) -> str:
         key = result["key"]

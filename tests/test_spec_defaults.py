@@ -54,12 +54,12 @@ def test_attack_defaults() -> None:
 def test_evaluation_defaults() -> None:
     # §6: K = 50 patterns, seeds 100..149; the rate grids of 28×28 and 32×32 images
     ev = _defaults(eval_be.bit_errors)
-    assert ev["patterns"] == 50 and ev["seed0"] == 100
+    assert ev["patterns"] == 50 and ev["seed"] == 100
     assert eval_be.default_rates((1, 28, 28)) == [0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05,
                                                   0.10, 0.15, 0.20]
     assert eval_be.default_rates((3, 32, 32))[0] == 0.00005
     assert eval_be.default_rates((3, 32, 32))[-1] == 0.025
     # §8: average-case flatness K = 10 samples on 1000 test examples
     f = _defaults(flatness)
-    assert f["samples"] == 10 and f["n"] == 1000
+    assert f["samples"] == 10 and f["n_test"] == 1000
     assert _defaults(average_case)["samples"] == 10

@@ -39,7 +39,15 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, bview, check_attack_args, check_bounds, eval_mode
+from robustlab.attacks.base import (
+    AttackResult,
+    Model,
+    RunOptions,
+    bview,
+    check_attack_args,
+    check_bounds,
+    eval_mode,
+)
 from robustlab.attacks.norms import NORMS, Bounds, get_norm, inward, sparse_direction
 from robustlab.attacks.pgd import (
     TARGETED,
@@ -312,7 +320,7 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
 
 
 @dataclasses.dataclass(frozen=True)
-class APGD:
+class APGD(RunOptions):
     """`apgd` as a stateless callable: `APGD(norm="l2", eps=1.5, loss="dlr-t")(model, x, y, generator=g)`."""
 
     norm: str = "linf"
@@ -321,10 +329,6 @@ class APGD:
     targets: int = 9
     steps: int = 100
     restarts: int = 1
-    early_stop: float | None = None
-    bf16: bool = False
-    channels_last: bool | None = None
-    bounds: Bounds = (0.0, 1.0)
     target: Any = None
 
     def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor, *,

@@ -54,6 +54,28 @@ def worst_case_key(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor
     return wrong_confidence(logits, y) + (logits.argmax(1) != y).float()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How an attack computes, shared by every gradient attack's callable form: stop early at
+    this confidence, bfloat16 gradients (fp32 verdicts), channels_last, the input box."""
+
+    early_stop: float | None = None
+    bf16: bool = False
+    channels_last: bool | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepOptions(RunOptions):
+    """PGD's iteration options, in one place (PGD, frames and distal attacks take them)."""
+
+    steps: int = 40
+    step_size: float | None = None
+    restarts: int = 1
+    momentum: float = 0.0
+    backtrack: bool = False
+
+
 @dataclasses.dataclass
 class AttackResult:
     """Adversarial inputs of one attack (or the worst case of several) on a batch.

@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, check_bounds
+from robustlab.attacks.base import AttackResult, Model, StepOptions, check_bounds
 from robustlab.attacks.pgd import pgd
 from robustlab.attacks.threat import DISTAL_EPS
 from robustlab.errors import UserError
@@ -51,20 +51,12 @@ def distal(model: Model, n: int, shape: tuple[int, ...], *, eps: float = DISTAL_
 
 
 @dataclasses.dataclass(frozen=True)
-class Distal:
-    """`distal` as a stateless callable: `Distal()(model, n, shape, generator=g)`."""
+class Distal(StepOptions):
+    """`distal` as a stateless callable: `Distal()(model, n, shape, generator=g)` (iteration and
+    run options: `StepOptions`)."""
 
     eps: float = DISTAL_EPS
-    steps: int = 40
-    step_size: float | None = None
     init: str = "zero"
-    restarts: int = 1
-    momentum: float = 0.0
-    backtrack: bool = False
-    early_stop: float | None = None
-    bf16: bool = False
-    channels_last: bool | None = None
-    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, model: Model, n: int, shape: tuple[int, ...], *,
                  generator: torch.Generator | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import AttackResult, Model, check_bounds
+from robustlab.attacks.base import AttackResult, Model, StepOptions, check_bounds
 from robustlab.attacks.pgd import pgd
 from robustlab.attacks.threat import frame_width
 from robustlab.errors import UserError
@@ -52,21 +52,12 @@ def frames(model: Model, x: torch.Tensor, y: Any, *, width: int | None = None, s
 
 
 @dataclasses.dataclass(frozen=True)
-class Frames:
-    """`frames` as a stateless callable."""
+class Frames(StepOptions):
+    """`frames` as a stateless callable (iteration and run options: `StepOptions`)."""
 
     width: int | None = None
-    steps: int = 40
-    step_size: float | None = None
     objective: str = "ce"
     init: str = "box"
-    restarts: int = 1
-    momentum: float = 0.0
-    backtrack: bool = False
-    early_stop: float | None = None
-    bf16: bool = False
-    channels_last: bool | None = None
-    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
                  generator: torch.Generator | None = None) -> AttackResult:

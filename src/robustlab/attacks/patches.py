@@ -25,6 +25,7 @@ import torch
 from robustlab.attacks.base import (
     AttackResult,
     Model,
+    RunOptions,
     bview,
     check_bounds,
     eval_mode,
@@ -291,7 +292,7 @@ def _patch_attack(model: Model, x: torch.Tensor, y: Any, size: int | tuple[int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class Patch:
+class Patch(RunOptions):
     """`patch_attack` as a stateless callable."""
 
     size: int | tuple[int, int] | None = None
@@ -303,10 +304,6 @@ class Patch:
     position: tuple[int, int] | None = None
     restarts: int = 1
     objective: str = "ce"
-    early_stop: float | None = None
-    bf16: bool = False
-    channels_last: bool | None = None
-    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
                  generator: torch.Generator | None = None) -> AttackResult:

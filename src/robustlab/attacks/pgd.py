@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from robustlab.attacks.base import (
     AttackResult,
     Model,
+    StepOptions,
     bview,
     check_attack_args,
     check_bounds,
@@ -643,24 +644,16 @@ def _zero_loss(logits: torch.Tensor, y: Any) -> torch.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class PGD:
-    """PGD as a stateless callable: `PGD(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
+class PGD(StepOptions):
+    """PGD as a stateless callable: `PGD(norm="l2", eps=1.5)(model, x, y, generator=g)`; the
+    iteration and run options are `StepOptions`'."""
 
     norm: str = "linf"
     eps: float | None = None
-    steps: int = 40
-    step_size: float | None = None
     objective: str = "ce"
     init: str = "norm"
-    restarts: int = 1
-    momentum: float = 0.0
-    backtrack: bool = False
     l1_fraction: float = 0.025
     l0_pixels: bool = False
-    early_stop: float | None = None
-    bf16: bool = False
-    channels_last: bool | None = None
-    bounds: Bounds = (0.0, 1.0)
     target: Any = None
 
     def __call__(self, model: Model, x: torch.Tensor, y: Any = None, *,

@@ -45,7 +45,6 @@ from robustlab.attacks.base import (
     RunOptions,
     bview,
     check_attack_args,
-    check_bounds,
     eval_mode,
 )
 from robustlab.attacks.norms import NORMS, Bounds, get_norm, inward, sparse_direction
@@ -53,14 +52,13 @@ from robustlab.attacks.pgd import (
     TARGETED,
     EngineCfg,
     Labels,
-    block_rows,
     ce_loss,
     clean_logits,
     conf_loss,
     dlr_loss,
     dlr_targeted_loss,
     init_delta,
-    int_labels,
+    labelled_inputs,
     pending,
     project_point,
     resolve_channels_last,
@@ -262,15 +260,8 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
     """
     if eps is None:
         eps = default_eps(norm, tuple(x.shape[1:]))
-    bounds = check_bounds(x, bounds)
-    labels_int = int_labels(y)
-    if labels_int is None:
-        raise UserError("APGD needs integer class labels y")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    x = x.detach()
+    x, labels_int, bounds, generator, rows = labelled_inputs("APGD", x, y, bounds, generator)
     n = x.shape[0]
-    rows = block_rows(n, x.device)
     base = EngineCfg(norm, float(eps) if eps is not None else 0.0, int(steps), ce_loss, early_stop,
                      bool(bf16), resolve_channels_last(channels_last, x), bounds, l1_box=True)
     with eval_mode(model):

@@ -559,6 +559,21 @@ def int_labels(y: Any) -> torch.Tensor | None:
     return y if isinstance(y, torch.Tensor) and not y.dtype.is_floating_point else None
 
 
+def labelled_inputs(name: str, x: torch.Tensor, y: Any, bounds: Bounds,
+                    generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, Bounds, torch.Generator, int]:
+    """The checks and defaults every attack on labelled inputs starts with: x inside `bounds`,
+    integer labels, a generator (default: seeded 0), and the fixed block size of the engine.
+    Returns (x detached, labels, bounds, generator, rows per block)."""
+    bounds = check_bounds(x, bounds)
+    labels = int_labels(y)
+    if labels is None:
+        raise UserError(f"{name} needs integer class labels y")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    return x.detach(), labels, bounds, generator, block_rows(x.shape[0], x.device)
+
+
 def pgd(model: Model, x: torch.Tensor, y: Any = None, *, norm: str = "linf",
         eps: float | None = None, steps: int = 40, step_size: float | None = None,
         objective: str | Objective = "ce", init: str = "norm", restarts: int = 1,

@@ -40,7 +40,6 @@ from robustlab.attacks.base import (
     Model,
     bview,
     check_attack_args,
-    check_bounds,
     eval_mode,
     merge_into,
 )
@@ -48,11 +47,10 @@ from robustlab.attacks.pgd import (
     Bounds,
     EngineCfg,
     Labels,
-    block_rows,
     eval_rows,
-    int_labels,
     iterate_key,
     keep_best,
+    labelled_inputs,
     pending,
     stop_test,
 )
@@ -235,15 +233,8 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
         raise UserError(f"queries {queries} is invalid; it must be an integer ≥ 1")
     if not 0 < p_init <= 1:
         raise UserError(f"p_init {p_init} is invalid; it must be in (0, 1]")
-    bounds = check_bounds(x, bounds)
-    y_int = int_labels(y)
-    if y_int is None:
-        raise UserError("Square needs integer class labels y")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    x = x.detach()
+    x, y_int, bounds, generator, rows = labelled_inputs("Square", x, y, bounds, generator)
     n = x.shape[0]
-    rows = block_rows(n, x.device)
     cfg = EngineCfg(norm, float(eps), int(queries), _margin, early_stop, False, False, bounds)
     labels = Labels(y_int, y_int)
     result: AttackResult | None = None

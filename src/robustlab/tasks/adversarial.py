@@ -79,9 +79,9 @@ class Adversarial(EvalSpec):
                                "(default: the spec's for the image size: 0.1/1.5/10/15 on 28×28 "
                                "gray)")
     attacks: str = option(default="standard", type=str, help=(
-        "optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf and Square in "
+        "optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf, FAB-T (L2) and Square in "
         "sequence, the worst case per example), pgd (a quick look: PGD with each of "
-        "--objectives), or a comma list of apgd-ce, apgd-dlr, apgd-t, apgd-conf, square, pgd"))
+        "--objectives), or a comma list of apgd-ce, apgd-dlr, apgd-t, apgd-conf, fab-t, square, pgd"))
     restarts: int = option("restarts", help="attack restarts: APGD restarts; PGD: runs per "
                            "objective, one from zero, the rest random")
     steps: int | None = option("steps", help="attack iterations (default: APGD 100, PGD 40, "

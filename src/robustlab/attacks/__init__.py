@@ -1,4 +1,4 @@
-"""Input attacks: PGD (L∞/L2/L1/L0), APGD (L∞/L2/L1; CE, DLR, APGD-T, conf), Square, frames,
+"""Input attacks: PGD (L∞/L2/L1/L0), APGD (L∞/L2/L1; CE, DLR, APGD-T, conf), Square, FAB-T, frames,
 location-optimized patches, distal inputs, corruptions.
 
 Every attack is a function (and a frozen dataclass callable) over a model `x -> logits` that
@@ -29,6 +29,7 @@ from robustlab.attacks.base import (
 )
 from robustlab.attacks.corruptions import CORRUPTIONS, corrupt
 from robustlab.attacks.distal import Distal, distal
+from robustlab.attacks.fab import FAB, fab
 from robustlab.attacks.frames import Frames, frame_mask, frames
 from robustlab.attacks.norms import Norm, get_norm, project_l0, project_l1
 from robustlab.attacks.patches import LOCATIONS, Patch, allowed_corners, patch_attack, place
@@ -37,10 +38,10 @@ from robustlab.attacks.square import Square, square
 from robustlab.attacks.threat import NORMS, default_eps
 
 __all__ = [
-    "APGD", "CORRUPTIONS", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "Norm",
+    "APGD", "CORRUPTIONS", "FAB", "INITS", "LOCATIONS", "NORMS", "OBJECTIVES", "PGD", "Norm",
     "AttackResult", "Distal", "Frames", "Patch", "get_norm", "allowed_corners", "apgd",
     "check_bounds", "confidence", "corrupt", "eval_mode", "target_key",
-    "default_eps", "distal", "evaluate_logits", "frame_mask", "frames", "lp_norm", "patch_attack",
+    "default_eps", "distal", "evaluate_logits", "fab", "frame_mask", "frames", "lp_norm", "patch_attack",
     "pgd", "place", "project", "project_l0", "project_l1", "square", "Square", "worst_case",
     "worst_case_key",
     "wrong_confidence",

@@ -322,6 +322,4 @@ class APGD(RunOptions):
     restarts: int = 1
     target: Any = None
 
-    def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor, *,
-                 generator: torch.Generator | None = None) -> AttackResult:
-        return apgd(model, x, y, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(apgd)

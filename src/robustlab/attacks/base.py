@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +55,28 @@ def worst_case_key(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """How an attack computes, shared by every gradient attack's callable form: stop early at
-    this confidence, bfloat16 gradients (fp32 verdicts), channels_last, the input box."""
+class BoxOptions:
+    """Base of every attack's callable form (`PGD(...)(model, x, y, generator=g)`): the options
+    all attacks take (stop early at this confidence; the input box) and the call itself, which
+    runs the subclass's `attack` function with the dataclass's fields."""
+
+    attack: ClassVar[Callable[..., AttackResult]]
 
     early_stop: float | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __call__(self, model: Model, x: torch.Tensor, y: Any = None, *,
+                 generator: torch.Generator | None = None, **kw: Any) -> AttackResult:
+        return type(self).attack(model, x, y, generator=generator, **kw,
+                                 **dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions(BoxOptions):
+    """How a gradient attack computes: bfloat16 gradients (fp32 verdicts), channels_last."""
+
     bf16: bool = False
     channels_last: bool | None = None
-    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

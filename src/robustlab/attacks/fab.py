@@ -30,21 +30,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 
 from robustlab.attacks.base import (
     AttackResult,
+    BoxOptions,
     Model,
     bview,
     check_attack_args,
-    check_bounds,
     eval_mode,
     worst_case_key,
 )
 from robustlab.attacks.norms import Bounds
-from robustlab.attacks.pgd import Labels, block_rows, int_labels, pending
+from robustlab.attacks.pgd import Labels, labelled_inputs, pending
 from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
 
@@ -214,16 +213,9 @@ def fab(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     check_attack_args(eps=eps, steps=steps, restarts=restarts, early_stop=early_stop)
     if targets < 1:
         raise UserError(f"targets {targets} is invalid; it must be an integer ≥ 1")
-    bounds = check_bounds(x, bounds)
-    yi = int_labels(y)
-    if yi is None:
-        raise UserError("FAB needs integer class labels y")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    x, yi, bounds, generator, rows = labelled_inputs("FAB", x, y, bounds, generator)
     eps = float(eps)
-    x = x.detach()
     n = x.shape[0]
-    rows = block_rows(n, x.device)
     labels = Labels(yi, yi)
     with eval_mode(model), torch.autocast(x.device.type, enabled=False):
         with torch.no_grad():
@@ -276,7 +268,7 @@ def fab(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
 
 
 @dataclasses.dataclass(frozen=True)
-class FAB:
+class FAB(BoxOptions):
     """`fab` as a stateless callable: `FAB(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
 
     norm: str = "l2"
@@ -284,9 +276,5 @@ class FAB:
     targets: int = 9
     steps: int = 100
     restarts: int = 1
-    early_stop: float | None = None
-    bounds: Bounds = (0.0, 1.0)
 
-    def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
-                 generator: torch.Generator | None = None) -> AttackResult:
-        return fab(model, x, y, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(fab)

@@ -59,6 +59,4 @@ class Frames(StepOptions):
     objective: str = "ce"
     init: str = "box"
 
-    def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
-                 generator: torch.Generator | None = None) -> AttackResult:
-        return frames(model, x, y, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(frames)

@@ -305,6 +305,4 @@ class Patch(RunOptions):
     restarts: int = 1
     objective: str = "ce"
 
-    def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
-                 generator: torch.Generator | None = None) -> AttackResult:
-        return patch_attack(model, x, y, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(patch_attack)

@@ -671,7 +671,4 @@ class PGD(StepOptions):
     l0_pixels: bool = False
     target: Any = None
 
-    def __call__(self, model: Model, x: torch.Tensor, y: Any = None, *,
-                 generator: torch.Generator | None = None,
-                 mask: torch.Tensor | None = None) -> AttackResult:
-        return pgd(model, x, y, mask=mask, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(pgd)

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 
 from robustlab.attacks.base import (
     AttackResult,
+    BoxOptions,
     Model,
     bview,
     check_attack_args,
@@ -301,7 +301,7 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
 
 
 @dataclasses.dataclass(frozen=True)
-class Square:
+class Square(BoxOptions):
     """`square` as a stateless callable: `Square(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
 
     norm: str = "linf"
@@ -309,9 +309,5 @@ class Square:
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
-    early_stop: float | None = None
-    bounds: Bounds = (0.0, 1.0)
 
-    def __call__(self, model: Model, x: torch.Tensor, y: Any, *,
-                 generator: torch.Generator | None = None) -> AttackResult:
-        return square(model, x, y, generator=generator, **dataclasses.asdict(self))
+    attack = staticmethod(square)

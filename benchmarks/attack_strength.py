@@ -226,7 +226,7 @@ def main() -> None:
             for lib in order:
                 t0 = time.perf_counter()
                 if lib == "robustlab":
-                    r = adversarial(model, test, f"{threat}:{eps}", n=a.n_test, tprs=(TPR,),
+                    r = adversarial(model, test, f"{threat}:{eps}", n_test=a.n_test, tprs=(TPR,),
                                     batch_size=a.batch_size, device="cpu", progress=False)
                     wall = time.perf_counter() - t0
                     t = r["threats"][f"{threat}:{eps}"]

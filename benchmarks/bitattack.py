@@ -111,7 +111,7 @@ def main() -> None:
             t = time.perf_counter()
             model = train_model(name, arch, train, a, device)
             t_train = time.perf_counter() - t
-            res = bit_attack(model, test, budgets=budgets, method=a.methods, scheme=RQUANT8,
+            res = bit_attack(model, test, budgets=budgets, method=a.methods, quant=RQUANT8,
                              attack_data=train, n_attack=a.n_attack, steps=a.steps,
                              restarts=a.restarts, seed=a.seed, device=device,
                              progress=False if a.quiet else None)

@@ -168,16 +168,16 @@ def main() -> None:
         model = train_model(name, train, a, device)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
-        res = bit_errors(model, test, scheme=scheme, rates=rates, patterns=a.patterns,
-                         seed0=100, batch_size=a.batch_size_eval, device=device,
+        res = bit_errors(model, test, quant=scheme, rates=rates, patterns=a.patterns,
+                         seed=100, batch_size=a.batch_size_eval, device=device,
                          progress=False if a.quiet else None)
         t_eval = time.perf_counter() - t
         row: dict[str, Any] = {"label": label, "scheme": str(scheme), "train_time_s": round(t_train, 1),
                                "eval_time_s": round(t_eval, 1), "clean_err": res["clean_err"],
                                "rates": rates, "err": res["err"], "rerr": res["rerr"]}
         if name == "pattbet":  # its own training pattern (K = 1) vs the random patterns above
-            own = bit_errors(model, test, scheme=scheme, rates=rates, patterns=1,
-                             seed0=a.pattern_seed, batch_size=a.batch_size_eval, device=device,
+            own = bit_errors(model, test, quant=scheme, rates=rates, patterns=1,
+                             seed=a.pattern_seed, batch_size=a.batch_size_eval, device=device,
                              progress=False)
             row["own_pattern_rerr"] = own["rerr"]["mean"]
         if name == "rquant" or (speed_b is None and name == names[-1]):

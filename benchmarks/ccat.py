@@ -88,7 +88,7 @@ def main() -> None:
         t_train = time.perf_counter() - t0
         model.eval()
         t0 = time.perf_counter()
-        res = adversarial(model, test, a.suite, n=a.n_test, steps=a.steps, restarts=a.restarts,
+        res = adversarial(model, test, a.suite, n_test=a.n_test, steps=a.steps, restarts=a.restarts,
                           objectives=("ce", "conf"), batch_size=a.batch_eval, seed=a.seed,
                           device=device, bf16=a.bf16, channels_last=a.channels_last,
                           dataset=a.data, progress=False if a.quiet else None)

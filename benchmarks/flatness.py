@@ -87,9 +87,9 @@ def evaluate(model, state, train, test, args, device) -> dict[str, Any]:
     m.to(device).eval()
     settings = {"steps": args.eval_steps}
     gen = torch.Generator().manual_seed(args.seed)
-    rm = robust_metrics(m, test, settings, gen, device=device, n=args.n_test)
+    rm = robust_metrics(m, test, settings, gen, device=device, n_test=args.n_test)
     out: dict[str, Any] = {"clean_err": rm["clean_err"], "rerr": rm["robust_err"]}
-    common = dict(n=args.n_test, attack_settings=settings, train=train, seed=args.seed,
+    common = dict(n_test=args.n_test, attack_settings=settings, train=train, seed=args.seed,
                   device=device, progress=False if args.quiet else None)
     avg = flatness(m, test, kind="average", xi=args.xi_average, samples=args.samples, **common)
     worst = flatness(m, test, kind="worst", xi=args.xi_worst, steps=args.worst_steps,

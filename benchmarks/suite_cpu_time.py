@@ -67,7 +67,7 @@ def main() -> None:
             eps = EPS[threat]
             item = f"{threat}:{eps}"
             c0, w0 = time.process_time(), time.perf_counter()
-            r = adversarial(model, test, item, n=a.n_test, tprs=(TPR,), batch_size=pa.batch_size,
+            r = adversarial(model, test, item, n_test=a.n_test, tprs=(TPR,), batch_size=pa.batch_size,
                             device="cpu", progress=False)
             rl_cpu, rl_wall = time.process_time() - c0, time.perf_counter() - w0
             t = r["threats"][item]

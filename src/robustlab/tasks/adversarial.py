@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from robustlab.errors import UserError
-from robustlab.evaluate.adversarial import DEFAULT_SUITE, parse_eps
+from robustlab.evaluate.adversarial import DEFAULT_SUITE, FAB_SUITE_NORMS, parse_eps
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import list_of, nonneg_int, positive_int
 
@@ -163,10 +163,12 @@ class Adversarial(EvalSpec):
             elif item == "corrupt":
                 cost += 0.3 * n * 11 * len(self.severities)
             elif item in ("linf", "l2", "l1") and standard:
-                # APGD-CE, APGD-T (one run per target), APGD-conf; Square's queries: forwards only
+                # APGD-CE, APGD-T (one run per target), APGD-conf, on L2 FAB-T (one run per
+                # target); Square's queries: forwards only
                 apgd_steps = int(self.steps or 100)
                 queries = int(self.queries or (min(5000, 50 * apgd_steps) if self.steps else 5000))
-                cost += n * apgd_steps * (2 + int(self.targets)) * int(self.restarts)
+                runs = 2 + int(self.targets) * (2 if item in FAB_SUITE_NORMS else 1)
+                cost += n * apgd_steps * runs * int(self.restarts)
                 cost += 0 if item == "l1" else n * queries * 0.4
             else:
                 cost += n * steps * per

@@ -441,3 +441,31 @@ def test_remove_created_only_removes_the_folder_this_invocation_made(tmp_path):
     (mine / "other.txt").write_text("y")
     remove_created(mine, token)
     assert (mine / "other.txt").is_file() and (tmp_path / "moved").is_dir()
+
+
+def test_remove_created_keeps_what_it_did_not_write(tmp_path):
+    """Inside a folder this invocation made: a file moved in from elsewhere (older than the
+    folder) stays with the folders holding it; a link is removed, never followed."""
+    import os
+
+    from robustlab.io import create_dir, remove_created
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.txt").write_text("t")
+    old = tmp_path / "old.txt"
+    old.write_text("o")
+    os.utime(old, ns=(10**9, 10**9))  # written long before
+    mine = tmp_path / "mine"
+    token = create_dir(mine)
+    (mine / "sub").mkdir()
+    (mine / "sub" / "new.bin").write_bytes(b"1")
+    (mine / "deep").mkdir()
+    old.rename(mine / "deep" / "old.txt")
+    (mine / "link").symlink_to(outside, target_is_directory=True)
+    (mine / "filelink").symlink_to(outside / "target.txt")
+    remove_created(mine, token)
+    assert (mine / "deep" / "old.txt").read_text() == "o"  # not ours: kept, with its folder
+    assert not (mine / "sub").exists() and not (mine / "link").exists()
+    assert not (mine / "filelink").exists()
+    assert (outside / "target.txt").read_text() == "t"  # links never followed

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import socket
 import stat
 import tempfile
@@ -115,10 +114,13 @@ def clean_temp_files(folder: str | Path, *, owner_alive: Callable[[], bool] | No
     return removed
 
 
-def create_dir(path: str | Path) -> int | None:
-    """Create the folder `path` (and its parents). Returns its inode when this call created the
-    folder itself (an exclusive mkdir), None when it existed already: `remove_created` then
-    never removes a folder this invocation did not make."""
+DirToken = tuple[int, int]  # (inode, creation time in ns) of a folder `create_dir` made
+
+
+def create_dir(path: str | Path) -> DirToken | None:
+    """Create the folder `path` (and its parents). Returns a token (its inode and creation time)
+    when this call created the folder itself (an exclusive mkdir), None when it existed already:
+    `remove_created` then never removes a folder this invocation did not make."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -127,20 +129,34 @@ def create_dir(path: str | Path) -> int | None:
         if not path.is_dir():
             raise
         return None
-    return os.lstat(path).st_ino
+    st = os.lstat(path)
+    return st.st_ino, st.st_mtime_ns
 
 
-def remove_created(path: str | Path, token: int | None) -> None:
-    """Remove the folder `create_dir` made (its `token`) with what this invocation wrote into it;
-    nothing when the token is None or `path` is no longer that same folder."""
+def remove_created(path: str | Path, token: DirToken | None) -> None:
+    """Remove the folder `create_dir` made (its `token`) with what this invocation wrote into it:
+    nothing when the token is None or `path` is no longer that same folder; inside it, only
+    entries modified since the folder was created (a file moved in from elsewhere keeps its
+    older time and stays, and so do the folders holding it). Links are removed, never followed,
+    so nothing outside `path` is touched."""
     if token is None:
         return
+    inode, created_ns = token
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode) and st.st_ino == token:
-        shutil.rmtree(path, ignore_errors=True)
+    if not (stat.S_ISDIR(st.st_mode) and st.st_ino == inode):
+        return
+    for folder, dirs, files in os.walk(path, topdown=False, followlinks=False):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            entry = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(entry).st_mtime_ns >= created_ns:
+                    os.unlink(entry)
+        with contextlib.suppress(OSError):  # fails (and keeps the folder) while it holds anything
+            if folder == os.fspath(path) or os.lstat(folder).st_mtime_ns >= created_ns:
+                os.rmdir(folder)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

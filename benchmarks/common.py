@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-from robustlab import data
+from pathlib import Path
+
+import torch
+
+from robustlab import data, models
+from robustlab.checkpoint import read_weights
+
+STRENGTH_CACHE = "/tmp/robustlab_attack_strength"  # where attack_strength.py keeps its models
+
+
+def cached_model(key: str, cache: str, train: data.Dataset) -> torch.nn.Module:
+    """The LeNet `key` (normal, at, ccat) that `attack_strength.py` trained and cached, frozen
+    and in eval mode (exit with one line when it is missing)."""
+    path = Path(cache) / f"{key}.safetensors"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run benchmarks/attack_strength.py --models {key} first")
+    model = models.create("lenet", dataset=train, seed=0)
+    model.load_state_dict(read_weights(path))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def choose(csv: str, allowed: tuple[str, ...] | dict, what: str) -> list[str]:

@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import bench_data
+from common import bench_data, cached_model
 
-from robustlab import models
 from robustlab.attacks.fab import fab
-from robustlab.checkpoint import read_weights
 from robustlab.io import atomic_write_json, versions
 
 
@@ -33,11 +31,7 @@ def main() -> None:
     missed = an["rows"][0]["missed"]
     idx = torch.tensor([m["i"] for m in missed])
     train, test = bench_data(False, 20000, 500)
-    model = models.create("lenet", dataset=train, seed=0)
-    model.load_state_dict(read_weights(Path(a.cache) / "at.safetensors"))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = cached_model("at", a.cache, train)
     x, y = test.x[:500][idx], test.y[:500][idx]
     t0 = time.perf_counter()
     res = fab(model, x, y, norm=a.norm, eps=a.eps, generator=torch.Generator().manual_seed(0))

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from common import bench_data
+from common import bench_data, cached_model
 
-from robustlab import models
-from robustlab.checkpoint import read_weights
 from robustlab.evaluate.adversarial import adversarial
 from robustlab.io import atomic_write_json, versions
 
@@ -33,11 +30,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     train, test = bench_data(False, 20000, 0)
-    model = models.create("lenet", dataset=train, seed=0)
-    model.load_state_dict(read_weights(Path(a.cache) / "at.safetensors"))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = cached_model("at", a.cache, train)
     rows = []
     for attacks in a.attacks.split(";"):
         t0 = time.perf_counter()

@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from common import bench_data, choose
+from common import bench_data, cached_model, choose
 
-from robustlab import models
 from robustlab.attacks import square
-from robustlab.checkpoint import read_weights
 from robustlab.io import atomic_write_json, versions
 
 EPS = {"linf": 0.1, "l2": 1.5}
 LIBS = ("robustlab", "torchattacks")
 
 
-def load(key: str, cache: str, train: Any) -> torch.nn.Module:
-    path = Path(cache) / f"{key}.safetensors"
-    if not path.exists():
-        raise SystemExit(f"model {path} is missing; run benchmarks/attack_strength.py once first")
-    model = models.create("lenet", dataset=train, seed=0)
-    model.load_state_dict(read_weights(path))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 def run_lib(lib: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
@@ -86,7 +74,7 @@ def main() -> None:
     libs = choose(a.libraries, LIBS, "library")
     seeds = [int(s) for s in a.seeds.split(",")]
     train, test = bench_data(False, a.subset, 0)
-    model = load(a.model, a.cache, train)
+    model = cached_model(a.model, a.cache, train)
     x, y = test.x[:a.n].float(), test.y[:a.n].long()
     res: dict[str, dict[str, Any]] = {}
     for norm in norms:

@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from attack_strength import EPS, MODELS, TPR, peer
-from common import bench_data, choose
+from common import bench_data, cached_model, choose
 
-from robustlab import models
-from robustlab.checkpoint import read_weights
 from robustlab.evaluate.adversarial import adversarial
 from robustlab.io import atomic_write_json, versions
-
-
-def load(key: str, cache: str, train: Any) -> torch.nn.Module:
-    path = Path(cache) / f"{key}.safetensors"
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: run benchmarks/attack_strength.py --models {key} first")
-    model = models.create("lenet", dataset=train, seed=0)
-    model.load_state_dict(read_weights(path))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 def main() -> None:
@@ -62,7 +48,7 @@ def main() -> None:
     print(f"{'model':<7} {'threat':<8} {'robustlab CPU s':>15} {'AutoAttack CPU s':>16} {'ratio':>6} "
           f"{'wall ratio':>10} {'RErr rl/AA':>11} {'rl RErr@τ':>9}")
     for key in keys:
-        model = load(key, a.cache, train)
+        model = cached_model(key, a.cache, train)
         for threat in threats:
             eps = EPS[threat]
             item = f"{threat}:{eps}"

@@ -7,6 +7,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny models run faster; single-process references use
+    the workers' thread count, so the reduction order is the same)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny():
     """A tiny seeded 4-class problem on 1×8×8 images."""
     from robustlab.data import synthetic

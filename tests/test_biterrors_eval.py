@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from clihelp import run_cli
 
 from robustlab import biterrors as be
 from robustlab import data, models
@@ -145,15 +146,6 @@ def test_chip_with_stuck_cells_on_example(trained):
 
 
 # ---- command line ------------------------------------------------------------------------
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from robustlab import experiments as ex
 from robustlab.cli import main
 from robustlab.train.methods import METHODS, Method
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 TINY = {

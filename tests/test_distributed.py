@@ -235,13 +235,6 @@ def session(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def one_thread():
-    """Single-process references with the workers' thread count (same reduction order)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_gather_and_gradient_reduction_are_exact(session):

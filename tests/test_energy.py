@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from clihelp import run_cli
 
 from robustlab import biterrors as be
 from robustlab import data, models
@@ -95,15 +96,6 @@ def test_energy_matches_bit_error_sweep(trained):
     assert loose["lowest_safe_voltage"] == 0.7 and loose["energy_saved"] == pytest.approx(0.5)
     with pytest.raises(UserError, match="tolerance"):
         energy(model, test, curve, tolerance=-1.0)
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

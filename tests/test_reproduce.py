@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from robustlab import experiments as ex
 from robustlab.cli import main
@@ -13,13 +12,7 @@ from robustlab.errors import UserError
 PRESETS = ["bit-errors", "ccat", "patches", "flatness"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 def test_every_preset_loads_at_every_scale():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attackchecks import assert_early_exit_invariant, assert_worst_of_visited
 from test_pgd import batch, gen, small_cnn, trained_digits
 from torch import nn
 
@@ -80,12 +81,7 @@ def test_early_exit_on_and_off_give_identical_verdicts_on_a_trained_model() -> N
     c = 0.6
     off = square(model, x, y, eps=0.12, queries=150, generator=gen(2))
     on = square(model, x, y, eps=0.12, queries=150, generator=gen(2), early_stop=c)
-    assert 0.1 < off.success.float().mean() < 0.95
-    assert torch.equal(on.success, off.success)
-    decided = on.success & (on.wrong_conf >= c)
-    assert torch.equal(decided, off.success & (off.wrong_conf >= c))
-    assert 20 < int(decided.sum())
-    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])
+    decided = assert_early_exit_invariant(on, off, c)
     assert (on.info["queries"][decided] < 150).any()
 
 
@@ -177,7 +173,6 @@ def test_best_query_is_the_worst_case_of_all_queries(norm: str, eps: float) -> N
     # highest wrong-class confidence), not the one the margin search ends at
     from test_pgd import Recorder
 
-    from robustlab.attacks.base import worst_case_key
 
     base, x, y = trained_digits()
     x, y = x[:64], y[:64]  # one block: one recorded call per query
@@ -185,12 +180,7 @@ def test_best_query_is_the_worst_case_of_all_queries(norm: str, eps: float) -> N
     res = square(model, x, y, norm=norm, eps=eps, queries=40, generator=gen(4))
     visited = torch.stack(model.calls)
     assert visited.shape == (40, 64, 10)
-    keys = torch.stack([worst_case_key(v, y) for v in visited])
-    ever_wrong = (visited.argmax(2) != y).any(0)
-    assert ever_wrong.any() and not ever_wrong.all()
-    assert torch.equal(res.success, ever_wrong)
-    assert torch.equal(res.key(), keys.max(0).values)
-    assert torch.allclose(res.logits, base(res.x_adv), atol=1e-5)
+    assert_worst_of_visited(res, visited, y, base)
 
 
 def test_l2_early_exit_on_and_off_give_identical_verdicts() -> None:
@@ -198,9 +188,4 @@ def test_l2_early_exit_on_and_off_give_identical_verdicts() -> None:
     c = 0.6
     off = square(model, x, y, norm="l2", eps=0.9, queries=120, generator=gen(2))
     on = square(model, x, y, norm="l2", eps=0.9, queries=120, generator=gen(2), early_stop=c)
-    assert 0.1 < off.success.float().mean() < 0.95
-    assert torch.equal(on.success, off.success)
-    decided = on.success & (on.wrong_conf >= c)
-    assert torch.equal(decided, off.success & (off.wrong_conf >= c))
-    assert 20 < int(decided.sum())
-    assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])
+    assert_early_exit_invariant(on, off, c)

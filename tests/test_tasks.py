@@ -27,12 +27,7 @@ TRAIN = ["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--q
          "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @dataclasses.dataclass

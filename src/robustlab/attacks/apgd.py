@@ -46,6 +46,7 @@ from robustlab.attacks.base import (
     bview,
     check_attack_args,
     eval_mode,
+    ranked_targets,
 )
 from robustlab.attacks.norms import NORMS, Bounds, get_norm, inward, sparse_direction
 from robustlab.attacks.pgd import (
@@ -277,9 +278,7 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
             yo = torch.stack([labels_int, t], 1) if obj is dlr_targeted_loss else t
             runs.append((Labels(yo, labels_int, t), obj, 0))
         elif loss == "dlr-t":
-            ranked = clean.scatter(1, labels_int.view(-1, 1), float("-inf")).argsort(
-                1, descending=True)[:, :min(targets, k - 1)]
-            target_classes = ranked
+            ranked = target_classes = ranked_targets(clean, labels_int, targets)
             for r in range(ranked.shape[1]):
                 yo = torch.stack([labels_int, ranked[:, r]], 1)
                 runs.append((Labels(yo, labels_int), dlr_targeted_loss, r))

@@ -213,6 +213,13 @@ def merge_into(base: AttackResult, index: torch.Tensor, part: AttackResult) -> A
     return AttackResult(x_adv, logits, base.y, info, base.target)
 
 
+def ranked_targets(clean: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Per example, the `k` non-true classes of highest clean logit, most likely first (the
+    targets of APGD-T and FAB-T); at most C − 1."""
+    masked = clean.scatter(1, y.view(-1, 1), float("-inf"))
+    return masked.argsort(1, descending=True)[:, :min(k, clean.shape[1] - 1)]
+
+
 @torch.no_grad()
 def evaluate_logits(model: Model, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """float32 logits of `model` at `x` without autocast (the final verdict of an attack)."""

@@ -40,6 +40,7 @@ from robustlab.attacks.base import (
     bview,
     check_attack_args,
     eval_mode,
+    ranked_targets,
     worst_case_key,
 )
 from robustlab.attacks.norms import Bounds
@@ -223,8 +224,7 @@ def fab(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
         k = clean.shape[1]
         if k < 2:
             raise UserError(f"FAB needs at least 2 classes (the model has {k})")
-        ranked = clean.scatter(1, yi.view(-1, 1), float("-inf")).argsort(
-            1, descending=True)[:, :min(targets, k - 1)]
+        ranked = ranked_targets(clean, yi, targets)
         result = AttackResult(x.clone(), clean, yi, {
             "distance": torch.full((n,), math.inf, device=x.device),
             "target_rank": torch.full((n,), -1, dtype=torch.long, device=x.device)})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_pgd import batch, gen, small_cnn
+from attackchecks import assert_early_exit_invariant
+from test_pgd import batch, gen, small_cnn, trained_digits
 from torch import nn
 
 from robustlab.attacks import lp_norm
@@ -154,3 +155,13 @@ def test_model_mode_restored_and_argument_errors() -> None:
         fab(model, x, y, norm="l2", eps=1.0, restarts=0)
     with pytest.raises(UserError):
         fab(model, x + 2.0, y, norm="l2", eps=1.0)
+
+
+def test_early_exit_on_and_off_give_identical_verdicts_on_a_trained_model() -> None:
+    """On a trained model with hundreds of examples: early exit decides the same examples and
+    leaves every undecided one exactly as without it."""
+    model, x, y = trained_digits()
+    kw = dict(norm="l2", eps=0.5, steps=20, targets=3, restarts=2)
+    off = fab(model, x, y, generator=gen(2), **kw)
+    on = fab(model, x, y, generator=gen(2), early_stop=0.45, **kw)  # FAB's points lie near the boundary
+    assert_early_exit_invariant(on, off, 0.45)

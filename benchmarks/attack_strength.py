@@ -82,6 +82,19 @@ def train_model(key: str, a: argparse.Namespace, train: Any) -> torch.nn.Module:
     return model.eval()
 
 
+PHASE_TIMES: dict[str, float] = {}  # seconds per AutoAttack phase, reset per model and threat
+
+
+def timed(fn: Any, phase: str) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            PHASE_TIMES[phase] = PHASE_TIMES.get(phase, 0.0) + time.perf_counter() - t0
+    return run
+
+
 def peer(name: str, model: torch.nn.Module, norm: str, eps: float, a: argparse.Namespace):
     """x, y -> adversarial x for a peer library."""
     steps = a.steps
@@ -100,13 +113,18 @@ def peer(name: str, model: torch.nn.Module, norm: str, eps: float, a: argparse.N
             atk = ta.APGDT(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, n_classes=10,
                            seed=0)
         else:
-            atk = ta.MultiAttack([
-                ta.APGD(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0),
-                ta.APGDT(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, n_classes=10,
-                         seed=0),
-                ta.FAB(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
-                       n_classes=10, seed=0),
-                ta.Square(model, norm=tnorm, eps=eps, n_queries=a.queries, n_restarts=1, seed=0)])
+            phases = {
+                "apgd-ce": ta.APGD(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1,
+                                   loss="ce", seed=0),
+                "apgd-t": ta.APGDT(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1,
+                                   n_classes=10, seed=0),
+                "fab-t": ta.FAB(model, norm=tnorm, eps=eps, steps=steps, n_restarts=1,
+                                multi_targeted=True, n_classes=10, seed=0),
+                "square": ta.Square(model, norm=tnorm, eps=eps, n_queries=a.queries,
+                                    n_restarts=1, seed=0)}
+            for phase, sub in phases.items():  # each phase's share of AutoAttack's time
+                sub.forward = timed(sub.forward, phase)
+            atk = ta.MultiAttack(list(phases.values()))
         return lambda x, y: atk(x, y)
     if name == "fb-pgd":
         import foolbox as fb
@@ -151,6 +169,9 @@ def print_rows(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
                  if "margin_rerr" in r else "")
               + (f", {r['time_vs_autoattack']:.2f}× AutoAttack's time" if "time_vs_autoattack" in r
                  else ""))
+        if r.get("phase_time_s"):
+            print(" " * 19 + "phases: " + ", ".join(
+                f"{k} {v:.1f}s" for k, v in r["phase_time_s"].items()))
 
 
 def per_example(res: dict[str, dict[str, Any]], mine: dict[str, Any], clean_wrong: torch.Tensor,
@@ -234,9 +255,11 @@ def main() -> None:
                     wrong = torch.tensor(t["adv_wrong"])
                     conf = torch.tensor(t["adv_conf"])
                     extra = {"by_attack": {k: v["added"] for k, v in t["by_attack"].items()},
+                             "phase_time_s": {k: v["time_s"] for k, v in t["by_attack"].items()},
                              "by_example": t.get("verdict_by"),
                              "flags": [f["name"] for f in r.get("flags", [])]}
                 else:
+                    PHASE_TIMES.clear()
                     run = peer(lib, model, threat, eps, a)
                     x_all, y_all = test.x[:a.n_test], test.y[:a.n_test]
                     logits = []
@@ -253,6 +276,8 @@ def main() -> None:
                     lg = torch.cat(logits)
                     wrong, conf = lg.argmax(1) != y_all, confidence(lg)
                     extra = {"key": worst_case_key(lg, y_all)}
+                    if PHASE_TIMES:
+                        extra["phase_time_s"] = {k: round(v, 1) for k, v in PHASE_TIMES.items()}
                 res[lib] = {"wrong": wrong, "conf": conf, "time_s": wall, **extra}
                 print(f"  {key} {threat} {lib}: {wall:.1f}s", flush=True)
             if base is None:
@@ -279,7 +304,7 @@ def main() -> None:
                        "rerr": s["rerr"], "rerr_at_99": s["rerr_at"], "time_s": round(v["time_s"], 1),
                        "breaks_not_robustlab": int((s["broken"] & ~mine["broken"]).sum()),
                        "breaks_not_robustlab_at_99": int((s["broken_at"] & ~mine["broken_at"]).sum())}
-                for extra in ("by_attack", "flags"):
+                for extra in ("by_attack", "flags", "phase_time_s"):
                     if extra in v:
                         row[extra] = v[extra]
                 rows.append(row)

@@ -119,59 +119,15 @@ def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> s
 
 def result_setting(name: str, r: dict[str, Any]) -> str:
     """One line of what a result was measured on and how (n, attacks, steps, patterns), for
-    section headers; '' when unknown."""
-    kind = kind_of(name, r)
-    cfg = r.get("config") or {}
+    section headers; '' when unknown. The result's spec says it (`EvalSpec.setting_line`), found
+    through its `kind` (guessed from the keys only for files without `schema`)."""
+    cls = spec_for(kind_of(name, r))
+    if cls is None:
+        return ""
     try:
-        if kind == "clean":
-            return f"n={r['n']} test images" if r.get("n") else ""
-        if kind == "adversarial":
-            threats = r.get("threats") or {}
-            by_attacks: dict[str, list[str]] = {}
-            for k, t in threats.items():
-                if t.get("attacks"):
-                    name = NORM_NAMES.get(t.get("threat"), t.get("threat", k))
-                    by_attacks.setdefault(" + ".join(t["attacks"]), []).append(str(name))
-            patch = any(t.get("threat") == "patch" for t in threats.values())
-            parts = [f"n={cfg.get('n')} attacked test images"
-                     + (f" (τ from {cfg['holdout']} held-out)" if cfg.get("holdout") else "")]
-            if by_attacks:
-                parts.append("attacks (worst case per image): " + "; ".join(
-                    f"{', '.join(names)}: {a}" for a, names in by_attacks.items()))
-            if cfg.get("steps") is not None:
-                parts.append(_plural(cfg["steps"], "step") + (
-                    f" (patch {cfg['patch_steps']})" if cfg.get("patch_steps") not in
-                    (None, cfg["steps"]) and patch else ""))
-            if cfg.get("restarts") is not None:
-                parts.append(_plural(cfg["restarts"], "restart"))
-            return ", ".join(parts)
-        if kind == "patches":
-            return (f"patch locations: n={r.get('n')}, {_plural(cfg.get('steps'), 'step')}, "
-                    f"{_plural(cfg.get('restarts'), 'restart')}")
-        if kind == "biterrors":
-            bits = (r.get("scheme") or {}).get("bits")
-            return (f"n={r.get('n_test')} test images, {_plural(r.get('patterns'), 'pattern')} "
-                    f"per rate" + (f", {bits}-bit weights" if bits else ""))
-        if kind == "bitattack":
-            methods = [m for m in (r.get("results") or {})]
-            text = f"n={r.get('n_test')} test images; methods: {', '.join(methods)}"
-            if "attack" in methods or "bfa" in methods:
-                text += (f"; attack computed on {r.get('n_attack')} images, "
-                         f"{_plural(cfg.get('steps'), 'step')}")
-            if "random" in methods:
-                text += f"; random flips: {_plural(cfg.get('random_patterns'), 'pattern')}"
-            return text
-        if kind == "flatness":
-            att = r.get("attack") or {}
-            samples = (r.get("config") or {}).get("samples")
-            return (f"n={r.get('n')} test images, {r.get('flatness_kind')}-case"
-                    + (f" over {_plural(samples, 'random perturbation')}" if samples else "")
-                    + (f", PGD {NORM_NAMES.get(att.get('norm'), att.get('norm'))} "
-                       f"ε={_g(att.get('eps'))}, {_plural(att.get('steps'), 'step')}"
-                       if att.get("eps") is not None else ""))
+        return str(spec_instance(cls, r).setting_line(r))
     except (AttributeError, KeyError, TypeError, ValueError):
         return ""
-    return ""
 
 
 def section_settings(runs: list[dict[str, Any]]) -> dict[str, str]:

@@ -235,6 +235,32 @@ class Adversarial(EvalSpec):
                                                         label=f"{pre}Err (attacked split)")
         return out
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        """Attacked and held-out images, the attacks per threat, steps and restarts."""
+        from robustlab.report.metric import plural
+        from robustlab.report.summary import NORM_NAMES
+
+        cfg = result.get("config") or {}
+        threats = result.get("threats") or {}
+        by_attacks: dict[str, list[str]] = {}
+        for key, t in threats.items():
+            if t.get("attacks"):
+                label = NORM_NAMES.get(t.get("threat"), t.get("threat", key))
+                by_attacks.setdefault(" + ".join(t["attacks"]), []).append(str(label))
+        patch = any(t.get("threat") == "patch" for t in threats.values())
+        parts = [f"n={cfg.get('n')} attacked test images"
+                 + (f" (τ from {cfg['holdout']} held-out)" if cfg.get("holdout") else "")]
+        if by_attacks:
+            parts.append("attacks (worst case per image): " + "; ".join(
+                f"{', '.join(names)}: {a}" for a, names in by_attacks.items()))
+        if cfg.get("steps") is not None:
+            parts.append(plural(cfg["steps"], "step") + (
+                f" (patch {cfg['patch_steps']})" if cfg.get("patch_steps") not in
+                (None, cfg["steps"]) and patch else ""))
+        if cfg.get("restarts") is not None:
+            parts.append(plural(cfg["restarts"], "restart"))
+        return ", ".join(parts)
+
     def table(self, result: dict[str, Any]) -> str:
         return summary_table(result)
 

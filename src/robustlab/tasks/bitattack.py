@@ -172,6 +172,19 @@ class BitAttack(EvalSpec):
                             setting=setting + at)
         return out
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        from robustlab.report.metric import plural
+
+        methods = list(result.get("results") or {})
+        text = f"n={result.get('n_test')} test images; methods: {', '.join(methods)}"
+        if "attack" in methods or "bfa" in methods:
+            text += (f"; attack computed on {result.get('n_attack')} images, "
+                     f"{plural((result.get('config') or {}).get('steps'), 'step')}")
+        if "random" in methods:
+            text += (f"; random flips: "
+                     f"{plural((result.get('config') or {}).get('random_patterns'), 'pattern')}")
+        return text
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.flatness_plots import plot_bit_attack
 

@@ -170,6 +170,13 @@ class BitErrors(PatternSpec):
                 setting=setting, fallback_n=n)
         return out
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        from robustlab.report.metric import plural
+
+        bits = (result.get("scheme") or {}).get("bits")
+        return (f"n={result.get('n_test')} test images, {plural(result.get('patterns'), 'pattern')} "
+                f"per rate" + (f", {bits}-bit weights" if bits else ""))
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.biterrors_plot import plot_rerr_vs_rate
 

@@ -48,6 +48,9 @@ class Clean(EvalSpec):
         return {f"{pre}Err": rate_metric(result["err"], result.get("n"), label=f"{pre}Err clean",
                                    setting=f"n={result.get('n', '?')} test images")}
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        return f"n={result['n']} test images" if result.get("n") else ""
+
     def table(self, result: dict[str, Any]) -> str:
         lines = [f"clean test error {100 * result['err']:.2f}% on {result['n']} images"]
         width = max(len(c) for c in result["classes"])

@@ -216,6 +216,18 @@ class Flatness(EvalSpec):
                 over="", setting=setting)
         return out
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        from robustlab.report.metric import plural, sig3
+        from robustlab.report.summary import NORM_NAMES
+
+        att = result.get("attack") or {}
+        samples = (result.get("config") or {}).get("samples")
+        return (f"n={result.get('n')} test images, {result.get('flatness_kind')}-case"
+                + (f" over {plural(samples, 'random perturbation')}" if samples else "")
+                + (f", PGD {NORM_NAMES.get(att.get('norm'), att.get('norm'))} "
+                   f"ε={sig3(att.get('eps'))}, {plural(att.get('steps'), 'step')}"
+                   if att.get("eps") is not None else ""))
+
     def table(self, result: dict[str, Any]) -> str:
         res = result
         what = "clean" if res.get("variant") == "clean" else "robust"

@@ -84,6 +84,13 @@ class Patches(EvalSpec):
                                                         label=f"{pre}Err (attacked split)")
         return out
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        from robustlab.report.metric import plural
+
+        cfg = result.get("config") or {}
+        return (f"patch locations: n={result.get('n')}, {plural(cfg.get('steps'), 'step')}, "
+                f"{plural(cfg.get('restarts'), 'restart')}")
+
     def table(self, result: dict[str, Any]) -> str:
         lines = [f"clean Err {100 * result['clean']['err']:.2f}% on {result['n']} images",
                  f"{'location':<16} {'RErr':>6} {'Err':>6}"]

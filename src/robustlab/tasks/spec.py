@@ -82,6 +82,11 @@ class EvalSpec:
         """{metric name: value or report Metric} for the summary table; see report/summary.py."""
         return {}
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        """One line of what the result was measured on and how (n, attacks, steps, patterns),
+        for the report's section headers; '' when there is nothing to say."""
+        return ""
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         """Draw the result's figures into `folder`; the paths written."""
         return []

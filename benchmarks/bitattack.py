@@ -1,61 +1,74 @@
 """Adversarial bit errors (spec §3a, §8, §9.2): RErr against the number of flipped bits.
 
-Trains 8-bit models on Fashion-MNIST, for every architecture of --archs (default lenet, mlp):
+For every architecture of --archs (default lenet, mlp), trains with their `TrainSpec`s the
+8-bit models of configs/bit-errors.yaml (its data and training settings at --scale):
 
-    normal     plain float training, attacked at RQuant (8 bit) after training
-    rquant     quantization-aware (RQuant 8 bit)
-    clipping   + weight clipping (w_max = --clip)
-    randbet    + clipping + random bit error training (p = --randbet-p)
-    advbet     + clipping + adversarial bit error training (--advbet-budget bits per batch; opt-in)
+    normal     plain float training, attacked at RQuant (8 bit) after training (defined here)
+    rquant     quantization-aware (RQuant 8 bit): the preset's `rquant`
+    clipping   + weight clipping (w_max 0.1; --clip): the preset's `clip`
+    randbet    + clipping + random bit error training (p = 2%; --randbet-p): the preset's `randbet`
+    advbet     + clipping + adversarial bit error training (--advbet-budget bits per batch; opt-in,
+               defined here)
 
-and attacks each with the projected adversarial bit error attack (its defaults: --steps,
---restarts) and with BFA (progressive bit search), plus random flips of the same budget as a
-reference. The attacks are computed on --n-attack training images; RErr (wrong clean or wrong
-with the flips) is measured on --n-test test images. Prints, per model, the projected attack,
-BFA, their per-budget worst case with the attack that found it, and the envelope
-max_{b′ ≤ b} RErr(b′); then whether the projected attack alone is ≥ BFA at every budget.
+into --cache (a finished run with the same settings is reused), and attacks each with the
+`bitattack` spec (`robustlab.tasks.bitattack.BitAttack`): the projected adversarial bit error
+attack (its defaults: --steps, --restarts) and BFA (progressive bit search), plus random flips of
+the same budget as a reference. The attacks are computed on --n-attack training images; RErr
+(wrong clean or wrong with the flips) is measured on --n-test test images. Prints, per model, the
+projected attack, BFA, their per-budget worst case with the attack that found it, and the
+envelope max_{b′ ≤ b} RErr(b′); then whether the projected attack alone is ≥ BFA at every budget.
 Writes benchmarks/results/bitattack.json and bitattack.png.
 
-    python benchmarks/bitattack.py --device cuda               # the real benchmark (GPU)
+    python benchmarks/bitattack.py --device cuda --scale full  # the real benchmark (GPU)
     python benchmarks/bitattack.py --smoke --device cpu        # tiny synthetic check
 
-Defaults: 10 epochs, batch 128, SGD lr 0.05 cosine, budgets 10..320.
+Defaults: the preset at its default scale (small: 12000 training images, 5 epochs, batch 128,
+SGD lr 0.05; --scale full: all images, 30 epochs), budgets 10..320, 512 attack and 2000 test
+images.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
+from typing import Any
 
-import torch
-from common import bench_data, choose
+from common import (
+    add_preset_options,
+    add_run_overrides,
+    bench_preset,
+    bench_run,
+    bench_workspace,
+    choose,
+    override_runs,
+    timed_eval,
+)
 
-from robustlab import data, models
-from robustlab.device import resolve_device
-from robustlab.evaluate.bitattack import RESTARTS, STEPS, bit_attack
 from robustlab.io import atomic_write_json, read_json, versions
-from robustlab.quant import RQUANT8
 from robustlab.report.flatness_plots import plot_bit_attack
-from robustlab.train import fit
-from robustlab.train.methods import create
+from robustlab.tasks.bitattack import BitAttack
+from robustlab.values import list_of, nonneg_int
 
 MODELS = ("normal", "rquant", "clipping", "randbet", "advbet")
 DEFAULT_MODELS = "normal,rquant,clipping,randbet"
+FROM_PRESET = {"rquant": "rquant", "clipping": "clip", "randbet": "randbet"}  # bit-errors.yaml
 
 
-def train_model(name: str, arch: str, train: data.Dataset, a: argparse.Namespace,
-                device) -> torch.nn.Module:
-    model = models.create(arch, dataset=train, seed=a.seed)
-    method = create("normal")
-    if name == "randbet":
-        method = create("randbet", bit_error_rate=a.randbet_p)
-    elif name == "advbet":
-        method = create("advbet", bit_budget=a.advbet_budget, bit_attack_steps=a.advbet_steps)
-    fit(model, train, method=method, quant=None if name == "normal" else RQUANT8,
-        epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed, device=device,
-        clip=None if name in ("normal", "rquant") else a.clip,
-        progress=False if a.quiet else None, log=not a.quiet)
-    return model.eval()
+def bench_runs(preset: dict[str, Any], names: list[str], arch: str, a: argparse.Namespace
+               ) -> dict[str, Any]:
+    """The preset for `arch` whose runs are `names`: rquant, clipping, randbet from the preset;
+    normal (float training) and advbet (clipping's settings + AdvBET) defined here."""
+    p = copy.deepcopy(preset)
+    runs = p["runs"]
+    own = {"normal": {"label": "Normal (float)"},
+           "advbet": {"label": "RQuant+Clip+AdvBET", "method": "advbet",
+                      "options": {"bit_budget": a.advbet_budget,
+                                  "bit_attack_steps": a.advbet_steps},
+                      "train": dict(runs["clip"]["train"])}}
+    p["runs"] = {n: runs[FROM_PRESET[n]] if n in FROM_PRESET else own[n] for n in names}
+    p["model"] = {"name": arch}  # the preset's width and norm belong to its own model
+    return override_runs(p, a)
 
 
 def pct(v: float) -> str:
@@ -64,67 +77,62 @@ def pct(v: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"subset of {', '.join(MODELS)}")
-    ap.add_argument("--archs", default="lenet,mlp", help="architectures, comma-separated")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--subset", type=int, default=0, help="training images (0 = all)")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--clip", type=float, default=0.1)
-    ap.add_argument("--randbet-p", type=float, default=0.01)
+    add_preset_options(ap, "bit-errors")
+    add_run_overrides(ap)
+    ap.set_defaults(out="benchmarks/results/bitattack.json")
+    ap.add_argument("--models", default=None, help=f"subset of {', '.join(MODELS)} (default: "
+                    f"{DEFAULT_MODELS}; also --runs)")
+    ap.add_argument("--archs", default="lenet,mlp", help="architectures, comma-separated "
+                    "(also --model)")
     ap.add_argument("--advbet-budget", type=int, default=160)
     ap.add_argument("--advbet-steps", type=int, default=5)
-    ap.add_argument("--budgets", default="10,20,40,80,160,320")
-    ap.add_argument("--methods", default="attack,bfa,random")
-    ap.add_argument("--steps", type=int, default=STEPS, help="iterations of the projected attack")
-    ap.add_argument("--restarts", type=int, default=RESTARTS)
-    ap.add_argument("--n-attack", type=int, default=512)
+    ap.add_argument("--budgets", type=list_of(nonneg_int), default=None,
+                    help="numbers of flipped bits (default: 10,20,40,80,160,320)")
+    ap.add_argument("--methods", default=None, help="default: attack,bfa,random")
+    ap.add_argument("--steps", type=int, default=None, help="iterations of the projected attack")
+    ap.add_argument("--restarts", type=int, default=None)
+    ap.add_argument("--n-attack", type=int, default=None, help="default: 512")
     ap.add_argument("--n-test", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="tiny synthetic problem, 1 epoch")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/bitattack.json")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default; 1 on a busy shared machine)")
     ap.add_argument("--merge", default=None, metavar="JSON,...",
                     help="no runs: print the tables of these result files and merge them to --out")
     a = ap.parse_args()
     if a.merge:
         return merge(a)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    budgets = [int(b) for b in a.budgets.split(",")]
     if a.smoke:
-        a.epochs, a.n_attack, a.n_test, a.steps, a.archs = 1, 64, 128, 3, "mlp"
+        a.n_attack, a.n_test, a.steps, a.archs = 64, 128, 3, "mlp"
         a.advbet_budget, a.advbet_steps = 8, 1
-        budgets = [b for b in budgets if b <= 20] or [4]
-    names = choose(a.models, MODELS, "model")
-    archs = [s.strip() for s in a.archs.split(",") if s.strip()]
-    device = resolve_device(a.device)
-    train, test = bench_data(a.smoke, a.subset, a.n_test)
-    print(f"data {train.name}: {len(train)} train, {len(test)} test; device {device}")
-    results, t0 = {}, time.perf_counter()
+        a.budgets = [b for b in a.budgets or [10, 20, 40] if b <= 20] or [4]
+    names = choose(a.models or a.runs or DEFAULT_MODELS, MODELS, "model")
+    archs = [s.strip() for s in (a.model or a.archs).split(",") if s.strip()]
+    a.runs = a.model = None  # the runs and models are chosen here, not by bench_preset
+    preset = bench_preset("bit-errors", a)
+    spec = BitAttack.from_settings({k: v for k, v in (
+        ("budgets", a.budgets), ("methods", a.methods), ("steps", a.steps),
+        ("restarts", a.restarts), ("n_attack", a.n_attack), ("n_test", a.n_test),
+        ("seed", a.seed)) if v is not None}, "benchmarks/bitattack.py")
+    spec.check()
+    budgets = list(spec.budgets)
+    results: dict[str, Any] = {}
+    t0, first = time.perf_counter(), None
     for arch in archs:
+        ws = bench_workspace(bench_runs(preset, names, arch, a), a)
         for name in names:
             key = f"{arch}/{name}"
-            t = time.perf_counter()
-            model = train_model(name, arch, train, a, device)
-            t_train = time.perf_counter() - t
-            res = bit_attack(model, test, budgets=budgets, method=a.methods, quant=RQUANT8,
-                             attack_data=train, n_attack=a.n_attack, steps=a.steps,
-                             restarts=a.restarts, seed=a.seed, device=device,
-                             progress=False if a.quiet else None)
-            res["train_time_s"] = round(t_train, 1)
-            res["attack_time_s"] = round(time.perf_counter() - t - t_train, 1)
+            run, t_train = bench_run(ws, name)
+            if first is None:
+                first = run
+                print(f"data {run.train.name}: {len(run.train)} train, {len(run.test)} test; "
+                      f"device {run.device}; runs in {a.cache}")
+            res, t_attack = timed_eval(spec, run, progress=False if a.quiet else None)
+            res["train_time_s"], res["attack_time_s"] = t_train, t_attack
             results[key] = res
             print(f"{key}: clean Err {100 * res['clean_err']:.2f}% "
-                  f"(train {t_train:.0f}s, attacks {res['attack_time_s']:.0f}s)", flush=True)
-            save(a, budgets, train, device, results, t0, partial=True)  # survives interruption
-    verdict = table(results, budgets, len(test), a.n_attack)
+                  f"(train {t_train:.0f}s, attacks {t_attack:.0f}s)", flush=True)
+            save(a, budgets, first, results, t0, partial=True)  # survives interruption
+    verdict = table(results, budgets, results[key]["n_test"], spec.n_attack)
     png = plot_bit_attack(list(results.values()), a.out.replace(".json", ".png"),
                           labels=list(results))
-    save(a, budgets, train, device, results, t0, verdict=verdict)
+    save(a, budgets, first, results, t0, verdict=verdict)
     print(f"written to {a.out} and {png}")
 
 
@@ -194,10 +202,10 @@ def merge(a: argparse.Namespace) -> None:
     print(f"written to {a.out} and {png}")
 
 
-def save(a: argparse.Namespace, budgets: list[int], train: data.Dataset, device, results: dict,
-         t0: float, verdict: dict | None = None, partial: bool = False) -> None:
+def save(a: argparse.Namespace, budgets: list[int], run: Any, results: dict, t0: float,
+         verdict: dict | None = None, partial: bool = False) -> None:
     atomic_write_json(a.out, {"benchmark": "bitattack", "config": {**vars(a), "budgets": budgets},
-                              "data": train.name, "device": str(device), "models": results,
+                              "data": run.train.name, "device": str(run.device), "models": results,
                               "projected_behind_bfa": verdict, "partial": partial,
                               "total_time_s": round(time.perf_counter() - t0, 1),
                               "versions": versions()})

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from robustlab import data, models
 from robustlab.checkpoint import read_weights
+from robustlab.io import atomic_write_json, read_json
 
 STRENGTH_CACHE = "/tmp/robustlab_attack_strength"  # where attack_strength.py keeps its models
 
@@ -46,3 +51,125 @@ def bench_data(smoke: bool, subset: int, n_test: int) -> tuple[data.Dataset, dat
     if n_test:
         test = test.subset(slice(0, n_test))
     return train, test
+
+
+# ---- benchmarks built on a preset (ccat, patches, flatness) ---------------------------------
+
+BENCH_CACHE = "/tmp/robustlab_bench"  # where those benchmarks keep their trained runs
+SMOKE_DATA = {"name": "synthetic", "options": {"n_train": 512, "n_test": 300,
+                                               "shape": [1, 28, 28], "num_classes": 10}}
+
+
+def add_preset_options(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options every preset benchmark takes: the preset's scale and runs, overrides of its
+    data, model and epochs, the device, the run cache, the output file."""
+    ap.add_argument("--scale", default=None, help="preset scale: smoke, small or full "
+                    f"(default: the preset's; see configs/{name}.yaml)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the smoke scale on a tiny synthetic problem (seconds)")
+    ap.add_argument("--runs", default=None, help="comma list of the preset's runs (default: all)")
+    ap.add_argument("--data", default=None, help="dataset (default: the preset's)")
+    ap.add_argument("--model", default=None, help="architecture (default: the preset's model)")
+    ap.add_argument("--epochs", type=int, default=None, help="(default: the preset's)")
+    ap.add_argument("--subset", type=int, default=None, help="training images (0 = all)")
+    ap.add_argument("--train-steps", "--attack-steps", type=int, default=None,
+                    help="attack iterations of training (and robust tracking)")
+    ap.add_argument("--bf16", action="store_true", help="train (and attack) in bfloat16")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cache", default=BENCH_CACHE, help="folder of the trained runs: a run with "
+                    "the same settings is reused")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--out", default=f"benchmarks/results/{name}.json")
+
+
+def add_attack_options(ap: argparse.ArgumentParser) -> None:
+    """--n-test, --steps, --restarts of a benchmark's attack evaluation (default: the preset's)."""
+    ap.add_argument("--n-test", type=int, default=None, help="attacked test images")
+    ap.add_argument("--steps", type=int, default=None, help="evaluation attack iterations")
+    ap.add_argument("--restarts", type=int, default=None, help="evaluation attack restarts")
+
+
+def bench_preset(name: str, a: argparse.Namespace) -> dict[str, Any]:
+    """Preset `name` at `--scale` (smoke on synthetic data with `--smoke`), edited by the
+    options of `add_preset_options` (`--train-steps` replaces every run's training attack
+    steps and its robust tracking's)."""
+    from robustlab import experiments
+
+    p = experiments.load_preset(name, scale="smoke" if a.smoke else a.scale)
+    if a.runs:
+        keep = choose(a.runs.replace("-", "_"), p["runs"], "run")
+        p["runs"] = {k: p["runs"][k] for k in keep}
+    if a.smoke:
+        p["data"] = {**p["data"], **SMOKE_DATA}
+    if a.data:
+        p["data"]["name"] = a.data
+    if a.subset is not None:
+        p["data"]["subset"] = a.subset or None
+    if a.model and a.model != p["model"]["name"]:
+        p["model"] = {"name": a.model}  # the preset's width/norm belong to its own model
+    p["train"].update({k: v for k, v in (("epochs", a.epochs), ("bf16", a.bf16),
+                                         ("channels_last", a.channels_last)) if v})
+    for r in p["runs"].values() if a.train_steps else ():
+        if "attack_steps" in (r.get("options") or {}):
+            r["options"]["attack_steps"] = a.train_steps
+        if r.get("track"):
+            r["track"]["steps"] = a.train_steps
+    return p
+
+
+def bench_workspace(preset: dict[str, Any], a: argparse.Namespace, **extra: Any) -> Any:
+    """The preset's `experiments.Workspace` in `--cache`/<preset>-<hash of the settings and
+    `extra`>: the same settings find the same trained runs."""
+    from robustlab import experiments
+
+    key = experiments.fingerprint({"preset": preset, **extra})[:12]
+    return experiments.Workspace(preset, Path(a.cache) / f"{preset['name']}-{key}",
+                                 device=a.device, progress=False if a.quiet else None)
+
+
+def bench_run(ws: Any, name: str, hooks: list[Any] = ()) -> tuple[Any, float]:
+    """(run `name` of the workspace's preset, opened with `robustlab.runs.open_run` on the
+    preset's data, training seconds): trained with its `TrainSpec` (and robust tracking, plus
+    epoch `hooks`) unless a finished run is there already."""
+    from robustlab import checkpoint, runs
+
+    out = ws.run_dir(name)
+    stamp = out / "bench_stamp.json"
+    if not stamp.is_file():
+        train, val, test = ws.data()
+        hooks, best = list(hooks), None
+        track = ws.track_spec(name)
+        if track is not None:
+            hook, best = track.hook(val, test)
+            hooks.insert(0, hook)
+        t0 = time.perf_counter()
+        ws.train_spec(name).run(out, data=ws.data(), resume=checkpoint.has_state(out),
+                                device=ws.device, progress=ws.progress,
+                                meta={"label": ws.run_label(name)}, epoch_hooks=hooks or None,
+                                select_best=best)
+        atomic_write_json(stamp, {"train_s": round(time.perf_counter() - t0, 1)})
+    r = runs.open_run(out, device=ws.device, with_data=False)
+    r.train, r.val, _ = ws.data()
+    r.test = ws.test_subset()
+    return r, float(read_json(stamp)["train_s"])
+
+
+def preset_eval(ws: Any, run: str, name: str, **overrides: Any) -> Any:
+    """The preset's evaluation `name` of `run` as its registered spec (`robustlab.tasks`), the
+    fields in `overrides` that are not None replaced."""
+    from robustlab import experiments
+
+    spec, _ = experiments.eval_spec(name, experiments.eval_settings(ws, run)[name])
+    return dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def timed_eval(spec: Any, run: Any, **kw: Any) -> tuple[dict[str, Any], float]:
+    """(`spec` run on `run` as a result with its kind and settings, seconds it took); `kw` go
+    to `spec.run`."""
+    from robustlab import tasks
+
+    t0 = time.perf_counter()
+    body = spec.run(run, **kw)
+    return tasks.make_result(spec, run, body), round(time.perf_counter() - t0, 1)
+

@@ -1,168 +1,115 @@
-"""Robust overfitting and flatness (spec §8, §9.5) at Fashion-MNIST scale.
+"""Robust overfitting and flatness (spec §8, §9.5): the `flatness` preset's runs, evaluated at
+several snapshots, and the Kendall τ between flatness and the robust generalization gap.
 
-Trains four models long enough to overfit robustly, with per-epoch robust loss/error on a held-out
-split of the training set (robust overfitting tracking) and per-epoch weight snapshots:
+Trains the runs of configs/flatness.yaml with their `TrainSpec`s (AT, AT-AWP, TRADES, AT with
+weight clipping, AT with label smoothing; PGD-L∞ ε = 0.1) into --cache (a finished run with the
+same settings is reused), with the preset's robust tracking (robust error per epoch on the
+held-out part of the training set; the best epoch's weights are kept) and weight snapshots every
+--snapshot-every epochs. At the best snapshot (`robustlab.tasks.tracking.Tracking`), the last one
+and every snapshot it evaluates the preset's `flatness` spec (`robustlab.tasks.flatness.Flatness`,
+average case, ξ = --xi-average, K = --samples random ν) and the same spec in the worst case
+(ξ = --xi-worst, --worst-steps ascent steps, --restarts): clean Err, RErr and robust loss of the
+inner PGD-L∞ (--eval-steps) on the first --n-test test images, the robust loss on as many training
+images (their difference is the robust generalization gap), and both flatness values. The table
+shows best and last per run; Kendall τ between each flatness and the gap (and the robust test
+loss) is computed over all evaluated snapshots of all runs (what the preset does not compute).
+Writes benchmarks/results/flatness.json and flatness_correlation_{average,worst}.png.
 
-    at        adversarial training (PGD-L∞, ε = 0.1, f = --fraction)
-    at-awp    the same with adversarial weight perturbations (γ = --awp-gamma)
-    at-clip   the same with weight clipping (w_max = --clip)
-    at-ls     the same with label smoothing (--label-smoothing)
-
-For each run it evaluates the best snapshot (lowest held-out robust error), the last one and every
---snapshot-every-th epoch: clean Err and RErr on --n-test test images (PGD-L∞, --eval-steps), robust
-loss on as many test and training images (their difference is the robust generalization gap), and
-average-case (ξ = --xi-average, K = --samples) and worst-case (ξ = --xi-worst) robust flatness.
-The table shows best and last per run; Kendall τ between each flatness and the gap (and the robust
-test loss) is computed over all evaluated snapshots of all runs. Writes
-benchmarks/results/flatness.json and flatness_correlation_{average,worst}.png.
-
-    python benchmarks/flatness.py --device cuda                 # the real benchmark (GPU)
+    python benchmarks/flatness.py --device cuda --scale full    # the real benchmark (GPU)
     python benchmarks/flatness.py --smoke --device cpu          # tiny synthetic check (seconds)
 
-Defaults: training subset 10000 images (robust overfitting appears sooner on less data), 40 epochs,
-batch 128, SGD lr 0.05 cosine, held-out split 1000 images.
+Defaults: the preset at its default scale (small: training subset 4000 images, 10% held out for
+tracking, convnet width 8 with BN, 12 epochs, multistep lr 0.05, 3-step training PGD; flatness
+on 500 test images, 5 PGD steps, 5 samples); --scale full: all images, width 32, 100 epochs.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import add_preset_options, bench_preset, bench_run, bench_workspace, preset_eval, timed_eval
 
-from robustlab import data, models
-from robustlab.device import resolve_device
-from robustlab.evaluate.flatness import flatness
-from robustlab.evaluate.robust_tracking import best_vs_last, epoch_hook, robust_metrics
+from robustlab import checkpoint
+from robustlab.checkpoint import read_weights, save_weights
 from robustlab.io import atomic_write_json, versions
 from robustlab.report.flatness_plots import plot_correlation
-from robustlab.train import fit
-from robustlab.train.methods import create
-
-RUNS = ("at", "at-awp", "at-clip", "at-ls")
+from robustlab.report.summary import read_history
+from robustlab.tasks.tracking import Tracking
 
 
-def load_data(args: argparse.Namespace) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
-    if args.smoke:
-        train, test = data.synthetic(256, 128, shape=(1, 12, 12), num_classes=4, seed=0)
-    else:
-        train, test = data.load_default("fashion-mnist")
-    train, val = data.split(train, min(args.val, len(train) // 5) / len(train), seed=0)
-    if args.subset:
-        train = train.subset(slice(0, args.subset))
-    return train, val, test
-
-
-def method_for(run: str, args: argparse.Namespace):
-    common = {"fraction": args.fraction, "attack_steps": args.attack_steps}
-    if run == "at-awp":
-        return create("awp", awp_base="at", awp_gamma=args.awp_gamma, **common)
-    return create("at", **common)
-
-
-def train_run(run: str, train, val, args, device) -> tuple[torch.nn.Module, dict, list]:
-    model = models.create(args.model, dataset=train, seed=args.seed)
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    def snapshot(ctx) -> dict[str, float]:
-        snapshots[ctx.epoch + 1] = {k: v.detach().cpu().clone()
-                                    for k, v in ctx.model.state_dict().items()}
+def snapshot_hook(folder: Path, every: int) -> Any:
+    """A trainer epoch hook saving the weights of every `every`-th epoch to `folder`."""
+    def hook(ctx: Any) -> dict[str, float]:
+        if every and (ctx.epoch + 1) % every == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_weights(folder / f"epoch_{ctx.epoch + 1}.safetensors", ctx.model)
         return {}
-
-    track = epoch_hook(val, {"steps": args.attack_steps}, seed=args.seed)
-    hist = fit(model, train, method=method_for(run, args), epochs=args.epochs, lr=args.lr,
-               batch_size=args.batch_size, seed=args.seed, device=device,
-               clip=args.clip if run == "at-clip" else None,
-               label_smoothing=args.label_smoothing if run == "at-ls" else 0.0,
-               epoch_hooks=[track, snapshot], progress=False if args.quiet else None)
-    return model, snapshots, hist
+    return hook
 
 
-def evaluate(model, state, train, test, args, device) -> dict[str, Any]:
-    m = copy.deepcopy(model)
-    m.load_state_dict(state)
-    m.to(device).eval()
-    settings = {"steps": args.eval_steps}
-    gen = torch.Generator().manual_seed(args.seed)
-    rm = robust_metrics(m, test, settings, gen, device=device, n_test=args.n_test)
-    out: dict[str, Any] = {"clean_err": rm["clean_err"], "rerr": rm["robust_err"]}
-    common = dict(n_test=args.n_test, attack_settings=settings, train=train, seed=args.seed,
-                  device=device, progress=False if args.quiet else None)
-    avg = flatness(m, test, kind="average", xi=args.xi_average, samples=args.samples, **common)
-    worst = flatness(m, test, kind="worst", xi=args.xi_worst, steps=args.worst_steps,
-                     restarts=args.restarts, **common)
-    out.update(robust_loss=avg["loss"], train_robust_loss=avg["train_loss"], gap=avg["gap"],
-               flatness_average=avg["flatness"][0], flatness_worst=worst["flatness"][0])
-    out["_results"] = {"average": avg, "worst": worst}
-    return out
+def snapshots(run: Any, every: int) -> dict[int, tuple[str, Path]]:
+    """{epoch: (label, weights file)}: the best (robust tracking) and last epochs, then every
+    `every`-th one."""
+    track = Tracking().run(run)
+    best, last = track["best_epoch"], track["last_epoch"]
+    out = {best: ("best", run.path / checkpoint.BEST), last: ("last", run.path / checkpoint.WEIGHTS)}
+    if best == last:
+        out = {last: ("best=last", run.path / checkpoint.WEIGHTS)}
+    for e in range(every, last + 1, every) if every else ():
+        out.setdefault(e, (f"epoch {e}", run.path / "snapshots" / f"epoch_{e}.safetensors"))
+    return dict(sorted(out.items()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {', '.join(RUNS)}")
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--subset", type=int, default=10000, help="training images (0 = all)")
-    ap.add_argument("--val", type=int, default=1000, help="held-out images for tracking")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--fraction", type=float, default=1.0, help="AT fraction (1 = Madry)")
-    ap.add_argument("--attack-steps", type=int, default=10, help="training/tracking PGD steps")
-    ap.add_argument("--awp-gamma", type=float, default=0.005)
-    ap.add_argument("--clip", type=float, default=0.1)
-    ap.add_argument("--label-smoothing", type=float, default=0.1)
-    ap.add_argument("--eval-steps", type=int, default=20, help="evaluation PGD steps")
-    ap.add_argument("--n-test", type=int, default=1000)
-    ap.add_argument("--xi-average", type=float, default=0.5)
+    add_preset_options(ap, "flatness")
+    ap.add_argument("--n-test", type=int, default=None, help="test (and training) images")
+    ap.add_argument("--eval-steps", type=int, default=None, help="PGD steps of the robust loss")
+    ap.add_argument("--xi-average", type=float, default=None, help="(default: the preset's 0.5)")
     ap.add_argument("--xi-worst", type=float, default=0.003)
-    ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--worst-steps", type=int, default=20)
-    ap.add_argument("--restarts", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=None, help="random ν (average case)")
+    ap.add_argument("--worst-steps", type=int, default=20, help="ascent steps on ν (worst case)")
+    ap.add_argument("--restarts", type=int, default=1, help="restarts of the ascent on ν")
     ap.add_argument("--snapshot-every", type=int, default=10,
                     help="also evaluate every N-th epoch (0: best and last only)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="tiny synthetic problem, 2 epochs")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/flatness.json")
     a = ap.parse_args()
     if a.smoke:
-        a.epochs, a.subset, a.val, a.n_test = min(a.epochs, 2), 0, 64, 32
-        a.samples, a.worst_steps, a.eval_steps, a.attack_steps = 2, 2, 2, 2
-        a.model, a.snapshot_every = "mlp", 1
-    runs = [r.strip() for r in a.runs.split(",") if r.strip()]
-    bad = [r for r in runs if r not in RUNS]
-    if bad:
-        raise SystemExit(f"unknown run {bad[0]!r}; choose from {', '.join(RUNS)}")
-    device = resolve_device(a.device)
-    torch.manual_seed(a.seed)
-    train, val, test = load_data(a)
-    print(f"data {train.name}: {len(train)} train, {len(val)} held out, {len(test)} test; "
-          f"device {device}")
+        a.worst_steps, a.snapshot_every = min(a.worst_steps, 2), 1
+    preset = bench_preset("flatness", a)
+    ws = bench_workspace(preset, a, snapshot_every=a.snapshot_every)
+    print(f"data {preset['data']['name']}, runs {', '.join(preset['runs'])}; device {a.device}")
     rows, for_tau = [], {"average": [], "worst": []}
     t0 = time.perf_counter()
-    for run in runs:
+    for key in preset["runs"]:
         t = time.perf_counter()
-        model, snaps, hist = train_run(run, train, val, a, device)
-        summary = best_vs_last(hist)
-        best, last = summary["best_epoch"], summary["last_epoch"]
-        epochs = {best: "best", last: "last"} if best != last else {best: "best=last"}
-        if a.snapshot_every:
-            for e in range(a.snapshot_every, last + 1, a.snapshot_every):
-                epochs.setdefault(e, f"epoch {e}")
-        for e in sorted(epochs):
-            r = evaluate(model, snaps[e], train, test, a, device)
-            res = r.pop("_results")
-            label = f"{run}@{e}"
-            for kind in ("average", "worst"):
-                for_tau[kind].append({**res[kind], "label": label})
-            rows.append({"run": run, "snapshot": epochs[e], "epoch": e,
-                         "val_robust_err": hist[e - 1]["val_robust_err"], **r})
-        rows[-1]["train_time_s"] = round(time.perf_counter() - t, 1)
-        print(f"{run}: best epoch {best}, last {last} ({time.perf_counter() - t:.0f}s)")
+        run, t_train = bench_run(ws, key, [snapshot_hook(ws.run_dir(key) / "snapshots",
+                                                         a.snapshot_every)])
+        avg = preset_eval(ws, key, "flatness", n_test=a.n_test, steps=a.eval_steps,
+                          samples=a.samples, xi=a.xi_average)
+        specs = {"average": avg, "worst": dataclasses.replace(
+            avg, case="worst", xi=[a.xi_worst], ascent_steps=a.worst_steps, restarts=a.restarts)}
+        history = read_history(run.path)
+        for e, (label, weights) in snapshots(run, a.snapshot_every).items():
+            run.model.load_state_dict(read_weights(weights, run.device))
+            res, secs = {}, 0.0
+            for kind, spec in specs.items():
+                res[kind], s = timed_eval(spec, run, progress=False if a.quiet else None)
+                for_tau[kind].append({**res[kind], "label": f"{key}@{e}"})
+                secs += s
+            r = res["average"]
+            rows.append({"run": key, "snapshot": label, "epoch": e,
+                         "val_robust_err": history[e - 1].get("val_robust_err"),
+                         "clean_err": r["clean_err"], "rerr": r["robust_err"],
+                         "robust_loss": r["loss"], "train_robust_loss": r["train_loss"],
+                         "gap": r["gap"], "flatness_average": r["flatness"][0],
+                         "flatness_worst": res["worst"]["flatness"][0], "eval_s": secs})
+        rows[-1]["train_time_s"] = t_train
+        print(f"{key}: {', '.join(f'{v[0]} {e}' for e, v in snapshots(run, 0).items())} "
+              f"(trained in {t_train:.0f}s, {time.perf_counter() - t:.0f}s here)")
     out_dir = Path(a.out).parent
     corr = {}
     for kind in ("average", "worst"):
@@ -179,9 +126,10 @@ def main() -> None:
     for kind, c in corr.items():
         print(f"Kendall τ ({kind}-case flatness, {c['n']} snapshots): vs gap {c['tau_gap']:.3f} "
               f"(p={c['p_gap']:.3g}), vs robust test loss {c['tau_loss']:.3f}")
-    result = {"benchmark": "flatness", "config": vars(a), "data": train.name,
-              "device": str(device), "rows": rows, "kendall": corr,
-              "total_time_s": round(time.perf_counter() - t0, 1), "versions": versions()}
+    result = {"benchmark": "flatness", "config": vars(a), "preset": preset,
+              "data": run.meta["data"]["name"], "device": str(run.device), "rows": rows,
+              "kendall": corr, "total_time_s": round(time.perf_counter() - t0, 1),
+              "versions": versions()}
     atomic_write_json(a.out, result)
     print(f"written to {a.out}")
 

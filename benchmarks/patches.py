@@ -1,113 +1,69 @@
-"""Patch adversarial training with fixed, random and optimized locations (spec §4, §9.4).
+"""Patch adversarial training with fixed, random and optimized locations (spec §4, §9.4): the
+`patches` preset's runs and evaluation, timed.
 
-Trains four models on Fashion-MNIST:
+Trains the runs of configs/patches.yaml with their `TrainSpec`s:
 
     normal         plain cross-entropy
-    patch-fixed    patch AT, half of every batch patched at a fixed corner
-    patch-random   patch AT, patches at random allowed locations
-    patch-opt      patch AT, location-optimized patches (4 moves of --stride per step)
+    patch_fixed    patch AT, half of every batch patched at a fixed corner
+    patch_random   patch AT, patches at random allowed locations
+    patch_opt      patch AT, location-optimized patches (4 moves of --stride per step)
 
-and attacks the first --n-test test images of each with 7×7 patches (8×8 on 32×32 data) whose
-content is optimized by signed gradient steps (0.05, --steps iterations, --restarts restarts,
-worst case per example) at a fixed location, at random locations and at optimized locations.
-Reports clean Err and RErr per (model, attack location). Writes benchmarks/results/patches.json.
+into --cache (a finished run with the same settings is reused) and evaluates each with the
+preset's `patches` spec (`robustlab.tasks.patches.Patches`): the first --n-test test images
+attacked with 7×7 patches (8×8 on 32×32 data) whose content is optimized by signed gradient
+steps (0.05, --steps iterations, --restarts restarts, worst case per example) at a fixed
+location, at random locations and at optimized locations. Reports clean Err and RErr per (model,
+attack location) and the training and evaluation seconds (a reused run keeps the seconds of its
+training). Writes benchmarks/results/patches.json. --bf16 applies to training only (the patch
+evaluation runs in float32).
 
-    python benchmarks/patches.py --device cuda                                    # the real run
+The preset's default scale (small) trains convnet width 8 with BN for 4 epochs against 5-step
+patches and attacks 500 images with 20 steps and 1 restart; --scale full: width 32, 30 epochs, 25
+training steps, 1000 images, 100 steps, 3 restarts.
+
+    python benchmarks/patches.py --device cuda --scale full                       # the real run
     python benchmarks/patches.py --device cpu --epochs 1 --subset 2000 --n-test 100 --steps 5
-
-Defaults: convnet (BN), 10 epochs, batch 128, SGD lr 0.05 cosine, training attack 10 steps of 0.1,
-evaluation 100 steps with 3 restarts.
+    python benchmarks/patches.py --smoke --device cpu              # tiny synthetic check (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
+import common
 
-from robustlab import data, models
-from robustlab.attacks.patches import patch_attack
-from robustlab.device import resolve_device
 from robustlab.io import atomic_write_json, versions
-from robustlab.train import fit
-from robustlab.train.adversarial_methods import PatchAT
-from robustlab.train.methods import Method
-
-TRAIN = {"normal": None, "patch-fixed": "fixed", "patch-random": "random",
-         "patch-opt": "optimized-full"}
-EVAL = ("fixed", "random", "optimized-full")
-
-
-def evaluate(model, test: data.Dataset, location: str, a: argparse.Namespace,
-             device: torch.device) -> float:
-    g = torch.Generator().manual_seed(a.seed)
-    wrong = 0
-    n = min(a.n_test, len(test))
-    for i in range(0, n, a.batch_eval):
-        x = test.x[i:min(n, i + a.batch_eval)].to(device)
-        y = test.y[i:min(n, i + a.batch_eval)].to(device)
-        res = patch_attack(model, x, y, size=a.patch_size, steps=a.steps, step_size=0.05,
-                           location=location, stride=a.stride, exclude=a.exclude,
-                           restarts=a.restarts, generator=g, bf16=a.bf16)
-        with torch.no_grad():
-            clean_wrong = model(x).argmax(1) != y
-        wrong += int((res.success | clean_wrong).sum())
-    return wrong / n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--subset", type=int, default=0, help="training images (0 = all)")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--runs", default=",".join(TRAIN))
+    common.add_preset_options(ap, "patches")
+    common.add_attack_options(ap)
     ap.add_argument("--patch-size", type=int, default=None, help="side (default: image side / 4)")
-    ap.add_argument("--stride", type=int, default=2)
-    ap.add_argument("--exclude", type=int, default=0, help="central box side patches avoid")
-    ap.add_argument("--train-steps", type=int, default=10)
-    ap.add_argument("--n-test", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--restarts", type=int, default=3)
-    ap.add_argument("--batch-eval", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/patches.json")
+    ap.add_argument("--stride", type=int, default=None, help="pixels per location move (2)")
     a = ap.parse_args()
-    device = resolve_device(a.device)
-    train, test = data.load(a.data)
-    if a.subset:
-        train = train.subset(slice(0, a.subset))
-    rows = []
-    print(f"{'model':<13} {'Err':>6}" + "".join(f" {'RErr ' + e:>20}" for e in EVAL))
-    for key in a.runs.split(","):
-        loc = TRAIN[key]
-        method = Method() if loc is None else PatchAT(
-            fraction=0.5, patch_size=a.patch_size, location=loc, patch_stride=a.stride,
-            patch_exclude=a.exclude, attack_steps=a.train_steps)
-        model = models.create(a.model, dataset=train, seed=a.seed)
-        t0 = time.perf_counter()
-        fit(model, train, method=method, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-            seed=a.seed, device=device, bf16=a.bf16, progress=False if a.quiet else None)
-        t_train = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            n = min(a.n_test, len(test))
-            err = float(sum(int((model(test.x[i:min(n, i + 500)].to(device)).argmax(1)
-                                 != test.y[i:min(n, i + 500)].to(device)).sum())
-                            for i in range(0, n, 500)) / n)
-        t0 = time.perf_counter()
-        rerr = {loc_e: evaluate(model, test, loc_e, a, device) for loc_e in EVAL}
-        rows.append({"model": key, "method": method.config(), "err": err, "rerr": rerr,
-                     "train_s": round(t_train, 1), "eval_s": round(time.perf_counter() - t0, 1)})
-        print(f"{key:<13} {100 * err:6.1f}" + "".join(f" {100 * rerr[e]:20.1f}" for e in EVAL))
-    out = {"benchmark": "patches", "device": str(device), "data": a.data, "config": vars(a),
-           "rows": rows, "versions": versions()}
+    preset = common.bench_preset("patches", a)
+    for r in preset["runs"].values():  # the training patches are the evaluated ones
+        if r.get("method") == "patch-at":
+            r["options"].update({k: v for k, v in (("patch_size", a.patch_size),
+                                                   ("patch_stride", a.stride)) if v})
+    ws = common.bench_workspace(preset, a)
+    rows, locations = [], None
+    for key in preset["runs"]:
+        run, t_train = common.bench_run(ws, key)
+        spec = common.preset_eval(ws, key, "patches", n_test=a.n_test, steps=a.steps,
+                           restarts=a.restarts, size=a.patch_size, stride=a.stride)
+        res, t_eval = common.timed_eval(spec, run, progress=False if a.quiet else None)
+        if locations is None:
+            locations = list(res["locations"])
+            print(f"{'model':<13} {'Err':>6}" + "".join(f" {'RErr ' + e:>20}" for e in locations))
+        err, rerr = res["clean"]["err"], {loc: v["rerr"] for loc, v in res["locations"].items()}
+        rows.append({"model": key, "label": ws.run_label(key), "method": run.meta.get("method"),
+                     "err": err, "rerr": rerr, "train_s": t_train, "eval_s": t_eval,
+                     "result": res})
+        print(f"{key:<13} {100 * err:6.1f}" + "".join(f" {100 * rerr[e]:20.1f}" for e in locations))
+    out = {"benchmark": "patches", "device": str(run.device), "data": run.meta["data"]["name"],
+           "config": vars(a), "preset": preset, "rows": rows, "versions": versions()}
     atomic_write_json(a.out, out)
     print(f"written to {a.out}")
 

@@ -104,6 +104,7 @@ def main() -> None:
         a.budgets = [b for b in a.budgets or [10, 20, 40] if b <= 20] or [4]
     names = choose(a.models or a.runs or DEFAULT_MODELS, MODELS, "model")
     archs = [s.strip() for s in (a.model or a.archs).split(",") if s.strip()]
+    a.models, a.archs = ",".join(names), ",".join(archs)  # recorded in the JSON's config
     a.runs = a.model = None  # the runs and models are chosen here, not by bench_preset
     preset = bench_preset("bit-errors", a)
     spec = BitAttack.from_settings({k: v for k, v in (

@@ -173,3 +173,40 @@ def timed_eval(spec: Any, run: Any, **kw: Any) -> tuple[dict[str, Any], float]:
     body = spec.run(run, **kw)
     return tasks.make_result(spec, run, body), round(time.perf_counter() - t0, 1)
 
+
+# ---- the bit error benchmarks (biterrors, bitattack): the bit-errors preset's runs ---------------
+
+def add_run_overrides(ap: argparse.ArgumentParser) -> None:
+    """Options that change the preset's training (each defaults to the preset's value)."""
+    ap.add_argument("--lr", type=float, default=None, help="learning rate")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    ap.add_argument("--seed", type=int, default=None, help="training seed")
+    ap.add_argument("--clip", type=float, default=None, help="w_max of the runs that clip")
+    ap.add_argument("--randbet-p", type=float, default=None,
+                    help="bit error rate of RandBET/PattBET training")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default; 1 on a busy shared machine)")
+
+
+def override_runs(p: dict[str, Any], a: argparse.Namespace, **run_values: Any) -> dict[str, Any]:
+    """Apply `add_run_overrides`' options to the loaded preset `p`: --lr, --batch-size, --seed
+    to its `train`; --clip, --randbet-p (and `run_values`, setting → value, None = keep) to
+    every run whose `train` or `options` holds that setting (a label naming the old value is
+    changed to the new one)."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    p["train"].update({k: v for k, v in (("lr", a.lr), ("batch_size", a.batch_size),
+                                         ("seed", a.seed)) if v is not None})
+    values = {"clip": a.clip, "bit_error_rate": a.randbet_p, **run_values}
+    for r in p["runs"].values():
+        for key, new in values.items():
+            for section in (r.get("train") or {}, r.get("options") or {}):
+                if new is None or key not in section:
+                    continue
+                old, section[key] = section[key], new
+                if isinstance(old, float) and "label" in r:
+                    for text in (lambda v: f" {100 * v:g}%", lambda v: f" {v:g}"):
+                        if text(old) in r["label"]:
+                            r["label"] = r["label"].replace(text(old), text(new))
+                            break
+    return p

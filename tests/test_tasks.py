@@ -55,6 +55,9 @@ class Toy(EvalSpec):
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         return {f"toy share {self.label}": result["share"]}
 
+    def setting_line(self, result: dict[str, Any]) -> str:
+        return f"n={result['n']}, label {self.label}"
+
     def table(self, result: dict[str, Any]) -> str:
         return f"toy share {100 * result['share']:.2f}% of {result['n']} images"
 
@@ -100,6 +103,10 @@ def test_a_toy_kind_is_a_command_and_shows_in_table_info_and_report(toy, run_dir
     from robustlab.report.summary import run_metrics
 
     assert run_metrics(run_dir)["toy share 1"] == share
+    from robustlab.report.summary import collect, result_setting, section_settings
+
+    assert result_setting("toy", res) == "n=50, label 1"  # the spec built from its settings
+    assert "n=50, label 1" in section_settings(collect(run_dir)).values()
     code, out, _ = run_cli(capsys, "info", run_dir)
     assert code == 0 and f"toy ({Toy.title})" in out
     # without the spec registered the file still loads (its kind is not guessed from keys)
@@ -234,6 +241,7 @@ def test_docs_table_is_the_vocabulary():
 
 # ---- old spellings -----------------------------------------------------------------------------
 
+@pytest.mark.deprecated_spelling
 def test_old_train_spellings_work_with_one_note(tmp_path, capsys):
     code, _, err = run_cli(capsys, *TRAIN, "--norm", "none", "--step-size", "3", "--seed0", "5",
                            "--schedule", "step", "--out", tmp_path / "r")
@@ -247,6 +255,21 @@ def test_old_train_spellings_work_with_one_note(tmp_path, capsys):
     assert meta["kwargs"]["norm"] == "none"
 
 
+@pytest.mark.deprecated_spelling
+def test_an_old_train_setting_key_works_with_one_note(capsys):
+    base = {"data": {"name": "synthetic"}, "model": {"name": "mlp"}}
+    old = TrainSpec.from_preset({**base, "train": {"step_size": 3}})
+    assert capsys.readouterr().err == ("robustlab: note: train setting 'step_size' is "
+                                       "deprecated; use 'lr_step'\n")
+    assert old == TrainSpec.from_preset({**base, "train": {"lr_step": 3}}) and old.lr_step == 3
+    assert capsys.readouterr().err == ""
+    from robustlab.errors import UserError
+
+    with pytest.raises(UserError, match="'step_size' and 'lr_step' are the same setting"):
+        TrainSpec.from_preset({**base, "train": {"step_size": 3, "lr_step": 2}})
+
+
+@pytest.mark.deprecated_spelling
 def test_old_spelling_in_a_generic_command(toy, run_dir, capsys):
     code, _, err = run_cli(capsys, "toy", run_dir, "--seed0", "4", "--n-test", "10")
     assert code == 0 and err.strip() == "robustlab: note: --seed0 is deprecated; use --seed"
@@ -273,7 +296,7 @@ def test_train_spec_of_a_preset_run_and_its_command_line(tmp_path, capsys):
            "model": {"name": "mlp", "hidden": [8]},
            "train": {"epochs": 1, "batch_size": 64, "seed": 3},
            "runs": {"q": {"method": "randbet", "options": {"bit_error_rate": 0.01},
-                          "train": {"clip": 0.1, "step_size": 2}}}}
+                          "train": {"clip": 0.1, "lr_step": 2}}}}
     preset = ex.load_preset(raw)
     ws = ex.Workspace(preset, tmp_path)
     spec = ws.train_spec("q")

@@ -69,6 +69,7 @@ def test_registered_and_found_by_kind() -> None:
         assert REGISTRY[cls.kind] is cls and spec_class(cls.kind) is cls
 
 
+@pytest.mark.deprecated_spelling
 def test_old_spellings_still_work_with_a_note(capsys) -> None:
     a = Adversarial.from_args(_parse(["attack", "RUN", "--tpr", "0.9", "--severity", "2,4",
                                       "--eps", "linf=0.2"]))

@@ -76,6 +76,7 @@ def test_shared_terms_mean_one_thing():
         assert f.metadata["term"] == term
 
 
+@pytest.mark.deprecated_spelling
 @pytest.mark.parametrize("command, old, new, field, value", [
     ("biterrors", ["--seed0", "7"], "--seed", "seed", 7),
     ("biterrors", ["--scheme", "rquant4"], "--quant", "quant", "rquant4"),
@@ -93,7 +94,8 @@ def test_old_spellings_work_with_one_note(capsys, command, old, new, field, valu
 
 # ---- presets: older keys, the same costs ----------------------------------------------------
 
-def test_preset_keys_of_the_evaluation_functions_still_load():
+@pytest.mark.deprecated_spelling
+def test_preset_keys_of_the_evaluation_functions_still_load(capsys):
     f = Flatness.from_settings({"kind": "worst", "xi": 0.5, "samples": 2, "n": 200, "gap": False,
                                 "attack_settings": {"steps": 5}, "step_size": 0.1})
     assert (f.case, f.xi, f.samples, f.n_test, f.train, f.steps, f.ascent_step_size) == \
@@ -106,6 +108,70 @@ def test_preset_keys_of_the_evaluation_functions_still_load():
     land = Landscape.from_settings({"dims": 1, "points": 9, "xi": 0.5, "n": 200,
                                     "attack_settings": {"steps": 5}})
     assert (land.points, land.n_test, land.steps) == (9, 200, 5)
+    # one note per old key, naming it
+    named = [line.split(": ")[3].split(" is ")[0] for line in capsys.readouterr().err.splitlines()]
+    assert named == ["'attack_settings'", "'kind'", "'n'", "'gap'", "'step_size'",  # flatness
+                     "'seed0'", "'n'", "'scheme'", "'method'", "'n'",  # biterrors, bitattack
+                     "'attack_settings'", "'n'"]  # landscape
+
+
+# (spec, an older preset key with a value, the same setting under its field's name)
+OLD_KEYS = [
+    (Flatness, {"kind": "worst"}, {"case": "worst"}),
+    (Flatness, {"n": 200}, {"n_test": 200}),
+    (Flatness, {"gap": False}, {"train": False}),
+    (Flatness, {"selection": "weights"}, {"params": "weights"}),
+    (Flatness, {"step_size": 0.1}, {"ascent_step_size": 0.1}),
+    (Flatness, {"attack_steps": 3}, {"steps": 3}),
+    (Flatness, {"seed0": 4}, {"seed": 4}),
+    (Flatness, {"attack_settings": {"norm": "l2", "eps": 0.5, "steps": 5}},
+     {"norm": "l2", "eps": 0.5, "steps": 5}),
+    (Landscape, {"n": 200}, {"n_test": 200}),
+    (Landscape, {"selection": "weights"}, {"params": "weights"}),
+    (Landscape, {"attack_settings": {"steps": 5}}, {"steps": 5}),
+    (BitErrors, {"n": 2000}, {"n_test": 2000}),
+    (BitErrors, {"scheme": "normal8"}, {"quant": "normal8"}),
+    (BitErrors, {"seed0": 7}, {"seed": 7}),
+    (Chip, {"chip_file": "chip.json"}, {"chip": "chip.json"}),
+    (Chip, {"n": 50}, {"n_test": 50}),
+    (Energy, {"curve_file": "curve.csv"}, {"curve": "curve.csv"}),
+    (Energy, {"tolerance_pp": 2.0}, {"tolerance": 2.0}),
+    (Energy, {"scheme": "rquant4"}, {"quant": "rquant4"}),
+    (BitAttack, {"n": 200}, {"n_test": 200}),
+    (BitAttack, {"scheme": "rquant4"}, {"quant": "rquant4"}),
+    (BitAttack, {"method": "bfa"}, {"methods": "bfa"}),
+    (BitAttack, {"selection": "weights"}, {"params": "weights"}),
+    (BitAttack, {"budget": [4]}, {"budgets": [4]}),
+]
+
+
+@pytest.mark.deprecated_spelling
+@pytest.mark.parametrize("cls, old, new", OLD_KEYS,
+                         ids=[f"{c.kind}-{next(iter(o))}" for c, o, _ in OLD_KEYS])
+def test_an_older_preset_key_is_its_field_with_one_note(capsys, cls, old, new):
+    spec = cls.from_settings({**old, "batch_size": 64}, "evaluation 'e'")
+    err = capsys.readouterr().err.splitlines()
+    (key,) = old
+    wanted = "'norm', 'eps', 'steps'" if key == "attack_settings" else repr(next(iter(new)))
+    assert err == [f"robustlab: note: evaluation 'e': {key!r} is deprecated; use {wanted}"]
+    assert spec == cls.from_settings({**new, "batch_size": 64},
+                                     "evaluation 'e'")
+    assert spec != cls()  # the value arrived
+    assert capsys.readouterr().err == ""  # the field's own name: no note
+
+
+@pytest.mark.deprecated_spelling
+def test_a_setting_given_twice_or_unknown_is_one_line_error(capsys):
+    from robustlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"^evaluation 'e': 'n_test' and 'n' are the same "
+                                        r"setting; give only 'n_test'$"):
+        BitErrors.from_settings({"n_test": 10, "n": 20}, "evaluation 'e'")
+    with pytest.raises(UserError, match=r"^landscape settings: unknown setting 'kind'"):
+        Landscape.from_settings({"kind": "worst"})  # a flatness key, not a landscape one
+    with pytest.raises(UserError, match=r"attack_settings: unknown setting 'restarts'"):
+        Flatness.from_settings({"attack_settings": {"restarts": 2}}, "flatness settings")
+    capsys.readouterr()
 
 
 def test_costs_are_the_plans_numbers():

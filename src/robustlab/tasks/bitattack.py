@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from robustlab.evaluate.bitattack import BUDGETS, RESTARTS, STEP_SIZE, STEPS
-from robustlab.tasks.biterrors import legacy
 from robustlab.tasks.clean import first_n
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import nonneg_int, positive_int
@@ -33,6 +32,8 @@ class BitAttack(EvalSpec):
     kind: ClassVar[str] = "bitattack"
     title: ClassVar[str] = "RErr under adversarial bit flips, per number of flipped bits"
     requires: ClassVar[str] = "robustlab.evaluate.bitattack"
+    old_keys: ClassVar[dict[str, str]] = {"n": "n_test", "scheme": "quant", "method": "methods",
+                                          "selection": "params"}  # evaluate.bit_attack's keywords
 
     budgets: list[int] = option("budgets", default_factory=lambda: list(BUDGETS))
     methods: str = option(default="attack,bfa,random",
@@ -59,12 +60,6 @@ class BitAttack(EvalSpec):
                                "(default: rquant8)")
     seed: int = option("seed")
     batch_size: int = option("batch_size", 512)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(legacy(settings, {"n": "n_test", "scheme": "quant",
-                                                       "method": "methods",
-                                                       "selection": "params"}), where)
 
     def method_list(self) -> list[str]:
         """The methods, checked (a one-line error names a bad one)."""

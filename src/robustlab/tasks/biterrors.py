@@ -1,7 +1,7 @@
 """Random bit errors in the quantized weights: Err and RErr per bit error rate (`robustlab biterrors`).
 
 Also the helpers every bit error spec shares (chip, energy, bitattack): the rate parser, the
-quantization help text, resolving a run's scheme, and the older preset keys."""
+quantization help text, resolving a run's scheme."""
 
 from __future__ import annotations
 
@@ -48,27 +48,14 @@ def resolve_quant(text: str | None, run_quant: Any) -> Any:
     return run_quant if run_quant is not None else quant.RQUANT8
 
 
-def legacy(settings: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any]:
-    """Preset settings written with the evaluation functions' keyword names (`n`, `scheme`,
-    `seed0`, …): renamed to the spec's fields (a field given under its own name wins)."""
-    s = dict(settings or {})
-    for old, new in names.items():
-        if old in s and new not in s:
-            s[new] = s.pop(old)
-    return s
-
-
-# keyword names of evaluate.biterrors.bit_errors/chip_errors/energy → spec fields
-BIT_LEGACY = {"n": "n_test", "scheme": "quant", "seed0": "seed"}
-
-
 @dataclasses.dataclass
 class PatternSpec(EvalSpec):
     """Base of the specs that evaluate a run's quantized model under K seeded bit error patterns
     (biterrors, chip, energy): their shared fields, the older preset keys and the keywords of
     `robustlab.evaluate.biterrors`' functions. Not registered itself."""
 
-    legacy_names: ClassVar[dict[str, str]] = {}  # older preset keys of this kind, beside BIT_LEGACY
+    # keyword names of evaluate.biterrors.bit_errors/chip_errors/energy → spec fields
+    old_keys: ClassVar[dict[str, str]] = {"n": "n_test", "scheme": "quant", "seed0": "seed"}
     # an input file: (its field, its reader in robustlab.biterrors, the error when it is missing)
     source: ClassVar[tuple[str, str, str] | None] = None
 
@@ -77,10 +64,6 @@ class PatternSpec(EvalSpec):
     quant: str | None = option("quant", help=QUANT_HELP)
     n_test: int | None = option("n_test")
     batch_size: int = option("batch_size", 1000)
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(legacy(settings, {**BIT_LEGACY, **cls.legacy_names}), where)
 
     def scheme(self, run: Any) -> Any:
         return resolve_quant(self.quant, getattr(run, "quant", None))

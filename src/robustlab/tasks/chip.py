@@ -21,7 +21,7 @@ class Chip(PatternSpec):
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
     source: ClassVar[tuple[str, str, str] | None] = (
         "chip", "load_chip_map", "chip: give a chip map file (.json or .npz)")
-    legacy_names: ClassVar[dict[str, str]] = {"chip_file": "chip"}
+    old_keys: ClassVar[dict[str, str]] = {"chip_file": "chip"}
 
     chip: str | None = option(default=None, metavar="FILE",
                               help="chip map (.json or .npz; format in robustlab/examples/README.md)")

@@ -24,7 +24,7 @@ class Energy(PatternSpec):
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
     source: ClassVar[tuple[str, str, str] | None] = (
         "curve", "load_curve", "energy: give a voltage curve file (--curve CSV)")
-    legacy_names: ClassVar[dict[str, str]] = {"curve_file": "curve", "tolerance_pp": "tolerance"}
+    old_keys: ClassVar[dict[str, str]] = {"curve_file": "curve", "tolerance_pp": "tolerance"}
 
     curve: str | None = option(
         default=None,

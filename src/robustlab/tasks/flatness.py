@@ -7,23 +7,32 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
-from robustlab.tasks.biterrors import legacy
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import list_of, nonneg_float, nonneg_int, positive_float, positive_int
 
 F32_MAX = 3.4028234663852886e38
 CASES = ("average", "worst")
 
-# keyword names of evaluate.flatness.flatness/landscape → spec fields (`attack_settings` is split)
-FLAT_LEGACY = {"n": "n_test", "kind": "case", "gap": "train", "selection": "params",
-               "step_size": "ascent_step_size"}
+# keyword names of evaluate.flatness.flatness/landscape → spec fields (`attack_settings`: below)
+FLAT_OLD_KEYS = {"n": "n_test", "kind": "case", "gap": "train", "selection": "params",
+                 "step_size": "ascent_step_size"}
+ATTACK_KEYS = ("norm", "eps", "steps")
 
 
-def attack_legacy(settings: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any]:
-    """Older preset settings: keyword names renamed, `attack_settings` {norm, eps, steps} spread
-    into the spec's fields."""
-    s = legacy(settings, names)
-    att = s.pop("attack_settings", None)
+def spread_attack(settings: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """Older preset settings held the inner PGD's as `attack_settings: {norm, eps, steps}`:
+    spread into the spec's fields (a field given itself wins), with a one-line note."""
+    from robustlab.errors import UserError, deprecated
+
+    s = dict(settings or {})
+    if "attack_settings" not in s:
+        return s
+    att = s.pop("attack_settings")
+    deprecated(f"{where}: 'attack_settings'", ", ".join(repr(k) for k in ATTACK_KEYS))
+    bad = sorted(set(att or {}) - set(ATTACK_KEYS)) if isinstance(att, dict) else [repr(att)]
+    if bad:
+        raise UserError(f"{where}: attack_settings: unknown setting {bad[0]!r}; allowed: "
+                        f"{', '.join(ATTACK_KEYS)}")
     for k, v in (att or {}).items():
         s.setdefault(k, v)
     return s
@@ -77,6 +86,7 @@ class Flatness(EvalSpec):
     kind: ClassVar[str] = "flatness"
     title: ClassVar[str] = "flatness of the robust loss under relative weight perturbations"
     requires: ClassVar[str] = "robustlab.evaluate.flatness"
+    old_keys: ClassVar[dict[str, str]] = FLAT_OLD_KEYS
 
     case: str = option(default="average", choices=CASES,
                        help="average (random ν) or worst (ascent on ν); the command's --kind")
@@ -112,7 +122,8 @@ class Flatness(EvalSpec):
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(attack_legacy(settings, FLAT_LEGACY), where)
+        return super().from_settings(spread_attack(settings, where or f"{cls.kind} settings"),
+                                     where)
 
     def xis(self) -> list[float]:
         """The radii: `xi`, else 0.5 (average case) or 0.003 (worst case)."""

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustlab.tasks.flatness import FLAT_LEGACY, attack_legacy, attack_settings, check_finite
+from robustlab.tasks.flatness import FLAT_OLD_KEYS, attack_settings, check_finite, spread_attack
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import nonneg_float, nonneg_int, positive_float, positive_int
 
@@ -23,6 +23,7 @@ class Landscape(EvalSpec):
     kind: ClassVar[str] = "landscape"
     title: ClassVar[str] = "clean and robust loss along directions through the weights"
     requires: ClassVar[str] = "robustlab.evaluate.flatness"
+    old_keys: ClassVar[dict[str, str]] = FLAT_OLD_KEYS  # those naming a landscape field
 
     dims: int = option(default=1, type=positive_int, choices=(1, 2),
                        help="1 (a line) or 2 (a plane); the command's --landscape 1d|2d")
@@ -47,7 +48,8 @@ class Landscape(EvalSpec):
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None, where: str = "") -> EvalSpec:
-        return super().from_settings(attack_legacy(settings, FLAT_LEGACY), where)
+        return super().from_settings(spread_attack(settings, where or f"{cls.kind} settings"),
+                                     where)
 
     def n_points(self) -> int:
         return int(self.points or (21 if self.dims == 1 else 11))

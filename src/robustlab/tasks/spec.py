@@ -67,6 +67,10 @@ class EvalSpec:
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line: what the evaluation measures
     requires: ClassVar[str] = ""  # a module that must be importable (else the spec is skipped)
+    # older settings keys (presets written with the evaluation functions' keywords) → fields:
+    # accepted for one release with a one-line note; each class lists its own (merged along its
+    # bases), beside the fields' old CLI spellings (`option(aliases=…)`)
+    old_keys: ClassVar[dict[str, str]] = {}
 
     # ---- what every spec does ----------------------------------------------------------------
     def run(self, run: Any, *, progress: bool | None = None, name: str | None = None
@@ -134,19 +138,34 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _check_keys(cls: type[EvalSpec], settings: dict[str, Any], where: str) -> dict[str, Any]:
+def old_spellings(cls: type[EvalSpec]) -> dict[str, str]:
+    """{older settings key: field} of a spec: its fields' old CLI spellings and the `old_keys`
+    of the class and its bases (those naming one of its fields)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     old = {a.lstrip("-").replace("-", "_"): name for name, f in fields.items()
            for a in f.metadata.get("aliases", ())}
+    for c in reversed(cls.__mro__):
+        old.update({k: v for k, v in vars(c).get("old_keys", {}).items() if v in fields})
+    return {k: v for k, v in old.items() if k not in fields}
+
+
+def _check_keys(cls: type[EvalSpec], settings: dict[str, Any], where: str) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    old = old_spellings(cls)
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # field → the key it was given as
     for key, value in settings.items():
-        if key in old and key not in fields:
-            deprecated(f"{where}: {key!r}", repr(old[key]))
-            key = old[key]
-        if key not in fields:
+        field = old.get(key, key)
+        if field not in fields:
             raise UserError(f"{where}: unknown setting {key!r}; allowed: "
                             f"{', '.join(sorted(fields))}")
-        out[key] = value
+        if field in given:
+            raise UserError(f"{where}: {given[field]!r} and {key!r} are the same setting; give "
+                            f"only {field!r}")
+        if field != key:
+            deprecated(f"{where}: {key!r}", repr(field))
+        given[field] = key
+        out[field] = value
     return out
 
 

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
-from robustlab.errors import UserError
+from robustlab.errors import UserError, deprecated
 from robustlab.tasks.spec import add_options as _add_spec_options
 from robustlab.tasks.spec import option
 from robustlab.tasks.vocabulary import VOCABULARY
@@ -250,7 +250,11 @@ class TrainSpec:
         """From a preset run's settings ({data: data spec, model: {name, …}, method, options,
         train: TrainConfig fields and quant}); unknown train settings are one-line errors."""
         d, m, t = settings["data"], dict(settings.get("model") or {}), dict(settings.get("train") or {})
-        if "step_size" in t:
+        if "step_size" in t:  # the old name of lr_step (`--step-size` in `robustlab train`)
+            if "lr_step" in t:
+                raise UserError("train settings 'step_size' and 'lr_step' are the same setting; "
+                                "give only 'lr_step'")
+            deprecated("train setting 'step_size'", "'lr_step'")
             t["lr_step"] = t.pop("step_size")
         allowed = {f.name for f in dataclasses.fields(cls)} - _NOT_TRAIN
         bad = sorted(set(t) - allowed)

@@ -90,10 +90,10 @@ def test_chip_summary_counts_m_bits_and_rerr_max() -> None:
 
     model, test = _small_model_and_noisy_labels()
     always = be.chip_map_from_dict({"rows": 4, "cols": 8, "flip_prob": 1.0})
-    r = chip_errors(model, test, always, scheme=quant.Scheme(4), patterns=2, progress=False)
+    r = chip_errors(model, test, always, quant=quant.Scheme(4), patterns=2, progress=False)
     assert r["bit_error_rate"]["mean"] == [1.0]  # every one of the 4 bits of every code
     chip = be.chip_map_from_dict({"rows": 4, "cols": 8, "flip_prob": 0.5})
-    r = chip_errors(model, test, chip, scheme=quant.Scheme(4), patterns=4, progress=False)
+    r = chip_errors(model, test, chip, quant=quant.Scheme(4), patterns=4, progress=False)
     rerr = [v[0] for v in r["rerr"]["values"]]
     err = [v[0] for v in r["err"]["values"]]
     assert max(err) < max(rerr)  # the data make the two differ
@@ -269,7 +269,7 @@ def test_examples_at_exactly_tau_are_decided_and_distal_count() -> None:
     from robustlab.evaluate.adversarial import adversarial
 
     ds = data.Dataset("c", torch.rand(20, 1, 4, 4), torch.tensor([1] * 10 + [0] * 10), 3)
-    res = adversarial(_Constant(), ds, "linf:0.1,distal", n=10, holdout=0.5, steps=1, queries=2,
+    res = adversarial(_Constant(), ds, "linf:0.1,distal", n_test=10, holdout=0.5, steps=1, queries=2,
                       targets=1, batch_size=4, sanity=False, progress=False)
     t = res["threats"]["linf:0.1"]
     assert max(res["clean"]["tau"].values()) == pytest.approx(max(res["clean"]["conf"]))
@@ -280,7 +280,7 @@ def test_examples_at_exactly_tau_are_decided_and_distal_count() -> None:
     # correct examples are attacked by every attack; an attack whose input only ties the kept
     # one (a constant model) does not take the verdict: the clean input keeps it
     ds = data.Dataset("c", torch.rand(20, 1, 4, 4), torch.zeros(20, dtype=torch.long), 3)
-    res = adversarial(_Constant(), ds, "linf:0.1", n=10, holdout=0.5, steps=1, queries=2,
+    res = adversarial(_Constant(), ds, "linf:0.1", n_test=10, holdout=0.5, steps=1, queries=2,
                       targets=1, batch_size=4, sanity=False, progress=False)
     t = res["threats"]["linf:0.1"]
     assert all(v["attacked"] == 10 and v["kept"] == 0 for v in t["by_attack"].values())
@@ -316,7 +316,7 @@ def test_corruption_err_at_tau_recomputed() -> None:
     v, y = torch.cat([v_att, v_hold]), torch.cat([y_att, y_hold])
     ds = data.Dataset("b", v.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone(), y, 2)
     model = _Brightness()
-    res = adversarial(model, ds, "corrupt", n=60, holdout=40 / 100, corruptions=["brightness"],
+    res = adversarial(model, ds, "corrupt", n_test=60, holdout=40 / 100, corruptions=["brightness"],
                       severities=(3,), batch_size=16, sanity=False, progress=False)
     got = res["threats"]["corrupt"]["corruptions"]["brightness/3"]
     with torch.no_grad():
@@ -334,7 +334,7 @@ def test_corruption_err_at_tau_recomputed() -> None:
     x2[20:] = 0.8
     y2 = torch.tensor([0, 1] * 10 + [1] * 10)  # attacked: half wrong; held out: all correct
     ds2 = data.Dataset("b2", x2, y2, 2)
-    res = adversarial(model, ds2, "corrupt", n=20, holdout=1 / 3, corruptions=["brightness",
+    res = adversarial(model, ds2, "corrupt", n_test=20, holdout=1 / 3, corruptions=["brightness",
                       "contrast"], severities=(3,), batch_size=16, sanity=False, progress=False)
     r = res["threats"]["corrupt"]
     for key in res["clean"]["tau"]:
@@ -496,11 +496,11 @@ def test_masked_needs_a_gradient_attack_first_and_pgd_restart_plan(trained) -> N
     from robustlab.evaluate.adversarial import adversarial
 
     model, test = trained
-    res = adversarial(model, test, "linf:0.4", n=40, attacks="square", queries=40,
+    res = adversarial(model, test, "linf:0.4", n_test=40, attacks="square", queries=40,
                       batch_size=40, sanity=False, progress=False)
     t = res["threats"]["linf:0.4"]
     assert t["by_attack"]["square"]["added"] > 0 and t["masked"] == 0
-    res = adversarial(model, test, "l2:0.5", n=8, attacks="pgd", objectives=("ce",), restarts=3,
+    res = adversarial(model, test, "l2:0.5", n_test=8, attacks="pgd", objectives=("ce",), restarts=3,
                       steps=1, batch_size=8, sanity=False, progress=False)
     assert res["threats"]["l2:0.5"]["attacks"] == ["ce/zero×1", "ce/norm×2"]
 
@@ -556,7 +556,7 @@ def test_tau_from_correct_held_out_examples_only() -> None:
     y = torch.cat([torch.zeros(10, dtype=torch.long), torch.tensor([0, 0, 1, 1, 1, 0])])
     ds = data.Dataset("t", v.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone(), y, 2)
     model = _Brightness()
-    res = adversarial(model, ds, "corrupt", n=10, holdout=6 / 16, tprs=(0.99, 0.5),
+    res = adversarial(model, ds, "corrupt", n_test=10, holdout=6 / 16, tprs=(0.99, 0.5),
                       corruptions=["contrast"], batch_size=16, sanity=False, progress=False)
     with torch.no_grad():
         logits = model(ds.x[10:])

@@ -115,6 +115,28 @@ def test_a_toy_kind_is_a_command_and_shows_in_table_info_and_report(toy, run_dir
     assert run_cli(capsys, "info", run_dir)[0] == 0
 
 
+def test_register_makes_a_spec_a_dataclass_once():
+    from robustlab.tasks.spec import register
+
+    class Plain(EvalSpec):  # no @dataclasses.dataclass: `register` applies it
+        kind: ClassVar[str] = "plain-toy"
+        n_test: int | None = option("n_test", 7)
+
+    had_toy = "toy" in REGISTRY
+    try:
+        assert register(Plain) is Plain and REGISTRY["plain-toy"] is Plain
+        (f,) = dataclasses.fields(Plain)
+        assert (f.name, f.default, f.metadata["term"]) == ("n_test", 7, "n_test")
+        assert Plain(n_test=3).settings() == {"n_test": 3} and Plain().n_test == 7
+        # a dataclass already (Toy) is not made one again: its fields keep their metadata
+        assert register(Toy) is Toy
+        assert [f.metadata["term"] for f in dataclasses.fields(Toy)][:2] == ["n_test", "seed"]
+    finally:
+        REGISTRY.pop("plain-toy", None)
+        if not had_toy:
+            REGISTRY.pop("toy", None)
+
+
 def test_generic_command_validates_its_options_in_one_line(toy, run_dir, capsys):
     code, _, err = run_cli(capsys, "toy", run_dir, "--n-test", "0")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--n-test" in err

@@ -8,7 +8,6 @@ and presets build the spec from their settings. `run` calls
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,7 +62,6 @@ _KEYWORDS = {"early_exit": "early_stop", "radii": "eps"}
 
 
 @register
-@dataclasses.dataclass
 class Adversarial(EvalSpec):
     """Err, RErr, τ at each TPR, RErr@τ, FPR@τ and ROC AUC under every threat of `suite`."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +22,6 @@ target_class.__name__ = "a class index ≥ 0"
 
 
 @register
-@dataclasses.dataclass
 class BitAttack(EvalSpec):
     """Flip at most B bits of the quantized weights (at most one per weight) to maximize the loss
     on an attack set, then report the test RErr per budget: the projected attack, BFA, random

@@ -103,7 +103,6 @@ class PatternSpec(EvalSpec):
 
 
 @register
-@dataclasses.dataclass
 class BitErrors(PatternSpec):
     """Err and RErr of a run's quantized model under K seeded random bit error patterns per rate
     (nested across rates, identical for every model of the same shapes)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
 from robustlab.tasks.biterrors import PatternSpec
@@ -11,7 +10,6 @@ from robustlab.values import list_of, nonneg_int
 
 
 @register
-@dataclasses.dataclass
 class Chip(PatternSpec):
     """Err and RErr of a run's quantized model read back through a profiled chip's bit error map:
     K samples per weight-layout offset."""

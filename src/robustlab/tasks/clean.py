@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
 from robustlab.tasks.spec import EvalSpec, option, register
@@ -14,7 +13,6 @@ def first_n(test: Any, n: int | None) -> Any:
 
 
 @register
-@dataclasses.dataclass
 class Clean(EvalSpec):
     """Clean test error of a run's model (at its quantized weights when trained quantized)."""
 

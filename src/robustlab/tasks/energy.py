@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +12,6 @@ from robustlab.values import nonneg_float
 
 
 @register
-@dataclasses.dataclass
 class Energy(PatternSpec):
     """For every point of a voltage → (bit error rate, energy) curve, RErr under K random bit error
     patterns at that rate; the lowest voltage at (and above) which the mean RErr stays within

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +13,6 @@ from robustlab.values import list_of, positive_int
 
 
 @register
-@dataclasses.dataclass
 class Epsilons(EvalSpec):
     """Per norm, the distance of each test image to its nearest training image of another class."""
 

@@ -3,7 +3,6 @@ perturbations (`robustlab flatness`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -76,7 +75,6 @@ def attack_settings(spec: Any, run: Any) -> dict[str, Any]:
 
 
 @register
-@dataclasses.dataclass
 class Flatness(EvalSpec):
     """Increase of the robust (or clean) loss over the unperturbed model for weights perturbed in
     the relative ball ‖ν_l‖ ≤ ξ‖w_l‖: mean over random ν on its sphere (average case) or projected

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +14,6 @@ DIRECTIONS = ("random", "adversarial")
 
 
 @register
-@dataclasses.dataclass
 class Landscape(EvalSpec):
     """Clean and robust loss on a grid along a filter-normalized random direction or the
     worst-case ν of the relative ball B_ξ (2-D: plus a random one)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,7 +13,6 @@ _KEYWORDS: dict[str, str] = {}  # spec field → keyword of `evaluate.patches.pa
 
 
 @register
-@dataclasses.dataclass
 class Patches(EvalSpec):
     """RErr under location-fixed, random and optimized patches (same steps, restarts, seed)."""
 

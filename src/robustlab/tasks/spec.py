@@ -4,10 +4,10 @@ A spec's fields are that evaluation's only defaults. The CLI options of its comm
 generated from the fields (`add_options`, `from_args`), presets build it from a settings dict
 (`from_settings`), and every result it writes says what it is (`make_result`: `kind`, `schema`,
 the settings). The report, `robustlab table` and `robustlab info` find a result's spec through
-`REGISTRY[result["kind"]]` (`spec_of`). Adding an evaluation = one spec class in one file:
+`REGISTRY[result["kind"]]` (`spec_of`). Adding an evaluation = one spec class in one file
+(`register` makes it a dataclass):
 
     @register
-    @dataclasses.dataclass
     class Clean(EvalSpec):
         kind: ClassVar[str] = "clean"
         n_test: int | None = option("n_test")
@@ -176,9 +176,12 @@ S = typing.TypeVar("S", bound=type[EvalSpec])
 
 
 def register(cls: S) -> S:
-    """Class decorator: make a spec known to the CLI, presets, report and `info`."""
+    """Class decorator: make a spec a dataclass (its fields are its options; unless it is one
+    already) and known to the CLI, presets, report and `info`."""
     if not cls.kind:
         raise TypeError(f"{cls.__name__} has no kind")
+    if "__dataclass_fields__" not in vars(cls):
+        cls = dataclasses.dataclass(cls)
     if cls.kind in REGISTRY and REGISTRY[cls.kind] is not cls:
         raise TypeError(f"evaluation kind {cls.kind!r} is registered twice")
     REGISTRY[cls.kind] = cls

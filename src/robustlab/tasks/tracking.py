@@ -7,7 +7,6 @@ history back as best vs last epoch (the robust-overfitting numbers).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,7 +15,6 @@ from robustlab.tasks.spec import EvalSpec, option, register
 
 
 @register
-@dataclasses.dataclass
 class Tracking(EvalSpec):
     """PGD robust loss/error (and clean) of the training model on a held-out split, per epoch."""
 

@@ -45,15 +45,12 @@ import numpy as np
 import torch
 from common import bench_data, choose
 
-from robustlab import models
 from robustlab.attacks.base import confidence, worst_case_key
 from robustlab.checkpoint import read_weights, save_weights
 from robustlab.evaluate import metrics as M
 from robustlab.evaluate.adversarial import adversarial
 from robustlab.io import atomic_write_json, versions
-from robustlab.train import fit
-from robustlab.train.adversarial_methods import AT, CCAT
-from robustlab.train.methods import Method
+from robustlab.tasks.train import TrainSpec
 
 EPS = {"linf": 0.1, "l2": 1.5}
 MODELS = ("normal", "at", "ccat")
@@ -63,19 +60,24 @@ EXTRA_LIBRARIES = ("ta-fab-t", "ta-square")
 TPR = 0.99
 
 
+def train_spec(key: str, a: argparse.Namespace) -> TrainSpec:
+    """The training run of model `key` (what the header says), as robustlab's `TrainSpec`."""
+    options = {"normal": {},
+               "at": {"fraction": 0.5, "eps": 0.1, "attack_steps": a.train_steps},
+               "ccat": {"fraction": 0.5, "rho": 10.0, "eps": 0.1, "attack_steps": a.train_steps}}
+    return TrainSpec(model="lenet", method=key, options=options[key], lr=0.05, batch_size=128,
+                     seed=0, epochs=a.epochs_normal if key == "normal" else a.epochs_adv)
+
+
 def train_model(key: str, a: argparse.Namespace, train: Any) -> torch.nn.Module:
     path = Path(a.cache) / f"{key}.safetensors"
-    model = models.create("lenet", dataset=train, seed=0)
+    spec = train_spec(key, a)
+    model = spec.make_model(train)
     if path.exists():
         model.load_state_dict(read_weights(path))
         return model.eval()
-    method = {"normal": Method(),
-              "at": AT(fraction=0.5, eps=0.1, attack_steps=a.train_steps),
-              "ccat": CCAT(fraction=0.5, rho=10.0, eps=0.1, attack_steps=a.train_steps)}[key]
-    epochs = a.epochs_normal if key == "normal" else a.epochs_adv
     t0 = time.perf_counter()
-    fit(model, train, method=method, epochs=epochs, lr=0.05, batch_size=128, seed=0, device="cpu",
-        progress=False)
+    spec.run(None, data=(train, None, None), model=model, device="cpu", progress=False)
     print(f"{key}: trained in {time.perf_counter() - t0:.0f}s")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(path, model)

@@ -197,6 +197,40 @@ def test_result_metrics_exact():
     assert summary.rate_label(0.005) == "0.5%" and summary.rate_label(0.0001) == "0.01%"
 
 
+def test_sections_and_setting_lines_come_from_the_specs():
+    from typing import Any, ClassVar
+
+    from robustlab.tasks.spec import REGISTRY, EvalSpec, register
+
+    assert [summary.group_of(k) for k in ("clean", "adversarial", "patches", "biterrors", "chip",
+                                          "energy", "bitattack", "flatness", "landscape", "nope")] \
+        == ["clean", "input attacks", "input attacks", "random bit errors", "random bit errors",
+            "random bit errors", "adversarial bit errors", "flatness", "other", "other"]
+
+    class Blur(EvalSpec):  # a new kind: its section, metrics and setting line from its class
+        kind: ClassVar[str] = "blur-toy"
+        group: ClassVar[str] = "input attacks"
+
+        def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+            return {f"{self.prefix(name)}RErr blur": result["rerr"]}
+
+        def setting_line(self, result: dict[str, Any]) -> str:
+            return f"blur on n={result['n']}"
+
+    register(Blur)
+    try:
+        blur = {"kind": "blur-toy", "schema": 1, "settings": {}, "rerr": 0.25, "n": 8}
+        clean = {"kind": "clean", "schema": 1, "settings": {}, "err": 0.125, "n": 8}
+        groups = summary.value_groups({"other-blur": blur, "blur-toy": blur, "clean": clean}, [])
+        assert {g: list(m) for g, m in groups.items()} == {
+            "clean": ["Err"], "input attacks": ["RErr blur", "other-blur/RErr blur"]}
+        runs = [{"label": "a", "results": {"blur-toy": blur, "clean": clean}, "history": []}]
+        assert summary.section_settings(runs) == {"input attacks": "blur on n=8",
+                                                  "clean": "n=8 test images"}
+    finally:
+        REGISTRY.pop("blur-toy", None)
+
+
 def test_png_size_rejects_non_png():
     with pytest.raises(ValueError):
         png_size(b"GIF89a" + b"\0" * 30)

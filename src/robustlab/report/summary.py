@@ -14,7 +14,9 @@ Errors are fractions (the tables print them in %). Metric names:
 - `train Err` (last epoch), `best val RErr`, `last val RErr` — training history.
 
 A result stored under another name than its kind's usual one (e.g. `flatness-best.json`, or a
-second suite `unseen.json`) gets its metric names prefixed with `<name>/`.
+second suite `unseen.json`) gets its metric names prefixed with `<name>/` (`EvalSpec.prefix`).
+Each kind's metrics, setting line and report section (`group`) come from its spec
+(`robustlab.tasks`), found through the result's `kind`.
 """
 
 from __future__ import annotations
@@ -33,13 +35,6 @@ from robustlab.report.metric import rate_label as rate_label  # re-exported (old
 from robustlab.report.metric import sig3 as _g
 
 log = logging.getLogger("robustlab.report")
-
-DEFAULT_NAMES = {"clean": ("clean", "eval"), "adversarial": ("adversarial", "attack"),
-                 "patches": ("patches",), "biterrors": ("biterrors",), "bitattack": ("bitattack",),
-                 "flatness": ("flatness", "flatness-average", "flatness-worst",
-                              "flatness-average-clean", "flatness-worst-clean"),
-                 "energy": ("energy",), "chip": ("chip", "chip-errors")}
-
 
 def kind_of(name: str, r: dict[str, Any]) -> str:
     """What kind of result a dict is: the registry key it carries (results with a `schema`), else,
@@ -131,7 +126,7 @@ def result_setting(name: str, r: dict[str, Any]) -> str:
 
 
 def section_settings(runs: list[dict[str, Any]]) -> dict[str, str]:
-    """Per capability group (`GROUPS` values): the distinct `result_setting`s of every run's
+    """Per capability group (`SECTIONS`): the distinct `result_setting`s of every run's
     results, joined; runs that differ are named."""
     seen: dict[str, dict[str, list[str]]] = {}
     for r in runs:
@@ -277,28 +272,29 @@ def read_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-GROUPS = {"clean": "clean", "adversarial": "input attacks", "patches": "input attacks",
-          "biterrors": "random bit errors",
-          "chip": "random bit errors", "energy": "random bit errors",
-          "bitattack": "adversarial bit errors", "flatness": "flatness", "training": "training"}
+# the report's sections, in order (a spec's `group`; results of other groups come last)
+SECTIONS = ("clean", "input attacks", "random bit errors", "adversarial bit errors", "flatness",
+            "training")
 
 
 def group_of(kind: str) -> str:
-    """The capability group of a kind: `GROUPS`, else its spec's `group`, else 'other'."""
-    if kind in GROUPS:
-        return GROUPS[kind]
+    """The capability group of a kind: its spec's `group`; 'other' for kinds without a spec."""
     cls = spec_for(kind)
     return str(getattr(cls, "group", "") or "other") if cls is not None else "other"
 
 
+def _order(kind: str) -> tuple[int, str]:
+    """Results sort by section, then by kind; those of other groups last (then by name)."""
+    g = group_of(kind)
+    return (SECTIONS.index(g), kind) if g in SECTIONS else (len(SECTIONS), "")
+
+
 def value_groups(results: dict[str, dict[str, Any]], history: list[dict[str, Any]]
                  ) -> dict[str, dict[str, Metric]]:
-    """Metrics of one run's results and history grouped by capability (`GROUPS` values), clean
+    """Metrics of one run's results and history grouped by capability (`SECTIONS`), clean
     error first. Without a clean result, the adversarial suite's attacked split gives `Err`."""
-    order = list(GROUPS)
     groups: dict[str, dict[str, Metric]] = {}
-    items = sorted(results.items(), key=lambda kv: (order.index(kind_of(*kv))
-                                                    if kind_of(*kv) in order else 99, kv[0]))
+    items = sorted(results.items(), key=lambda kv: (_order(kind_of(*kv)), kv[0]))
     for name, r in items:
         g = group_of(kind_of(name, r))
         for k, v in result_values(name, r).items():
@@ -311,7 +307,7 @@ def value_groups(results: dict[str, dict[str, Any]], history: list[dict[str, Any
     hist = history_values(history)
     if hist:
         groups.setdefault("training", {}).update(hist)
-    ordered = {g: groups[g] for g in dict.fromkeys(GROUPS.values()) if g in groups}
+    ordered = {g: groups[g] for g in SECTIONS if g in groups}
     ordered.update({g: v for g, v in groups.items() if g not in ordered})
     return ordered
 
@@ -322,7 +318,7 @@ def run_value_groups(run_dir: str | Path) -> dict[str, dict[str, Metric]]:
 
 
 def run_metric_groups(run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """A run's metrics grouped by capability (`GROUPS` values), clean error first."""
+    """A run's metrics grouped by capability (`SECTIONS`), clean error first."""
     return {g: {k: m.value for k, m in ms.items()} for g, ms in run_value_groups(run_dir).items()}
 
 

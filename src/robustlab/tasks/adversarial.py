@@ -68,6 +68,8 @@ class Adversarial(EvalSpec):
     kind: ClassVar[str] = "adversarial"
     title: ClassVar[str] = "robust error under the attack suite, with confidence thresholding"
     requires: ClassVar[str] = "robustlab.evaluate.adversarial"
+    group: ClassVar[str] = "input attacks"
+    names: ClassVar[tuple[str, ...]] = ("attack",)
 
     suite: str = option(default=DEFAULT_SUITE, type=str, help=(
         "comma list of linf, l2, l1, l0, frames, patch, distal, corrupt; an item may carry a "
@@ -185,7 +187,7 @@ class Adversarial(EvalSpec):
 
         r = result
         out: dict[str, Any] = {}
-        pre = "" if name in S.DEFAULT_NAMES["adversarial"] else f"{name}/"
+        pre = self.prefix(name)
         clean = r.get("clean") or {}
         taus = list(clean.get("tau") or {})
         n_cfg = (r.get("config") or {}).get("n")

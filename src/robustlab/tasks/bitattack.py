@@ -30,6 +30,7 @@ class BitAttack(EvalSpec):
     kind: ClassVar[str] = "bitattack"
     title: ClassVar[str] = "RErr under adversarial bit flips, per number of flipped bits"
     requires: ClassVar[str] = "robustlab.evaluate.bitattack"
+    group: ClassVar[str] = "adversarial bit errors"
     old_keys: ClassVar[dict[str, str]] = {"n": "n_test", "scheme": "quant", "method": "methods",
                                           "selection": "params"}  # evaluate.bit_attack's keywords
 
@@ -128,10 +129,9 @@ class BitAttack(EvalSpec):
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import number, plural, rate_metric
-        from robustlab.report.summary import DEFAULT_NAMES
 
         r = result
-        pre = "" if name in DEFAULT_NAMES["bitattack"] else f"{name}/"
+        pre = self.prefix(name)
         out: dict[str, Any] = {}
         n = r.get("n_test")
         cfg = r.get("config") or {}

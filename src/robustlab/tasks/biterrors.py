@@ -110,6 +110,7 @@ class BitErrors(PatternSpec):
     kind: ClassVar[str] = "biterrors"
     title: ClassVar[str] = "Err and RErr under random bit errors in the quantized weights"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
+    group: ClassVar[str] = "random bit errors"
 
     rates: list[float] | None = option(
         "rates", type=list_of(rate),
@@ -130,10 +131,9 @@ class BitErrors(PatternSpec):
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import mean_metric, number, rate_label, rate_metric
-        from robustlab.report.summary import DEFAULT_NAMES
 
         r = result
-        pre = "" if name in DEFAULT_NAMES["biterrors"] else f"{name}/"
+        pre = self.prefix(name)
         out: dict[str, Any] = {}
         n, k = r.get("n_test"), r.get("patterns")
         bits = (r.get("scheme") or {}).get("bits")

@@ -19,6 +19,8 @@ class Clean(EvalSpec):
     kind: ClassVar[str] = "clean"
     title: ClassVar[str] = "clean test error, per-class error and confusion matrix"
     requires: ClassVar[str] = "robustlab.evaluate.clean"
+    group: ClassVar[str] = "clean"
+    names: ClassVar[tuple[str, ...]] = ("eval",)
 
     n_test: int | None = option("n_test", aliases=("--n",))
     batch_size: int = option("batch_size")
@@ -38,9 +40,8 @@ class Clean(EvalSpec):
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import number, rate_metric
-        from robustlab.report.summary import DEFAULT_NAMES
 
-        pre = "" if name in DEFAULT_NAMES["clean"] else f"{name}/"
+        pre = self.prefix(name)
         if number(result.get("err")) is None:
             return {}
         return {f"{pre}Err": rate_metric(result["err"], result.get("n"), label=f"{pre}Err clean",

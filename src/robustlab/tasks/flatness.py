@@ -84,6 +84,9 @@ class Flatness(EvalSpec):
     kind: ClassVar[str] = "flatness"
     title: ClassVar[str] = "flatness of the robust loss under relative weight perturbations"
     requires: ClassVar[str] = "robustlab.evaluate.flatness"
+    group: ClassVar[str] = "flatness"
+    names: ClassVar[tuple[str, ...]] = ("flatness-average", "flatness-worst", "flatness-average-clean",
+                                        "flatness-worst-clean")  # `result_name()`s
     old_keys: ClassVar[dict[str, str]] = FLAT_OLD_KEYS
 
     case: str = option(default="average", choices=CASES,
@@ -191,10 +194,10 @@ class Flatness(EvalSpec):
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import Metric, mean_metric, number, plural, sig3
-        from robustlab.report.summary import DEFAULT_NAMES, NORM_NAMES
+        from robustlab.report.summary import NORM_NAMES
 
         r = result
-        pre = "" if name in DEFAULT_NAMES["flatness"] else f"{name}/"
+        pre = self.prefix(name)
         out: dict[str, Any] = {}
         variant = "" if r.get("variant", "robust") == "robust" else f"{r['variant']} "
         att = r.get("attack") or {}

@@ -19,6 +19,7 @@ class Patches(EvalSpec):
     kind: ClassVar[str] = "patches"
     title: ClassVar[str] = "robust error under adversarial patches by location mode"
     requires: ClassVar[str] = "robustlab.attacks.patches"
+    group: ClassVar[str] = "input attacks"
 
     locations: list[str] = option(
         default_factory=lambda: list(LOCATIONS), type=list_of(str),
@@ -61,10 +62,9 @@ class Patches(EvalSpec):
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report import metric as M
-        from robustlab.report import summary as S
 
         r, out = result, {}
-        pre = "" if name in S.DEFAULT_NAMES["patches"] else f"{name}/"
+        pre = self.prefix(name)
         n = r.get("n")
         cfg = r.get("config") or {}
         setting = ", ".join(p for p in (f"n={n}" if n is not None else "",

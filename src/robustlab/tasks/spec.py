@@ -67,6 +67,8 @@ class EvalSpec:
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line: what the evaluation measures
     requires: ClassVar[str] = ""  # a module that must be importable (else the spec is skipped)
+    group: ClassVar[str] = "other"  # the report's section (`report.summary.SECTIONS`)
+    names: ClassVar[tuple[str, ...]] = ()  # result names, beside `kind`, of unprefixed metrics
     # older settings keys (presets written with the evaluation functions' keywords) → fields:
     # accepted for one release with a one-line note; each class lists its own (merged along its
     # bases), beside the fields' old CLI spellings (`option(aliases=…)`)
@@ -85,6 +87,11 @@ class EvalSpec:
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         """{metric name: value or report Metric} for the summary table; see report/summary.py."""
         return {}
+
+    def prefix(self, name: str) -> str:
+        """'' for a result stored under its kind's usual name (`kind`, `names`), else '<name>/'
+        (a second suite `unseen.json`, `flatness-best.json`): what its metric names start with."""
+        return "" if name == self.kind or name in self.names else f"{name}/"
 
     def setting_line(self, result: dict[str, Any]) -> str:
         """One line of what the result was measured on and how (n, attacks, steps, patterns),

@@ -110,7 +110,7 @@ def test_suite_and_eps_parsing() -> None:
 
 def test_suite_metrics_are_consistent_with_the_protocol(trained) -> None:
     model, test = trained
-    res = adversarial(model, test, "linf:0.25,l2:1.2,distal,corrupt", n=100, steps=10, attacks="pgd",
+    res = adversarial(model, test, "linf:0.25,l2:1.2,distal,corrupt", n_test=100, steps=10, attacks="pgd",
                       tprs=(0.99, 0.995), corruptions=["gaussian_noise", "rotate"],
                       batch_size=64, progress=False)
     # τ from the last 10% of the test set (30 images), RErr ≥ Err on the attacked 100
@@ -135,7 +135,7 @@ def test_suite_metrics_are_consistent_with_the_protocol(trained) -> None:
 
 def test_suite_early_exit_on_and_off_gives_same_rerr(trained) -> None:
     model, test = trained
-    kw = dict(n=150, steps=15, restarts=2, batch_size=50, seed=3, progress=False)
+    kw = dict(n_test=150, steps=15, restarts=2, batch_size=50, seed=3, progress=False)
     on = adversarial(model, test, "linf:0.22,l2:1.4,frames", early_stop=True, **kw)
     off = adversarial(model, test, "linf:0.22,l2:1.4,frames", early_stop=False, **kw)
     for key in on["threats"]:
@@ -157,7 +157,7 @@ def test_suite_bad_input(trained) -> None:
                              (dict(eps="linf=-0.5"), "-0.5"), (dict(suite="patch:9"), "9×9"),
                              (dict(objectives=("xent",)), "objective 'xent'")):
         with pytest.raises(UserError) as e:
-            adversarial(model, test, **{"suite": "linf", "n": 10, "steps": 1, "progress": False,
+            adversarial(model, test, **{"suite": "linf", "n_test": 10, "steps": 1, "progress": False,
                                         **kwargs})
         assert fragment in str(e.value) and "\n" not in str(e.value)
 
@@ -169,7 +169,7 @@ def test_attack_command_end_to_end(tmp_path, capsys) -> None:
     assert main(["train", "--data", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet",
                  "--out", str(run)]) == 0
     assert main(["attack", str(run), "--suite", "linf,patch,distal", "--n-test", "40",
-                 "--steps", "2", "--tpr", "0.99,0.995", "--quiet"]) == 0
+                 "--steps", "2", "--tprs", "0.99,0.995", "--quiet"]) == 0
     res = json.loads((run / "results" / "attack.json").read_text())
     assert res["kind"] == "adversarial" and set(res["threats"]) == {"linf", "patch", "distal"}
     assert res["config"]["tprs"] == [0.99, 0.995]
@@ -179,7 +179,7 @@ def test_attack_command_end_to_end(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "RErr@99%" in out and "RErr@99.5%" in out
     # bad input: one line, exit status 2
-    for args in (["--suite", "linf,l9"], ["--eps", "l2=-1"], ["--restarts", "0"],
+    for args in (["--suite", "linf,l9"], ["--radii", "l2=-1"], ["--restarts", "0"],
                  ["--suite", "patch:99"], ["--steps", "-1"]):
         try:
             code = main(["attack", str(run), "--quiet", "--n-test", "20", *args])

@@ -261,7 +261,7 @@ def test_bitattack_command(run_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--budgets", "10,-1"], "--budget"),
+    (["--budgets", "10,-1"], "--budgets"),
     (["--params", "nope"], "unknown parameter selection"),
     (["--methods", "magic"], "unknown bit attack method"),
     (["--target", "99"], "target"),

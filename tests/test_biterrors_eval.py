@@ -67,7 +67,7 @@ def _brute_force_wrong(model, test, scheme, seed, rate):
 def test_rerr_equals_brute_force(trained, scheme):
     model, test = trained
     rates = [0.005, 0.05, 0.2]
-    res = bit_errors(model, test, scheme=scheme, rates=rates, patterns=3, seed0=100,
+    res = bit_errors(model, test, quant=scheme, rates=rates, patterns=3, seed=100,
                      batch_size=40, progress=False)
     for k in range(3):
         for r, p in enumerate(rates):
@@ -116,7 +116,7 @@ def test_default_rates_and_bad_input(trained):
     assert RATES_28[0] == 0.001 and RATES_28[-1] == 0.2 and RATES_32[-1] == 0.025
     for kwargs, msg in [(dict(patterns=0), "patterns"), (dict(rates=[1.5]), "bit error rate"),
                         (dict(rates=[-0.1]), "bit error rate"), (dict(rates=[]), "no bit error"),
-                        (dict(seed0=-1), "seed"), (dict(batch_size=0), "batch size")]:
+                        (dict(seed=-1), "seed"), (dict(batch_size=0), "batch size")]:
         with pytest.raises(UserError, match=msg):
             bit_errors(model, test, **{"rates": [0.01], **kwargs})
 

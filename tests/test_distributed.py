@@ -55,6 +55,8 @@ def _launch(argvs: list[list[str]], cwd: Path) -> list[subprocess.CompletedProce
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    for r, p in enumerate(done):  # the commands these tests run speak the current vocabulary
+        assert "is deprecated; use" not in p.stderr, f"rank {r}: {p.stderr[-3000:]}"
     return done
 
 
@@ -163,11 +165,11 @@ EVALS = {  # command: (options, result files)
     "attack": (["--suite", "linf,l2,frames,patch,distal,corrupt", "--n-test", "50", "--batch-size",
                 "16", "--steps", "4", "--patch-steps", "3", "--restarts", "2", "--corruptions",
                 "gaussian_noise", "--no-figures"], ["attack"]),
-    "bitattack": (["--budget", "0,3,12", "--methods", "attack,bfa,random", "--steps", "3",
+    "bitattack": (["--budgets", "0,3,12", "--methods", "attack,bfa,random", "--steps", "3",
                    "--restarts", "2", "--random-patterns", "3", "--n-attack", "64", "--n-test", "100"],
                   ["bitattack"]),
     "flatness": (["--kind", "average", "--xi", "0.1,0.3", "--samples", "5", "--n-test", "40",
-                  "--attack-steps", "3", "--no-train", "--batch-size", "16", "--landscape", "1d",
+                  "--steps", "3", "--no-train", "--batch-size", "16", "--landscape", "1d",
                   "--points", "5"], ["flatness-average", "landscape-1d-random"]),
 }
 

@@ -57,3 +57,40 @@ def test_examples_run(page, tmp_path):
     p = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), text=True,
                        capture_output=True, cwd=tmp_path, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "is deprecated; use" not in p.stderr, p.stderr[-3000:]  # the docs speak the current vocabulary
+
+
+BLOCK = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<code>.*?)^```", re.MULTILINE | re.DOTALL)
+SHELL = {"", "bash", "sh", "shell", "console", "text"}
+COMMAND = re.compile(r"\brobustlab (?P<cmd>[a-z][\w-]*)(?P<rest>[^#\n]*)")
+
+
+def old_spellings() -> dict[str, set[str]]:
+    """Each command's old option spellings: the ones it still accepts with a deprecation note."""
+    import argparse
+
+    from robustlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {s for a in p._actions if type(a).__name__ == "_Deprecated" for s in a.option_strings}
+            for name, p in sub.choices.items()}
+
+
+def test_command_lines_use_the_current_option_names():
+    """Every `robustlab COMMAND …` line in a code block of the docs uses the current spelling of
+    each option (docs/cli.md's table of old spellings is prose, not a code block)."""
+    old = old_spellings()
+    assert {"--norm", "--step-size", "--seed0"} <= old["train"] and "--scheme" in old["biterrors"]
+    stale = []
+    for page in PAGES:
+        if not page.is_file():
+            continue
+        for block in BLOCK.finditer(page.read_text(encoding="utf-8")):
+            if block.group("lang") not in SHELL:
+                continue
+            code = re.sub(r"\\\n\s*", " ", block.group("code"))  # one line per command
+            for m in COMMAND.finditer(code):
+                used = set(re.findall(r"(?<!\S)--[\w-]+", m.group("rest")))
+                stale += [f"{page.name}: robustlab {m.group('cmd')} {flag}"
+                          for flag in sorted(used & old.get(m.group("cmd"), set()))]
+    assert not stale, stale

@@ -41,7 +41,7 @@ def test_xi_zero_is_exactly_zero_with_a_random_attack():
     _, test = data()
     for kind in ("average", "worst"):
         r = flatness(m, test, kind=kind, xi=[0.0, 0.05], attack=random_fgsm, samples=3, steps=3,
-                     restarts=2, n=40, seed=5, progress=False)
+                     restarts=2, n_test=40, seed=5, progress=False)
         assert r["flatness"][0] == 0.0
         assert r["flatness"][1] > 0.0
         assert r["variant"] == "robust" and r["n"] == 40
@@ -50,7 +50,7 @@ def test_xi_zero_is_exactly_zero_with_a_random_attack():
 def test_clean_variant_matches_direct_loss():
     m = trained_mlp()
     _, test = data()
-    r = flatness(m, test, kind="average", xi=0.1, clean=True, samples=2, n=40, progress=False)
+    r = flatness(m, test, kind="average", xi=0.1, clean=True, samples=2, n_test=40, progress=False)
     with torch.no_grad():
         assert abs(r["loss"] - float(F.cross_entropy(m(test.x[:40]), test.y[:40]))) < 1e-5
 
@@ -58,7 +58,7 @@ def test_clean_variant_matches_direct_loss():
 def test_worst_case_exceeds_average_case():
     m = trained_mlp()
     _, test = data()
-    kw = dict(xi=0.1, attack=random_fgsm, n=40, seed=1, progress=False)
+    kw = dict(xi=0.1, attack=random_fgsm, n_test=40, seed=1, progress=False)
     avg = flatness(m, test, kind="average", samples=4, **kw)
     worst = flatness(m, test, kind="worst", steps=8, return_nu=True, **kw)
     assert worst["flatness"][0] > max(avg["details"][0]["perturbed_losses"]) - avg["loss"]
@@ -90,7 +90,7 @@ def test_flatness_is_invariant_to_layer_rescaling():
     for kind in ("average", "worst"):
         for attack in (random_fgsm, None):
             kw = dict(kind=kind, xi=0.2, attack=attack, clean=attack is None, samples=3,
-                      steps=5, n=40, seed=3, progress=False)
+                      steps=5, n_test=40, seed=3, progress=False)
             a, b = flatness(m, test, **kw), flatness(m2, test, **kw)
             assert abs(a["flatness"][0] - b["flatness"][0]) <= 1e-3 * abs(a["flatness"][0])
             assert a["flatness"][0] > 0
@@ -107,9 +107,9 @@ def test_norm_layers_and_buffers_are_untouched():
                 mod.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     m.train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    r = flatness(m, test, kind="worst", xi=0.1, attack=random_fgsm, steps=2, n=16,
+    r = flatness(m, test, kind="worst", xi=0.1, attack=random_fgsm, steps=2, n_test=16,
                  progress=False, return_nu=True)
-    flatness(m, test, kind="average", xi=0.1, attack=random_fgsm, samples=2, n=16, progress=False)
+    flatness(m, test, kind="average", xi=0.1, attack=random_fgsm, samples=2, n_test=16, progress=False)
     after = m.state_dict()
     assert before.keys() == after.keys()
     for k in before:
@@ -124,11 +124,11 @@ def test_norm_layers_and_buffers_are_untouched():
 def test_train_gap_and_landscape_shapes():
     m = trained_mlp()
     train, test = data()
-    r = flatness(m, test, kind="average", xi=0.1, attack=random_fgsm, samples=2, n=40,
+    r = flatness(m, test, kind="average", xi=0.1, attack=random_fgsm, samples=2, n_test=40,
                  train=train, progress=False)
     assert abs(r["gap"] - (r["loss"] - r["train_loss"])) < 1e-12
     assert 0 <= r["clean_err"] <= r["robust_err"] <= 1
-    one = landscape(m, test, dims=1, xi=0.1, points=5, attack=random_fgsm, n=20, progress=False)
+    one = landscape(m, test, dims=1, xi=0.1, points=5, attack=random_fgsm, n_test=20, progress=False)
     assert len(one["clean_loss"]) == len(one["robust_loss"]) == 5
     mid = 2  # coordinate 0: the unperturbed weights
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_train_gap_and_landscape_shapes():
             < 1e-5
     assert all(r >= c - 1e-6 for r, c in zip(one["robust_loss"], one["clean_loss"]))
     two = landscape(m, test, dims=2, direction="adversarial", xi=0.1, points=3,
-                    attack=random_fgsm, n=20, steps=2, progress=False)
+                    attack=random_fgsm, n_test=20, steps=2, progress=False)
     assert len(two["robust_loss"]) == 3 and len(two["robust_loss"][0]) == 3
 
 
@@ -152,7 +152,7 @@ def test_a_standard_attack_object_gives_the_default_settings_numbers():
     settings, exactly; APGD works too; the result file records the object's fields."""
     m = trained_mlp()
     train, test = data()
-    kw = dict(xi=[0.0, 0.05], samples=2, steps=2, n=24, seed=4, progress=False, train=train)
+    kw = dict(xi=[0.0, 0.05], samples=2, steps=2, n_test=24, seed=4, progress=False, train=train)
     for kind in ("average", "worst"):
         a = flatness(m, test, kind=kind, attack_settings={"steps": 3, "eps": 0.1}, **kw)
         b = flatness(m, test, kind=kind, attack=attacks.PGD(eps=0.1, steps=3), **kw)
@@ -160,12 +160,12 @@ def test_a_standard_attack_object_gives_the_default_settings_numbers():
             assert a[k] == b[k], (kind, k)
         assert a["flatness"][1] != 0.0  # a real perturbation was measured
         assert b["attack"]["custom"] == "PGD" and b["attack"]["eps"] == 0.1
-    la = landscape(m, test, points=3, attack_settings={"steps": 2, "eps": 0.1}, n=16,
+    la = landscape(m, test, points=3, attack_settings={"steps": 2, "eps": 0.1}, n_test=16,
                    progress=False)
-    lb = landscape(m, test, points=3, attack=attacks.PGD(eps=0.1, steps=2), n=16, progress=False)
+    lb = landscape(m, test, points=3, attack=attacks.PGD(eps=0.1, steps=2), n_test=16, progress=False)
     assert la["robust_loss"] == lb["robust_loss"] and la["clean_loss"] == lb["clean_loss"]
     r = flatness(m, test, kind="average", xi=0.0, attack=attacks.APGD(eps=0.1, steps=3),
-                 samples=1, n=16, progress=False)
+                 samples=1, n_test=16, progress=False)
     assert r["flatness"] == [0.0] and r["robust_err"] >= r["clean_err"]
 
 
@@ -177,6 +177,6 @@ def test_the_older_positional_attack_form_still_works():
     def positional(f, x, y, g):
         return random_fgsm(f, x, y, generator=g)
 
-    kw = dict(kind="average", xi=0.1, samples=2, n=24, seed=2, progress=False)
+    kw = dict(kind="average", xi=0.1, samples=2, n_test=24, seed=2, progress=False)
     assert flatness(m, test, attack=positional, **kw)["flatness"] == \
         flatness(m, test, attack=random_fgsm, **kw)["flatness"]

@@ -98,7 +98,7 @@ def test_trainer_hook_and_best_vs_last(tmp_path):
 
 def test_flatness_with_default_pgd_is_zero_at_xi_zero():
     m, _, test = setup()
-    r = flatness(m, test, kind="worst", xi=[0.0, 0.05], steps=2, n=20,
+    r = flatness(m, test, kind="worst", xi=[0.0, 0.05], steps=2, n_test=20,
                  attack_settings={"steps": 3}, progress=False)
     assert r["flatness"][0] == 0.0 and r["flatness"][1] > 0
     assert r["attack"]["attack"] == "pgd" and r["attack"]["steps"] == 3

@@ -61,7 +61,7 @@ def test_bit_errors_api_equals_cli(fitted, capsys):
     code, _, err = run_cli(capsys, "biterrors", run, "--rates", "0.01,0.1", "--patterns", "2",
                            "--seed", "100", "--quiet", "--device", "cpu")
     assert code == 0, err
-    py = rl.evaluate.bit_errors(model, test, rates=[0.01, 0.1], patterns=2, seed0=100,
+    py = rl.evaluate.bit_errors(model, test, rates=[0.01, 0.1], patterns=2, seed=100,
                                 progress=False)
     assert py["scheme"]["bits"] == 4
     _same(py, _result(run, "biterrors"))
@@ -72,7 +72,7 @@ def test_flatness_api_equals_cli(fitted, capsys):
     code, _, err = run_cli(capsys, "flatness", run, "--xi", "0.3", "--samples", "2", "--n-test",
                            "40", "--steps", "2", "--no-train", "--quiet", "--device", "cpu")
     assert code == 0, err
-    py = rl.evaluate.flatness(model, test, xi=0.3, samples=2, n=40,
+    py = rl.evaluate.flatness(model, test, xi=0.3, samples=2, n_test=40,
                               attack_settings={"steps": 2}, progress=False)
     _same(py, _result(run, "flatness-average"))
     assert py["loss"] != pytest.approx(float(torch.nn.functional.cross_entropy(
@@ -86,7 +86,7 @@ def test_adversarial_api_equals_cli(fitted, capsys):
                            "--device", "cpu")
     assert code == 0, err
     cli = _result(run, "attack")
-    py = rl.evaluate.adversarial(model, test, "linf", n=40, attacks="pgd", steps=3,
+    py = rl.evaluate.adversarial(model, test, "linf", n_test=40, attacks="pgd", steps=3,
                                  dataset="synthetic", progress=False)
     _same(py, cli)
 

@@ -37,6 +37,7 @@ def test_signatures_use_the_vocabulary(fn, old, new):
     assert params[old].default is UNSET  # still accepted, not advertised
 
 
+@pytest.mark.deprecated_spelling
 def test_renamed_helper(capsys):
     assert renamed("f", "n", UNSET, "n_test", 5) == 5
     assert capsys.readouterr().err == ""
@@ -53,6 +54,7 @@ def tiny():
     return model, Dataset("toy", x, y, 3)
 
 
+@pytest.mark.deprecated_spelling
 def test_bit_errors_old_keywords_same_numbers(tiny, capsys):
     model, test = tiny
     new = biterrors.bit_errors(model, test, quant=NORMAL8, rates=[0.05, 0.2], patterns=2, seed=3,
@@ -68,6 +70,7 @@ def test_bit_errors_old_keywords_same_numbers(tiny, capsys):
     assert old["rerr"] == new["rerr"] and old["err"] == new["err"]
 
 
+@pytest.mark.deprecated_spelling
 def test_flatness_and_landscape_old_n(tiny, capsys):
     model, test = tiny
     kw = dict(xi=0.1, clean=True, samples=2, seed=4, progress=False)
@@ -82,6 +85,7 @@ def test_flatness_and_landscape_old_n(tiny, capsys):
     assert a["robust_loss"] == b["robust_loss"] and a["clean_loss"] == b["clean_loss"]
 
 
+@pytest.mark.deprecated_spelling
 def test_robust_metrics_old_n(tiny, capsys):
     model, test = tiny
     s = {"steps": 2}
@@ -93,6 +97,7 @@ def test_robust_metrics_old_n(tiny, capsys):
     assert full != a  # n_test is honoured: 9 of 24 images differ from all of them
 
 
+@pytest.mark.deprecated_spelling
 def test_patches_and_adversarial_old_n(tiny, capsys):
     model, test = tiny
     a = patches.patches(model, test, locations=["fixed"], n_test=6, size=2, steps=1, n_examples=0)

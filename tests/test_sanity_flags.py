@@ -10,7 +10,7 @@ from torch import nn
 from robustlab.commands.attack import flag_lines
 from robustlab.evaluate.adversarial import adversarial, model_flags, result_flags
 
-KW = dict(n=40, steps=5, queries=100, targets=2, batch_size=40, progress=False)
+KW = dict(n_test=40, steps=5, queries=100, targets=2, batch_size=40, progress=False)
 
 
 class Randomized(nn.Module):

@@ -47,7 +47,7 @@ def _tau_max(res: dict) -> float:
 
 def test_default_suite_records_which_attack_decided_each_example(trained) -> None:
     model, test = trained
-    res = adversarial(model, test, "linf:0.25,l2:1.2,l1:6,l0", n=60, steps=3, queries=30,
+    res = adversarial(model, test, "linf:0.25,l2:1.2,l1:6,l0", n_test=60, steps=3, queries=30,
                       targets=2, batch_size=32, sanity=False, progress=False)
     assert res["config"]["attacks"] == list(STANDARD) and res["config"]["queries"] == 30
     clean_wrong = torch.tensor(res["clean"]["wrong"])
@@ -80,7 +80,7 @@ def test_default_suite_records_which_attack_decided_each_example(trained) -> Non
 def test_decided_only_at_the_largest_tau(soft) -> None:
     """A later attack runs on every example that is not misclassified with c ≥ the LARGEST τ."""
     model, test = soft
-    kw = dict(n=100, steps=8, tprs=(0.99, 0.3), attacks="pgd", batch_size=100, sanity=False,
+    kw = dict(n_test=100, steps=8, tprs=(0.99, 0.3), attacks="pgd", batch_size=100, sanity=False,
               progress=False)
     first = adversarial(model, test, "linf:0.6", objectives=("ce",), **kw)
     both = adversarial(model, test, "linf:0.6", objectives=("ce", "conf"), **kw)
@@ -99,7 +99,7 @@ def test_early_exit_on_and_off_give_the_same_verdicts_with_separated_taus(soft, 
     """TPRs 0.99 and 0.3 have far apart τ: stopping at the smallest τ would leave examples
     below the largest τ, and RErr@τ(0.3) would drop (issue: early exit at the largest τ)."""
     model, test = soft
-    kw = dict(n=100, steps=6, queries=20, targets=2, tprs=(0.99, 0.3), attacks=attacks,
+    kw = dict(n_test=100, steps=6, queries=20, targets=2, tprs=(0.99, 0.3), attacks=attacks,
               objectives=("ce",), batch_size=100, sanity=False, progress=False)
     on = adversarial(model, test, "linf:0.6", early_stop=True, **kw)
     off = adversarial(model, test, "linf:0.6", early_stop=False, **kw)
@@ -116,7 +116,7 @@ def test_early_exit_on_and_off_give_the_same_verdicts_with_separated_taus(soft, 
 
 def test_quick_pgd_suite_and_other_threats_still_work(trained) -> None:
     model, test = trained
-    res = adversarial(model, test, "linf:0.25,frames,patch:3,distal,corrupt", attacks="pgd", n=40,
+    res = adversarial(model, test, "linf:0.25,frames,patch:3,distal,corrupt", attacks="pgd", n_test=40,
                       steps=2, restarts=2, corruptions=["gaussian_noise"], batch_size=40,
                       sanity=False, progress=False)
     th = res["threats"]
@@ -129,13 +129,13 @@ def test_quick_pgd_suite_and_other_threats_still_work(trained) -> None:
 
 def test_queries_default_and_bad_values(trained) -> None:
     model, test = trained
-    res = adversarial(model, test, "corrupt", n=10, corruptions=["blur"], progress=False,
+    res = adversarial(model, test, "corrupt", n_test=10, corruptions=["blur"], progress=False,
                       sanity=False)
     assert res["config"]["queries"] == 5000 and res["config"]["apgd_steps"] == 100
     for kwargs, fragment in ((dict(attacks="fab"), "'fab'"), (dict(queries=0), "queries 0"),
                              (dict(targets=0), "targets 0")):
         with pytest.raises(UserError, match=fragment):
-            adversarial(model, test, "linf", n=10, steps=1, progress=False, **kwargs)
+            adversarial(model, test, "linf", n_test=10, steps=1, progress=False, **kwargs)
 
 
 def test_attack_command_prints_contributions_and_rejects_unknown_attacks(tmp_path, capsys) -> None:
@@ -161,7 +161,7 @@ def test_three_class_model_skips_targeted_dlr_with_a_note() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.rand(400, 3, 2, 2), torch.randint(0, 3, (400,))
-    res = rl.evaluate.adversarial(model, (x, y), suite="linf:0.03", n=40, tprs=(0.99,),
+    res = rl.evaluate.adversarial(model, (x, y), suite="linf:0.03", n_test=40, tprs=(0.99,),
                                   queries=20, steps=3, progress=False)
     info = res["threats"]["linf:0.03"]
     assert "apgd-t" not in info["attacks"] and {"apgd-ce", "apgd-conf", "square"} <= set(info["attacks"])

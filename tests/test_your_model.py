@@ -80,7 +80,7 @@ def test_standardized_inputs_are_refused_with_the_range_found():
     for fn in (lambda d: rl.evaluate.clean(net, d),
                lambda d: rl.evaluate.bit_errors(net, d, rates=[0.01], patterns=1),
                lambda d: rl.evaluate.flatness(net, d, clean=True, samples=1),
-               lambda d: rl.evaluate.adversarial(net, d, suite="linf", attacks="pgd", n=4)):
+               lambda d: rl.evaluate.adversarial(net, d, suite="linf", attacks="pgd", n_test=4)):
         with pytest.raises(UserError) as e:
             fn((xn, y))
         msg = str(e.value)
@@ -167,7 +167,7 @@ def test_streamed_loader_gives_the_same_bit_errors_and_flatness_as_tensors():
     assert ds.count >= 60 * 3 * 2  # read again for every pattern and rate, never held
     # robust flatness (PGD inside) on the first 30 examples: read only those
     ds.count = 0
-    fk = dict(xi=[0.0, 0.3], samples=2, n=30, batch_size=8, attack_settings={"steps": 3})
+    fk = dict(xi=[0.0, 0.3], samples=2, n_test=30, batch_size=8, attack_settings={"steps": 3})
     a = rl.evaluate.flatness(model, (x, y), **fk)
     b = rl.evaluate.flatness(model, DataLoader(ds, batch_size=5), **fk)
     assert a["flatness"] == b["flatness"] and a["robust_err"] == b["robust_err"] and b["n"] == 30
@@ -178,7 +178,7 @@ def test_streamed_loader_gives_the_same_attack_results_as_tensors():
     ds = OnTheFly(60)
     x, y = ds.tensors()
     model = _trained_linear(x, y)
-    kw = dict(suite="linf", n=20, attacks="pgd", steps=5, batch_size=8, sanity=False)
+    kw = dict(suite="linf", n_test=20, attacks="pgd", steps=5, batch_size=8, sanity=False)
     a = rl.evaluate.adversarial(model, (x, y), **kw)
     b = rl.evaluate.adversarial(model, DataLoader(ds, batch_size=7), **kw)
     assert ds.count < 60  # the attacked rows and the held-out rows only
@@ -301,7 +301,7 @@ def test_fitted_quantized_model_matches_its_saved_run(tmp_path):
     assert py["loss"] != pytest.approx(float_loss, abs=1e-6)  # 4-bit weights, not the floats
     kw = dict(rates=[0.01, 0.1], patterns=3)
     b_py = rl.evaluate.bit_errors(model, test, **kw)
-    b_cli = rl.evaluate.bit_errors(run.model, test, scheme=run.quant, **kw)
+    b_cli = rl.evaluate.bit_errors(run.model, test, quant=run.quant, **kw)
     for key in ("scheme", "clean_err", "float_err", "err", "rerr"):
         assert b_py[key] == b_cli[key]
     assert b_py["scheme"]["bits"] == 4

@@ -29,11 +29,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from robustlab import data, models
+from robustlab import data
 from robustlab.attacks import pgd
 from robustlab.device import resolve_device
 from robustlab.io import atomic_write_json, versions
-from robustlab.train import fit
+from robustlab.tasks.train import TrainSpec
 
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -149,10 +149,10 @@ def main() -> None:
         print(f"Fashion-MNIST not available ({e}); using digits upsampled to 28×28")
         train, test = data.digits(size=28)
     train = train.subset(slice(0, a.subset))
-    model = models.create(a.model, dataset=train, seed=a.seed)
+    spec = TrainSpec(model=a.model, epochs=max(a.epochs, 1), lr=0.05, batch_size=128, seed=a.seed)
+    model = spec.make_model(train)
     if a.epochs > 0:
-        fit(model, train, epochs=a.epochs, lr=0.05, batch_size=128, seed=a.seed, device=device,
-            progress=False)
+        spec.run(None, data=(train, None, None), model=model, device=device, progress=False)
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -110,3 +110,20 @@ def test_patches_and_adversarial_old_n(tiny, capsys):
     assert "adversarial(n=…) is deprecated" in capsys.readouterr().err
     assert c["config"]["n"] == d["config"]["n"] == 16
     assert c["threats"]["linf"]["rerr"] == d["threats"]["linf"]["rerr"]
+
+
+@pytest.mark.deprecated_spelling
+def test_the_suite_sees_every_note(capsys):
+    """tests/conftest.py records each note (a keyword via `renamed`, an old CLI flag through the
+    parser, which bound `deprecated` at import) to fail unmarked tests that print one."""
+    import conftest
+
+    from robustlab.cli import build_parser
+
+    notes = conftest.DEPRECATION_NOTES
+    before = len(notes)
+    args = build_parser().parse_args(["eval", "RUN", "--n", "5"])
+    assert args.n_test == 5
+    assert renamed("f", "seed0", 3, "seed", 0) == 3
+    assert notes[before:] == ["--n is deprecated; use --n-test", "f(seed0=…) is deprecated; use seed="]
+    assert capsys.readouterr().err.count("is deprecated; use") == 2  # still printed

@@ -3,8 +3,8 @@
 Shared by the report's summary (`report.summary`), the specs' `metrics()` (`tasks/*.py`) and the
 tables (`report.rows`): `rate_metric` (a proportion with its Wilson interval), `mean_metric` (a
 mean over patterns or samples with its t interval), `auc_metric` (a ROC AUC with its Hanley &
-McNeil interval), and the small formatters of labels (`rate_label`, `tau_label`, `plural`,
-`sig3`, `number`).
+McNeil interval), and the small formatters of labels (`rate_label`, `tau_label`,
+`threat_label`, `NORM_NAMES`, `plural`, `sig3`, `number`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Metric:
         return None if self.lo is None or self.hi is None else (self.lo, self.hi)
 
 
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}  # threat norms as labels
+
+
 def rate_label(p: float) -> str:
     """0.01 → '1%', 0.005 → '0.5%', 0.0001 → '0.01%'."""
     return f"{100 * p:.4g}%"
@@ -49,6 +52,26 @@ def tau_label(key: str) -> str:
         return f"{100 * float(key):g}%"
     except ValueError:
         return key
+
+
+def threat_label(key: str, t: dict[str, Any]) -> str:
+    """'L∞ ε=0.1', 'frames w=2', 'patch 7×7', 'distal ε=0.3', 'corruptions (2 × 1 severity)'."""
+    threat = t.get("threat", key)
+    if threat in NORM_NAMES:
+        text = NORM_NAMES[threat] + (f" ε={sig3(t['eps'])}" if number(t.get("eps")) is not None else "")
+    elif threat == "frames":
+        text = "frames" + (f" w={t['width']}" if t.get("width") is not None else "")
+    elif threat == "patch":
+        size = t.get("size")
+        text = "patch" + (f" {size[0]}×{size[1]}" if isinstance(size, list) and len(size) == 2 else "")
+    elif threat == "distal":
+        text = "distal" + (f" ε={sig3(t['eps'])}" if number(t.get("eps")) is not None else "")
+    elif threat == "corrupt":
+        names = {c.split("/")[0] for c in t.get("corruptions") or {}}
+        text = f"corruptions ({plural(len(names), 'kind')})" if names else "corruptions"
+    else:
+        text = str(threat)
+    return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
 
 
 def number(v: Any) -> float | None:

@@ -32,7 +32,7 @@ from robustlab.report.metric import Metric
 from robustlab.report.metric import number as _num
 from robustlab.report.metric import plural as _plural
 from robustlab.report.metric import rate_label as rate_label  # re-exported (older callers)
-from robustlab.report.metric import sig3 as _g
+from robustlab.report.metric import threat_label as threat_label  # re-exported
 
 log = logging.getLogger("robustlab.report")
 
@@ -69,47 +69,6 @@ def _legacy_kind(r: dict[str, Any]) -> str:
     if "confusion" in r and "err" in r:
         return "clean"
     return "other"
-
-
-NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
-
-
-def threat_label(key: str, t: dict[str, Any]) -> str:
-    """'L∞ ε=0.1', 'frames w=2', 'patch 7×7', 'distal ε=0.3', 'corruptions (2 × 1 severity)'."""
-    threat = t.get("threat", key)
-    if threat in NORM_NAMES:
-        text = NORM_NAMES[threat] + (f" ε={_g(t['eps'])}" if _num(t.get("eps")) is not None else "")
-    elif threat == "frames":
-        text = "frames" + (f" w={t['width']}" if t.get("width") is not None else "")
-    elif threat == "patch":
-        size = t.get("size")
-        text = "patch" + (f" {size[0]}×{size[1]}" if isinstance(size, list) and len(size) == 2 else "")
-    elif threat == "distal":
-        text = "distal" + (f" ε={_g(t['eps'])}" if _num(t.get("eps")) is not None else "")
-    elif threat == "corrupt":
-        names = {c.split("/")[0] for c in t.get("corruptions") or {}}
-        text = f"corruptions ({_plural(len(names), 'kind')})" if names else "corruptions"
-    else:
-        text = str(threat)
-    return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
-
-
-def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> str:
-    """'n=200 attacked, τ from 200 held-out; ce/zero×1 + conf/zero×1, 7 steps, 1 restart'."""
-    cfg = r.get("config") or {}
-    parts = []
-    n = (t or {}).get("n", cfg.get("n"))
-    if n is not None:
-        parts.append(f"n={n}" + (f", τ from {cfg['holdout']} held-out" if cfg.get("holdout") else ""))
-    attacks = (t or {}).get("attacks")
-    if attacks:
-        parts.append(" + ".join(str(a) for a in attacks))
-    steps = cfg.get("patch_steps") if (t or {}).get("threat") == "patch" else cfg.get("steps")
-    if steps is not None:
-        parts.append(_plural(steps, "step"))
-    if cfg.get("restarts") is not None:
-        parts.append(_plural(cfg["restarts"], "restart"))
-    return ", ".join(parts)
 
 
 def result_setting(name: str, r: dict[str, Any]) -> str:

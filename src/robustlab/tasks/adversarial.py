@@ -183,7 +183,6 @@ class Adversarial(EvalSpec):
     # ---- what a result shows -----------------------------------------------------------------
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report import metric as M
-        from robustlab.report import summary as S
 
         r = result
         out: dict[str, Any] = {}
@@ -194,8 +193,8 @@ class Adversarial(EvalSpec):
         for key, t in (r.get("threats") or {}).items():
             threat = t.get("threat", key)
             label = f"{pre}{key}"
-            tl = f"{pre}{S.threat_label(key, t)}"
-            setting = S.adversarial_setting(r, t)
+            tl = f"{pre}{M.threat_label(key, t)}"
+            setting = adversarial_setting(r, t)
             n = t.get("n", n_cfg)
             ats = {k: v for k, v in (t.get("at") or {}).items() if not taus or k == taus[0]}
             if threat == "distal":
@@ -237,8 +236,7 @@ class Adversarial(EvalSpec):
 
     def setting_line(self, result: dict[str, Any]) -> str:
         """Attacked and held-out images, the attacks per threat, steps and restarts."""
-        from robustlab.report.metric import plural
-        from robustlab.report.summary import NORM_NAMES
+        from robustlab.report.metric import NORM_NAMES, plural
 
         cfg = result.get("config") or {}
         threats = result.get("threats") or {}
@@ -322,6 +320,26 @@ def summary_table(res: dict[str, Any]) -> str:
             lines.append(f"{name}: examples broken by each attack: " + ", ".join(
                 f"{a} +{v['added']}" for a, v in t["by_attack"].items()))
     return "\n".join(lines)
+
+
+def adversarial_setting(r: dict[str, Any], t: dict[str, Any] | None = None) -> str:
+    """'n=200 attacked, τ from 200 held-out; ce/zero×1 + conf/zero×1, 7 steps, 1 restart'."""
+    from robustlab.report import metric as M
+
+    cfg = r.get("config") or {}
+    parts = []
+    n = (t or {}).get("n", cfg.get("n"))
+    if n is not None:
+        parts.append(f"n={n}" + (f", τ from {cfg['holdout']} held-out" if cfg.get("holdout") else ""))
+    attacks = (t or {}).get("attacks")
+    if attacks:
+        parts.append(" + ".join(str(a) for a in attacks))
+    steps = cfg.get("patch_steps") if (t or {}).get("threat") == "patch" else cfg.get("steps")
+    if steps is not None:
+        parts.append(M.plural(steps, "step"))
+    if cfg.get("restarts") is not None:
+        parts.append(M.plural(cfg["restarts"], "restart"))
+    return ", ".join(parts)
 
 
 def flag_lines(res: dict[str, Any]) -> list[str]:

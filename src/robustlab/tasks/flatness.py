@@ -193,8 +193,7 @@ class Flatness(EvalSpec):
         return f"robustlab.evaluate.flatness.flatness(model, test, {kw})"
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        from robustlab.report.metric import Metric, mean_metric, number, plural, sig3
-        from robustlab.report.summary import NORM_NAMES
+        from robustlab.report.metric import NORM_NAMES, Metric, mean_metric, number, plural, sig3
 
         r = result
         pre = self.prefix(name)
@@ -229,8 +228,7 @@ class Flatness(EvalSpec):
         return out
 
     def setting_line(self, result: dict[str, Any]) -> str:
-        from robustlab.report.metric import plural, sig3
-        from robustlab.report.summary import NORM_NAMES
+        from robustlab.report.metric import NORM_NAMES, plural, sig3
 
         att = result.get("attack") or {}
         samples = (result.get("config") or {}).get("samples")

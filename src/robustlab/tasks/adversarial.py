@@ -68,8 +68,6 @@ class Adversarial(EvalSpec):
     kind: ClassVar[str] = "adversarial"
     title: ClassVar[str] = "robust error under the attack suite, with confidence thresholding"
     requires: ClassVar[str] = "robustlab.evaluate.adversarial"
-    group: ClassVar[str] = "input attacks"
-    names: ClassVar[tuple[str, ...]] = ("attack",)
 
     suite: str = option(default=DEFAULT_SUITE, type=str, help=(
         "comma list of linf, l2, l1, l0, frames, patch, distal, corrupt; an item may carry a "
@@ -181,6 +179,9 @@ class Adversarial(EvalSpec):
                 + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
 
     # ---- what a result shows -----------------------------------------------------------------
+    group: ClassVar[str] = "input attacks"  # the report's section
+    names: ClassVar[tuple[str, ...]] = ("attack",)  # older runs' name of the result
+
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report import metric as M
 

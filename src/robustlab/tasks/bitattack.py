@@ -30,7 +30,6 @@ class BitAttack(EvalSpec):
     kind: ClassVar[str] = "bitattack"
     title: ClassVar[str] = "RErr under adversarial bit flips, per number of flipped bits"
     requires: ClassVar[str] = "robustlab.evaluate.bitattack"
-    group: ClassVar[str] = "adversarial bit errors"
     old_keys: ClassVar[dict[str, str]] = {"n": "n_test", "scheme": "quant", "method": "methods",
                                           "selection": "params"}  # evaluate.bit_attack's keywords
 
@@ -126,6 +125,8 @@ class BitAttack(EvalSpec):
               + (f", target={self.target}" if self.target is not None else "")
               + (f", quant={self.quant!r}" if self.quant else ""))
         return f"robustlab.evaluate.bitattack.bit_attack(model, {test}, {kw})"
+
+    group: ClassVar[str] = "adversarial bit errors"  # the report's section
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import number, plural, rate_metric

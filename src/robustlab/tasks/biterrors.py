@@ -54,6 +54,7 @@ class PatternSpec(EvalSpec):
     (biterrors, chip, energy): their shared fields, the older preset keys and the keywords of
     `robustlab.evaluate.biterrors`' functions. Not registered itself."""
 
+    group: ClassVar[str] = "random bit errors"  # the report's section
     # keyword names of evaluate.biterrors.bit_errors/chip_errors/energy → spec fields
     old_keys: ClassVar[dict[str, str]] = {"n": "n_test", "scheme": "quant", "seed0": "seed"}
     # an input file: (its field, its reader in robustlab.biterrors, the error when it is missing)
@@ -110,7 +111,6 @@ class BitErrors(PatternSpec):
     kind: ClassVar[str] = "biterrors"
     title: ClassVar[str] = "Err and RErr under random bit errors in the quantized weights"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
-    group: ClassVar[str] = "random bit errors"
 
     rates: list[float] | None = option(
         "rates", type=list_of(rate),

@@ -17,8 +17,6 @@ class Chip(PatternSpec):
     kind: ClassVar[str] = "chip"
     title: ClassVar[str] = "Err and RErr of the quantized model stored on a profiled chip"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
-    group: ClassVar[str] = "random bit errors"
-    names: ClassVar[tuple[str, ...]] = ("chip-errors",)
     source: ClassVar[tuple[str, str, str] | None] = (
         "chip", "load_chip_map", "chip: give a chip map file (.json or .npz)")
     old_keys: ClassVar[dict[str, str]] = {"chip_file": "chip"}

@@ -19,8 +19,6 @@ class Clean(EvalSpec):
     kind: ClassVar[str] = "clean"
     title: ClassVar[str] = "clean test error, per-class error and confusion matrix"
     requires: ClassVar[str] = "robustlab.evaluate.clean"
-    group: ClassVar[str] = "clean"
-    names: ClassVar[tuple[str, ...]] = ("eval",)
 
     n_test: int | None = option("n_test", aliases=("--n",))
     batch_size: int = option("batch_size")
@@ -37,6 +35,9 @@ class Clean(EvalSpec):
 
     def describe(self) -> str:
         return f"robustlab.evaluate.clean.clean(model, test{f'[:{self.n_test}]' if self.n_test else ''})"
+
+    group: ClassVar[str] = "clean"  # the report's section
+    names: ClassVar[tuple[str, ...]] = ("eval",)  # older runs' name of the result
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import number, rate_metric

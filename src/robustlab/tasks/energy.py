@@ -20,7 +20,6 @@ class Energy(PatternSpec):
     kind: ClassVar[str] = "energy"
     title: ClassVar[str] = "lowest safe memory voltage of the quantized model and energy saved"
     requires: ClassVar[str] = "robustlab.evaluate.biterrors"
-    group: ClassVar[str] = "random bit errors"
     source: ClassVar[tuple[str, str, str] | None] = (
         "curve", "load_curve", "energy: give a voltage curve file (--curve CSV)")
     old_keys: ClassVar[dict[str, str]] = {"curve_file": "curve", "tolerance_pp": "tolerance"}

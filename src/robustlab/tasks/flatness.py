@@ -84,9 +84,6 @@ class Flatness(EvalSpec):
     kind: ClassVar[str] = "flatness"
     title: ClassVar[str] = "flatness of the robust loss under relative weight perturbations"
     requires: ClassVar[str] = "robustlab.evaluate.flatness"
-    group: ClassVar[str] = "flatness"
-    names: ClassVar[tuple[str, ...]] = ("flatness-average", "flatness-worst", "flatness-average-clean",
-                                        "flatness-worst-clean")  # `result_name()`s
     old_keys: ClassVar[dict[str, str]] = FLAT_OLD_KEYS
 
     case: str = option(default="average", choices=CASES,
@@ -191,6 +188,10 @@ class Flatness(EvalSpec):
               + f", selection={self.params!r}, seed={self.seed}"
               + ("" if self.train else ", train=None"))
         return f"robustlab.evaluate.flatness.flatness(model, test, {kw})"
+
+    group: ClassVar[str] = "flatness"  # the report's section
+    names: ClassVar[tuple[str, ...]] = (  # the command's result names (`result_name()`)
+        "flatness-average", "flatness-worst", "flatness-average-clean", "flatness-worst-clean")
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report.metric import NORM_NAMES, Metric, mean_metric, number, plural, sig3

@@ -19,7 +19,6 @@ class Patches(EvalSpec):
     kind: ClassVar[str] = "patches"
     title: ClassVar[str] = "robust error under adversarial patches by location mode"
     requires: ClassVar[str] = "robustlab.attacks.patches"
-    group: ClassVar[str] = "input attacks"
 
     locations: list[str] = option(
         default_factory=lambda: list(LOCATIONS), type=list_of(str),
@@ -59,6 +58,8 @@ class Patches(EvalSpec):
         kw = {k: v for k, v in self.keywords().items() if v != default[k]}
         return ("robustlab.evaluate.patches.patches(model, test, "
                 + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+
+    group: ClassVar[str] = "input attacks"  # the report's section
 
     def metrics(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         from robustlab.report import metric as M

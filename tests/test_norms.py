@@ -100,14 +100,14 @@ def test_a_new_norm_is_one_class_seen_by_pgd_apgd_and_the_suite(toy_norm, traine
         b = attack(model, x, y, norm="linf", eps=0.3, generator=torch.Generator().manual_seed(0), **kw)
         assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.logits, b.logits)
     assert default_eps("linf2", (1, 28, 28)) == 0.05
-    res = adversarial(model, test, "linf2:0.3,linf:0.3", n=30, steps=3, queries=20, targets=2,
+    res = adversarial(model, test, "linf2:0.3,linf:0.3", n_test=30, steps=3, queries=20, targets=2,
                       batch_size=16, sanity=False, progress=False)
     t2, t1 = res["threats"]["linf2:0.3"], res["threats"]["linf:0.3"]
     assert t2["threat"] == "linf2" and t2["eps"] == 0.3
     # Square has no version of the new norm: skipped with a note; the APGD attacks run as for L∞
     assert t2["attacks"] == ["apgd-ce", "apgd-t", "apgd-conf"]
     assert t2["notes"] == ["square skipped: no linf2 version"]
-    res = adversarial(model, test, "linf2:0.3,linf:0.3", n=30, steps=3, targets=2, batch_size=16,
+    res = adversarial(model, test, "linf2:0.3,linf:0.3", n_test=30, steps=3, targets=2, batch_size=16,
                       attacks="apgd-ce,apgd-t", sanity=False, progress=False)
     t2, t1 = res["threats"]["linf2:0.3"], res["threats"]["linf:0.3"]
     assert t2["attacks"] == t1["attacks"] == ["apgd-ce", "apgd-t"]
@@ -139,7 +139,7 @@ def test_a_new_suite_threat_is_one_registered_class(monkeypatch, trained) -> Non
     assert [i.threat for i in parse_suite("blank:0.2,linf")] == ["blank", "linf"]
     with pytest.raises(UserError, match="the level must be in"):
         parse_suite("blank:2")
-    res = adversarial(model, test, "blank:0", n=25, sanity=False, progress=False)
+    res = adversarial(model, test, "blank:0", n_test=25, sanity=False, progress=False)
     want = float((model(torch.zeros_like(test.x[:25])).argmax(1) != test.y[:25]).float().mean())
     assert res["threats"]["blank:0"]["err"] == want
     assert res["threats"]["blank:0"]["level"] == 0.0

@@ -9,6 +9,7 @@ from test_pgd import batch, gen, small_cnn, trained_digits
 from torch import nn
 
 from robustlab.attacks import Square, lp_norm, pgd, square
+from robustlab.attacks.norms import NORMS, pyramid, square_pattern, window_index
 from robustlab.attacks.square import p_schedule, square_side
 from robustlab.errors import UserError
 
@@ -97,12 +98,10 @@ def test_bad_input_is_one_line() -> None:
 
 def test_l2_pattern_is_two_pyramids_of_opposite_sign() -> None:
     # spec §3a / the paper: Σ_{j=d+1}^{n+1} 1/j² on ring d; two halves of opposite sign, unit norm
-    from robustlab.attacks.square import _bump, _mountain
-
-    m = _mountain(3, 3, torch.device("cpu"), torch.float64)
+    m = pyramid(3, 3, torch.device("cpu"), torch.float64)
     assert torch.allclose(m, torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25],
                                            [0.25, 0.25, 0.25]], dtype=torch.float64))
-    b = _bump(6, torch.device("cpu"), torch.float64)
+    b = square_pattern(6, torch.device("cpu"), torch.float64)
     assert b.shape == (6, 6) and abs(float(b.norm()) - 1) < 1e-12
     assert (b[:, :3] > 0).all() and (b[:, 3:] < 0).all()
     assert torch.allclose(b[:, :3], -b[:, 3:])  # equal halves for even sides
@@ -118,17 +117,15 @@ def test_l2_window_side_is_odd_and_fits() -> None:
 
 
 def test_l2_start_is_a_centred_grid_of_patterns_at_norm_eps() -> None:
-    from robustlab.attacks.square import _bump, _init
-
     x = torch.zeros(4, 2, 28, 28, dtype=torch.float64)
-    d = _init(x, "l2", 1.5, gen(5))
+    d = NORMS["l2"].square_start(x, 1.5, gen(5))
     assert torch.allclose(d.flatten(1).norm(dim=1), torch.full((4,), 1.5, dtype=torch.float64))
     # 5×5 tiles of side ⌊28/5⌋ = 5, starting at (28 − 25)//2 = 1: nothing outside rows/cols 1..25
     inside = torch.zeros(28, 28, dtype=torch.bool)
     inside[1:26, 1:26] = True
     assert (d[:, :, ~inside] == 0).all() and (d[:, :, inside] != 0).all()
     # every tile is ± the pattern or its transpose, sign and orientation drawn per example
-    pat = _bump(5, x.device, x.dtype)
+    pat = square_pattern(5, x.device, x.dtype)
     unit = d / d[:, :, 1:6, 1:6].norm(dim=(2, 3), keepdim=True)
     orient = set()
     for i in range(4):
@@ -143,22 +140,76 @@ def test_l2_start_is_a_centred_grid_of_patterns_at_norm_eps() -> None:
     assert orient == {0, 1, 2, 3}
 
 
+def _mask(r: torch.Tensor, c: torch.Tensor, s: int, like: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W mask of the s×s windows at corners (r, c), built pixel by pixel."""
+    m = torch.zeros(like.shape, dtype=torch.bool)
+    for i in range(like.shape[0]):
+        m[i, :, int(r[i]):int(r[i]) + s, int(c[i]):int(c[i]) + s] = True
+    return m
+
+
+def test_window_index_addresses_the_windows_of_every_channel() -> None:
+    r, c = torch.tensor([0, 3, 5]), torch.tensor([2, 0, 4])
+    like = torch.zeros(3, 2, 8, 7)
+    lin = window_index(r, c, 3, tuple(like.shape))
+    assert lin.shape == (3, 2, 3, 3)
+    got = torch.zeros(like.numel(), dtype=torch.bool)
+    got[lin.flatten()] = True
+    assert torch.equal(got.view(like.shape), _mask(r, c, 3, like))
+
+
+def test_linf_proposal_sets_the_window_to_plus_minus_eps_per_channel() -> None:
+    g = gen(12)
+    x = torch.rand(5, 3, 10, 9, generator=g)
+    delta = 0.2 * torch.rand(5, 3, 10, 9, generator=g) - 0.1
+    linf = NORMS["linf"]
+    dr = linf.square_draws(x, 4, g)
+    prop = linf.square_propose(x, delta.clone(), 0.1, 4, dr)
+    m = _mask(dr["r1"], dr["c1"], 4, delta)
+    assert torch.equal(prop[~m], delta[~m])
+    want = (0.1 * dr["signs"])[:, :, None, None].expand_as(delta)
+    assert torch.equal(prop[m], want[m]) and (prop[m].abs() == torch.tensor(0.1)).all()
+    assert torch.equal(dr["signs"].abs(), torch.ones(5, 3))
+
+
+def test_model_blocks_are_the_engines_blocks() -> None:
+    # Square's model calls see exactly the rows eval_rows would give them (so its floats match
+    # the engine's): blocks of `rows` rows, the last padded with its last row
+    from robustlab.attacks.pgd import EngineCfg, eval_rows
+    from robustlab.attacks.square import _logits
+
+    base = small_cnn()
+
+    def recorder(seen: list):
+        return lambda xb: (seen.append(xb.clone()), base(xb))[1]
+
+    cfg = EngineCfg("linf", 0.1, 1, lambda z, y: z.sum(1))
+    for r, rows in ((10, 4), (8, 4), (3, 4), (0, 4)):
+        x = torch.rand(r, 1, 8, 8, generator=gen(r))
+        seen, seen_ref = [], []
+        got = _logits(recorder(seen), x, rows)
+        want = eval_rows(recorder(seen_ref), x, None, cfg, rows, grad=False)[1]
+        assert torch.equal(got, want) and got.shape == (r, 5)
+        assert [b.shape[0] for b in seen] == [b.shape[0] for b in seen_ref]
+        assert all(torch.equal(a, b) for a, b in zip(seen, seen_ref))
+        assert all(b.shape[0] == rows for b in seen) or r == 0
+
+
 @pytest.mark.parametrize("fill", [1.0, 0.6])
 def test_l2_proposal_moves_mass_within_the_windows_and_keeps_norm_eps(fill: float) -> None:
     # Algorithm 3: W2 is emptied, W1 gets all of W1 ∪ W2's mass (per channel) plus an equal share
     # of the unused budget ε² − ‖δ‖², the rest is unchanged, so ‖δ'‖₂ = ε exactly.
-    from robustlab.attacks.square import _draws, _propose, _window
-
     g = gen(11)
     x = torch.rand(6, 3, 16, 16, generator=g, dtype=torch.float64)
     delta = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
     delta = delta / delta.flatten(1).norm(dim=1)[:, None, None, None] * 2.0 * fill
     s = 5
-    dr = _draws(x, "l2", s, g)
-    prop = _propose(x, delta, "l2", 2.0, s, dr)
+    l2 = NORMS["l2"]
+    dr = l2.square_draws(x, s, g)
+    prop = l2.square_propose(x, delta.clone(), 2.0, s, dr)
     assert torch.allclose(prop.flatten(1).norm(dim=1), torch.full((6,), 2.0, dtype=torch.float64))
-    m1 = _window(dr["r1"], dr["c1"], 16, 16, s).expand_as(delta)
-    m2 = _window(dr["r2"], dr["c2"], 16, 16, s).expand_as(delta)
+    m1 = _mask(dr["r1"], dr["c1"], s, delta)
+    m2 = _mask(dr["r2"], dr["c2"], s, delta)
     assert torch.equal(prop[~(m1 | m2)], delta[~(m1 | m2)])
     assert (prop[m2 & ~m1] == 0).all()
     union = torch.where(m1 | m2, delta, 0).flatten(2).pow(2).sum(2)

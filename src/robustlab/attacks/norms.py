@@ -4,8 +4,9 @@ A norm knows everything the attacks need about its ball: the per-example norm of
 (`norm`), a random start inside the ball (`random_start`), the steepest-ascent step direction
 from a gradient (`direction`), the projection onto the ball (`project_ball`) and onto the ball ∩
 box (`project`), its default radii (`radii`, scaled to other image sizes by `scale_radius`) and
-its default PGD step size. `pgd`, `apgd`, `square` and the attack engine look norms up here;
-adding a norm is one subclass of `Norm` added to `NORMS`.
+its default PGD step size, and, where the Square attack supports the norm, Square's start and
+proposal (`square_start`, `square_draws`, `square_propose`). `pgd`, `apgd`, `square` and the
+attack engine look norms up here; adding a norm is one subclass of `Norm` added to `NORMS`.
 
     from robustlab.attacks.norms import NORMS, get_norm
     l2 = get_norm("l2")
@@ -17,6 +18,7 @@ All methods are batched (dim 0 = examples) and draw random numbers only from the
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -144,6 +146,66 @@ def _unit(v: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return v / bview(size.clamp(min=1e-12), v)
 
 
+# ---------------------------------------------------------------- Square attack's pieces
+
+def random_signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor
+                 ) -> torch.Tensor:
+    """±1 with equal probability (from `generator`), in `like`'s device and dtype."""
+    r = torch.randint(0, 2, shape, generator=generator, device=generator.device)
+    return (2 * r - 1).to(device=like.device, dtype=like.dtype)
+
+
+def window_corners(n: int, h: int, w: int, s: int, generator: torch.Generator,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform top-left corners (rows, columns) of n s×s windows inside an H×W image."""
+    r = torch.randint(h - s + 1, (n,), generator=generator, device=generator.device).to(device)
+    c = torch.randint(w - s + 1, (n,), generator=generator, device=generator.device).to(device)
+    return r, c
+
+
+def window_index(r: torch.Tensor, c: torch.Tensor, s: int, shape: tuple[int, ...]
+                 ) -> torch.Tensor:
+    """Linear indices (into a contiguous N×C×H×W tensor, for `take`/`put_`) of the s×s windows
+    with top-left corners (r, c) in every channel: N×C×s×s."""
+    n, ch, h, w = shape
+    ar = torch.arange(s, device=r.device)
+    base = (torch.arange(n, device=r.device)[:, None] * ch
+            + torch.arange(ch, device=r.device)[None, :]) * (h * w)
+    return (base[:, :, None, None] + ((r[:, None] + ar) * w)[:, None, :, None]
+            + (c[:, None] + ar)[:, None, None, :])
+
+
+def pyramid(h1: int, h2: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """h1×h2 pyramid: at max-norm ring d from the centre, Σ_{j=d+1}^{n+1} 1/j² (n = ⌊h1/2⌋)."""
+    n = h1 // 2
+    r = torch.arange(h1, device=device, dtype=dtype)[:, None] - h1 // 2
+    c = torch.arange(h2, device=device, dtype=dtype)[None, :] - h2 // 2
+    d = torch.maximum(r.abs(), c.abs())
+    inv = 1.0 / torch.arange(1, n + 2, device=device, dtype=dtype) ** 2  # 1/j², j = 1..n+1
+    tail = inv.flip(0).cumsum(0).flip(0)  # tail[d] = Σ_{j=d+1}^{n+1} 1/j²
+    return torch.where(d <= n, tail[d.clamp(max=n).long()], torch.zeros_like(d))
+
+
+@functools.lru_cache(maxsize=64)
+def square_pattern(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The s×s L2 update pattern of the Square paper: two pyramids of opposite sign side by side
+    (s×⌊s/2⌋ and s×(s − ⌊s/2⌋)), unit L2 norm; a single pyramid when s = 1. Cached: read only."""
+    k = s // 2
+    if k == 0:
+        eta = pyramid(s, s, device, dtype)
+    else:
+        eta = torch.cat([pyramid(s, k, device, dtype), -pyramid(s, s - k, device, dtype)], 1)
+    return eta / eta.norm().clamp(min=1e-12)
+
+
+def oriented_pattern(s: int, signs: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """`square_pattern(s)` per example and channel (N×C×s×s): transposed where `flip` (N, bool),
+    times the per-channel `signs` (N×C)."""
+    pat = square_pattern(s, signs.device, signs.dtype)
+    pat = torch.where(flip[:, None, None], pat.t()[None], pat[None])
+    return pat[:, None] * signs[:, :, None, None]
+
+
 # ---------------------------------------------------------------- the norms
 
 class Norm:
@@ -155,7 +217,9 @@ class Norm:
     further out before taking a step (pointless for L∞'s sign step, which the box clamp absorbs).
     `apgd_start`: APGD's random start (an `init` kind of `pgd`); `apgd = False` for norms APGD
     does not support; `apgd_sparse`: APGD takes `sparse_direction` steps on an adaptive number of
-    entries (L1-APGD) with the exact ball ∩ box projection.
+    entries (L1-APGD) with the exact ball ∩ box projection. `square`: the Square attack supports
+    the norm (it implements `square_start`, `square_draws` and `square_propose`), with windows of
+    side at least `square_smallest`, odd where `square_odd`.
     """
 
     name: ClassVar[str]
@@ -164,6 +228,9 @@ class Norm:
     apgd: ClassVar[bool] = True
     apgd_start: ClassVar[str] = "norm"
     apgd_sparse: ClassVar[bool] = False
+    square: ClassVar[bool] = False
+    square_smallest: ClassVar[int] = 1
+    square_odd: ClassVar[bool] = False
 
     def norm(self, delta: torch.Tensor, *, pixels: bool = False) -> torch.Tensor:
         """Per-example norm of δ."""
@@ -205,6 +272,23 @@ class Norm:
         """PGD's default step: 2.5·ε/steps (enough to cross the ball in 40 % of the iterations)."""
         return 2.5 * eps / max(steps, 1)
 
+    def square_start(self, x: torch.Tensor, eps: float, generator: torch.Generator
+                     ) -> torch.Tensor:
+        """Square's start δ for every image of x (N×C×H×W), before the box."""
+        raise NotImplementedError
+
+    def square_draws(self, x: torch.Tensor, s: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        """The random numbers of one Square iteration with windows of side s, for every image
+        of x (each entry has one row per image, so a subset of images is a row index)."""
+        raise NotImplementedError
+
+    def square_propose(self, x: torch.Tensor, delta: torch.Tensor, eps: float, s: int,
+                       draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Square's proposal δ' for every row of x at the current δ, from that row's `draws`
+        (before the box clip, which only shrinks |δ'|)."""
+        raise NotImplementedError
+
     @staticmethod
     def _radius(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
         return draw((x.shape[0],), generator, x, "uniform") * eps
@@ -217,6 +301,7 @@ class Linf(Norm):
     radii = {"gray28": (0.1, 0.2), "mnist": (0.3, 0.4), "color32": (8 / 255, 16 / 255)}
     inward_steps = False
     apgd_start = "cube"
+    square = True
 
     def norm(self, delta: torch.Tensor, *, pixels: bool = False) -> torch.Tensor:
         return delta.flatten(1).abs().amax(1)
@@ -234,12 +319,34 @@ class Linf(Norm):
                      ) -> torch.Tensor:
         return delta.clamp(-eps, eps)
 
+    def square_start(self, x: torch.Tensor, eps: float, generator: torch.Generator
+                     ) -> torch.Tensor:
+        """Vertical stripes: ε·ρ with ρ = ±1 per column and channel."""
+        n, ch, h, w = x.shape
+        return eps * random_signs((n, ch, 1, w), generator, x).expand(n, ch, h, w)
+
+    def square_draws(self, x: torch.Tensor, s: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        n, ch, h, w = x.shape
+        r1, c1 = window_corners(n, h, w, s, generator, x.device)
+        return {"r1": r1, "c1": c1, "signs": random_signs((n, ch), generator, x)}
+
+    def square_propose(self, x: torch.Tensor, delta: torch.Tensor, eps: float, s: int,
+                       draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The window set to ±ε (one sign per channel), the rest unchanged (written into δ)."""
+        vals = (eps * draws["signs"])[:, :, None, None]
+        lin = window_index(draws["r1"], draws["c1"], s, tuple(delta.shape))
+        return delta.put_(lin, vals.expand(lin.shape))
+
 
 class L2(Norm):
     """L2: Euclidean norm; normalized-gradient steps; rescaling projection; Gaussian directions."""
 
     name = "l2"
     radii = {"gray28": (1.5, 3.0), "color32": (0.5, 1.0)}
+    square = True
+    square_smallest = 3
+    square_odd = True
 
     def norm(self, delta: torch.Tensor, *, pixels: bool = False) -> torch.Tensor:
         return delta.flatten(1).norm(dim=1)
@@ -260,6 +367,59 @@ class L2(Norm):
 
     def scale_radius(self, eps: float, ratio: float) -> float:
         return eps * math.sqrt(ratio)
+
+    def square_start(self, x: torch.Tensor, eps: float, generator: torch.Generator
+                     ) -> torch.Tensor:
+        """A centred grid of s0×s0 tiles (s0 = ⌊min(H, W)/5⌋: 5×5 tiles on a square image), each
+        the update pattern, randomly transposed, with a random sign per example and channel;
+        scaled to ‖δ‖₂ = ε."""
+        n, ch, h, w = x.shape
+        s0 = max(min(h, w) // 5, 1)
+        nh, nw = h // s0, w // s0
+        top, left = (h - nh * s0) // 2, (w - nw * s0) // 2
+        pat = square_pattern(s0, x.device, x.dtype)
+        delta = torch.zeros_like(x)
+        for i in range(nh):
+            for j in range(nw):
+                sg = random_signs((n, ch), generator, x)
+                flip = random_signs((n,), generator, x) > 0
+                tile = torch.where(flip[:, None, None], pat.t()[None], pat[None])  # N×s0×s0
+                r, c = top + i * s0, left + j * s0
+                delta[:, :, r:r + s0, c:c + s0] = tile[:, None] * sg[:, :, None, None]
+        return delta * bview(eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
+
+    def square_draws(self, x: torch.Tensor, s: int, generator: torch.Generator
+                     ) -> dict[str, torch.Tensor]:
+        n, ch, h, w = x.shape
+        r1, c1 = window_corners(n, h, w, s, generator, x.device)
+        r2, c2 = window_corners(n, h, w, s, generator, x.device)
+        signs = random_signs((n, ch), generator, x)
+        flip = random_signs((n,), generator, x) > 0
+        return {"r1": r1, "c1": c1, "r2": r2, "c2": c2, "signs": signs, "flip": flip}
+
+    def square_propose(self, x: torch.Tensor, delta: torch.Tensor, eps: float, s: int,
+                       draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The paper's Algorithm 3, per channel: the new content of window W1 points along
+        ρ·pattern + the old W1 content (both of unit norm) and takes all the mass of W1 ∪ W2 in
+        that channel plus an equal share of the unused budget ε² − ‖δ‖²; W2 is zeroed; so
+        ‖δ'‖₂ = ε."""
+        shape = tuple(delta.shape)
+        ch = shape[1]
+        lin1 = window_index(draws["r1"], draws["c1"], s, shape)
+        lin2 = window_index(draws["r2"], draws["c2"], s, shape)
+        zero = torch.zeros_like(delta)
+        w1, w2 = delta.take(lin1), delta.take(lin2)  # the windows' contents, N×C×s×s
+        d1 = zero.clone().put_(lin1, w1)  # δ on W1, 0 elsewhere
+        in_union = d1.clone().put_(lin2, w2)
+        outside = delta.clone().put_(lin1, zero.new_zeros(()).expand(lin1.shape))
+        outside.put_(lin2, zero.new_zeros(()).expand(lin2.shape))
+        unused = (eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp(min=0)  # N
+        n1 = d1.flatten(2).norm(dim=2)  # N×C
+        pat = oriented_pattern(s, draws["signs"], draws["flip"])  # unit norm per channel
+        temp = zero.put_(lin1, pat + w1 / n1.clamp(min=1e-12)[:, :, None, None])  # 0 off W1
+        mass = (in_union.flatten(2).pow(2).sum(2) + unused[:, None] / ch).sqrt()  # N×C
+        scale = mass / temp.flatten(2).norm(dim=2).clamp(min=1e-12)
+        return outside + temp * scale[:, :, None, None]
 
 
 class L1(Norm):

@@ -43,13 +43,12 @@ from robustlab.attacks.base import (
     eval_mode,
     merge_into,
 )
+from robustlab.attacks.norms import NORMS, get_norm
 from robustlab.attacks.pgd import (
     Bounds,
     EngineCfg,
     Labels,
-    eval_rows,
     iterate_key,
-    keep_best,
     labelled_inputs,
     pending,
     stop_test,
@@ -57,7 +56,7 @@ from robustlab.attacks.pgd import (
 from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
 
-SQUARE_NORMS = ("linf", "l2")
+SQUARE_NORMS = tuple(k for k, v in NORMS.items() if v.square)  # ("linf", "l2")
 _HALVE_AT = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10 000 iterations
 
 
@@ -88,125 +87,6 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1) - z_y
 
 
-def _signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    r = torch.randint(0, 2, shape, generator=generator, device=generator.device)
-    return (2 * r - 1).to(device=like.device, dtype=like.dtype)
-
-
-def _corners(n: int, h: int, w: int, s: int, generator: torch.Generator, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.randint(h - s + 1, (n,), generator=generator, device=generator.device).to(device)
-    c = torch.randint(w - s + 1, (n,), generator=generator, device=generator.device).to(device)
-    return r, c
-
-
-def _window(r: torch.Tensor, c: torch.Tensor, h: int, w: int, s: int) -> torch.Tensor:
-    """N×1×H×W mask of the s×s windows with top-left corners (r, c)."""
-    rows = torch.arange(h, device=r.device)[None, :]
-    cols = torch.arange(w, device=r.device)[None, :]
-    in_r = (rows >= r[:, None]) & (rows < r[:, None] + s)
-    in_c = (cols >= c[:, None]) & (cols < c[:, None] + s)
-    return (in_r[:, :, None] & in_c[:, None, :])[:, None]
-
-
-def _draws(x: torch.Tensor, norm: str, s: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The random numbers of one iteration, for every example (indexed afterwards)."""
-    n, ch, h, w = x.shape
-    d = {}
-    d["r1"], d["c1"] = _corners(n, h, w, s, generator, x.device)
-    if norm == "l2":
-        d["r2"], d["c2"] = _corners(n, h, w, s, generator, x.device)
-    d["signs"] = _signs((n, ch), generator, x)
-    if norm == "l2":
-        d["flip"] = _signs((n,), generator, x) > 0
-    return d
-
-
-def _mountain(h1: int, h2: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """h1×h2 pyramid: at max-norm ring d from the centre, Σ_{j=d+1}^{n+1} 1/j² (n = ⌊h1/2⌋)."""
-    n = h1 // 2
-    r = torch.arange(h1, device=device, dtype=dtype)[:, None] - h1 // 2
-    c = torch.arange(h2, device=device, dtype=dtype)[None, :] - h2 // 2
-    d = torch.maximum(r.abs(), c.abs())
-    inv = 1.0 / torch.arange(1, n + 2, device=device, dtype=dtype) ** 2  # 1/j², j = 1..n+1
-    tail = inv.flip(0).cumsum(0).flip(0)  # tail[d] = Σ_{j=d+1}^{n+1} 1/j²
-    return torch.where(d <= n, tail[d.clamp(max=n).long()], torch.zeros_like(d))
-
-
-def _bump(s: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The s×s L2 update pattern of the paper: two pyramids of opposite sign side by side
-    (s×⌊s/2⌋ and s×(s − ⌊s/2⌋)), unit L2 norm; a single pyramid when s = 1."""
-    k = s // 2
-    if k == 0:
-        eta = _mountain(s, s, device, dtype)
-    else:
-        eta = torch.cat([_mountain(s, k, device, dtype), -_mountain(s, s - k, device, dtype)], 1)
-    return eta / eta.norm().clamp(min=1e-12)
-
-
-def _place_bump(r: torch.Tensor, c: torch.Tensor, s: int, signs: torch.Tensor,
-                shape: tuple[int, ...], flip: torch.Tensor | None = None) -> torch.Tensor:
-    """The bump of side s at corners (r, c), times per-channel `signs` (N×C), as N×C×H×W;
-    transposed where `flip` (N, bool)."""
-    n, ch, h, w = shape
-    bump = _bump(s, signs.device, signs.dtype)
-    if flip is not None:
-        bump = torch.where(flip[:, None, None], bump.t()[None], bump[None])
-    full = torch.zeros(n, h + s, w + s, device=signs.device, dtype=signs.dtype)
-    rows = (r[:, None] + torch.arange(s, device=r.device)[None, :])  # N×s
-    cols = (c[:, None] + torch.arange(s, device=c.device)[None, :])
-    full[torch.arange(n, device=r.device)[:, None, None], rows[:, :, None], cols[:, None, :]] = bump
-    return full[:, None, :h, :w] * signs[:, :, None, None]
-
-
-def _init(x: torch.Tensor, norm: str, eps: float, generator: torch.Generator) -> torch.Tensor:
-    n, ch, h, w = x.shape
-    if norm == "linf":
-        return eps * _signs((n, ch, 1, w), generator, x).expand(n, ch, h, w)
-    # L2: a grid of s0×s0 tiles (s0 = ⌊min(H, W)/5⌋, 5×5 tiles on a square image), centred; each
-    # tile holds the update pattern, randomly transposed, with a random sign per example and
-    # channel; then scaled to ‖δ‖₂ = ε.
-    s0 = max(min(h, w) // 5, 1)
-    nh, nw = h // s0, w // s0
-    top, left = (h - nh * s0) // 2, (w - nw * s0) // 2
-    pat = _bump(s0, x.device, x.dtype)
-    delta = torch.zeros_like(x)
-    for i in range(nh):
-        for j in range(nw):
-            sg = _signs((n, ch), generator, x)
-            flip = _signs((n,), generator, x) > 0
-            tile = torch.where(flip[:, None, None], pat.t()[None], pat[None])  # N×s0×s0
-            r, c = top + i * s0, left + j * s0
-            delta[:, :, r:r + s0, c:c + s0] = tile[:, None] * sg[:, :, None, None]
-    return delta * bview(eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta)
-
-
-def _propose(x: torch.Tensor, delta: torch.Tensor, norm: str, eps: float, s: int,
-             d: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A proposal δ' for every row (before the box clip), from the draws `d` of those rows."""
-    h, w = x.shape[-2:]
-    m1 = _window(d["r1"], d["c1"], h, w, s)
-    if norm == "linf":
-        vals = eps * d["signs"][:, :, None, None]
-        return torch.where(m1, vals.expand_as(delta), delta)
-    # Per channel (the paper's Algorithm 3): the new W1 content points along ρ·bump + the old W1
-    # content (both of unit norm) and takes all the mass of W1 ∪ W2 in that channel plus an equal
-    # share of the unused budget; W2 is zeroed.
-    m2 = _window(d["r2"], d["c2"], h, w, s)
-    ch = delta.shape[1]
-    bump = _place_bump(d["r1"], d["c1"], s, d["signs"], tuple(x.shape), d["flip"])  # unit/channel
-    union = (m1 | m2).expand_as(delta)
-    outside = torch.where(union, torch.zeros_like(delta), delta)
-    unused = (eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp(min=0)  # N
-    d1 = torch.where(m1.expand_as(delta), delta, torch.zeros_like(delta))
-    n1 = d1.flatten(2).norm(dim=2)  # N×C
-    temp = bump + d1 / n1.clamp(min=1e-12)[:, :, None, None]
-    mass = (torch.where(union, delta, torch.zeros_like(delta)).flatten(2).pow(2).sum(2)
-            + unused[:, None] / ch).sqrt()  # N×C
-    scale = mass / temp.flatten(2).norm(dim=2).clamp(min=1e-12)
-    return outside + temp * scale[:, :, None, None]
-
-
 def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
            eps: float | None = None, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
            generator: torch.Generator | None = None, early_stop: float | None = None,
@@ -221,9 +101,7 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
     Example:
         >>> res = square(model, x, y, norm="linf", eps=0.1, queries=1000)  # doctest: +SKIP
     """
-    if norm not in SQUARE_NORMS:
-        raise UserError(f"Square norm {norm!r} is not supported; choose one of "
-                        f"{', '.join(SQUARE_NORMS)}")
+    get_norm(norm, SQUARE_NORMS, "Square")
     if x.ndim != 4:
         raise UserError(f"Square needs images N×C×H×W; got inputs of shape {tuple(x.shape)}")
     if eps is None:
@@ -256,48 +134,114 @@ def square(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf"
 def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: torch.Tensor,
          rows: int, p_init: float, generator: torch.Generator
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Square run on the examples `idx` (random numbers drawn for all n rows, then indexed)."""
+    """One Square run on the examples `idx` (random numbers drawn for all n rows, then indexed).
+
+    The state of the running examples is kept packed (in index order) and re-packed only when
+    an example is decided; a decided example's state is written back then.
+    """
+    lp = cfg.lp
+    n = x.shape[0]
     h, w = x.shape[-2:]
     lo, hi = cfg.bounds
-    delta0 = _init(x, cfg.norm, cfg.eps, generator)[idx]
     xs = x[idx]
     ls = labels.index(idx)
     m = xs.shape[0]
-    cur = (xs + delta0).clamp(lo, hi)
-    obj, logits = eval_rows(model, cur, ls.obj, cfg, rows, grad=False)
+    cur = (xs + lp.square_start(x, cfg.eps, generator)[idx]).clamp(lo, hi)
+    logits = _logits(model, cur, rows)
+    obj = _margin(logits, ls.obj)
+    used = torch.ones(m, dtype=torch.long, device=x.device)
+    # the result per example (m rows) and the packed state of the running examples
+    out = {"best": cur.clone(), "best_logits": logits.clone(), "used": used.clone()}
     st: dict[str, torch.Tensor] = {"cur": cur, "obj": obj, "best": cur.clone(),
-                                   "best_logits": logits, "best_obj": obj.clone(),
-                                   "best_key": iterate_key(logits, ls),
-                                   "used": torch.ones(m, dtype=torch.long, device=x.device)}
+                                   "best_logits": logits, "best_obj": obj,
+                                   "best_key": iterate_key(logits, ls), "used": used}
     stopping = cfg.early_stop is not None
-    st["done"] = (stop_test(logits, ls, cfg.early_stop) if stopping
-                  else torch.zeros(m, dtype=torch.bool, device=x.device))
+    pos = torch.arange(m, device=x.device)  # positions (in 0..m-1) of the running examples
+    if stopping:
+        pos, st = _repack(out, st, pos, stop_test(logits, ls, cfg.early_stop))
+        ls = ls.index(pos)
+    xr, sub = xs[pos], idx[pos]  # the running examples and their rows of the n-row draws
     for it in range(cfg.steps - 1):
-        l2 = cfg.norm == "l2"
-        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, 3 if l2 else 1, odd=l2)
-        draws = _draws(x, cfg.norm, s, generator)  # for every example, then indexed
-        run = (~st["done"]).nonzero().squeeze(1) if stopping else None
-        if run is not None and run.numel() == 0:
+        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, lp.square_smallest,
+                        odd=lp.square_odd)
+        draws = lp.square_draws(x, s, generator)  # for every example, then indexed
+        if pos.numel() == 0:
             break
-        sel = slice(None) if run is None or run.numel() == m else run
-        rows_all = idx if isinstance(sel, slice) else idx[run]
-        xr = xs[sel]
-        prop = _propose(xr, st["cur"][sel] - xr, cfg.norm, cfg.eps, s,
-                        {k: v[rows_all] for k, v in draws.items()})
-        cand = (xr + prop).clamp(lo, hi)
-        lr = ls if isinstance(sel, slice) else ls.index(run)
-        obj_c, logits_c = eval_rows(model, cand, lr.obj, cfg, rows, grad=False)
-        sv = {k: v[sel] for k, v in st.items()}
-        keep_best(sv, cand, obj_c, logits_c, lr)
-        accept = obj_c > sv["obj"]
-        sv["cur"] = torch.where(bview(accept, cand), cand, sv["cur"])
-        sv["obj"] = torch.where(accept, obj_c, sv["obj"])
-        sv["used"] = sv["used"] + 1
+        if sub.numel() < n:
+            draws = {k: v[sub] for k, v in draws.items()}
+        cand = (xr + lp.square_propose(xr, st["cur"] - xr, cfg.eps, s, draws)).clamp_(lo, hi)
+        logits_c = _logits(model, cand, rows)
+        obj_c = _margin(logits_c, ls.obj)
+        _step(st, cand, obj_c, logits_c, ls)
         if stopping:
-            sv["done"] = sv["done"] | stop_test(logits_c, lr, cfg.early_stop)
-        for k, v in sv.items():
-            st[k][sel] = v
-    return st["best"], st["best_logits"], st["used"]
+            done = stop_test(logits_c, ls, cfg.early_stop)
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                pos, st = _repack(out, st, pos, done)
+                ls = ls.index(keep)
+                xr, sub = xr[keep], sub[keep]
+    _repack(out, st, pos, None)
+    return out["best"], out["best_logits"], out["used"]
+
+
+def _logits(model: Model, xa: torch.Tensor, rows: int) -> torch.Tensor:
+    """float32 logits at `xa` from model calls of exactly `rows` rows, the last one padded with
+    its last row (the engine's `eval_rows` blocks, without the per-block copies: a full block is
+    passed as a view where it starts on a 64-byte boundary, as a fresh tensor would)."""
+    r = xa.shape[0]
+    parts = []
+    with torch.autocast(xa.device.type, enabled=False):
+        if r == 0:
+            return model(xa).float()
+        for i in range(0, r, rows):
+            blk = xa[i:i + rows]
+            k = blk.shape[0]
+            if k < rows:
+                blk = torch.cat([blk, blk[-1:].expand(rows - k, *blk.shape[1:])])
+            elif i and (xa.device.type != "cpu" or blk.data_ptr() % 64):
+                blk = blk.clone()
+            parts.append(model(blk).float()[:k])
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _step(st: dict[str, torch.Tensor], cand: torch.Tensor, obj: torch.Tensor,
+          logits: torch.Tensor, labels: Labels) -> None:
+    """After a query: the best iterate by the worst-case key, then the loss (`keep_best`'s rule);
+    the current point moves to `cand` where the objective rose. Only changed rows are copied."""
+    key = iterate_key(logits, labels)
+    better = (key > st["best_key"]) | ((key == st["best_key"]) & (obj > st["best_obj"]))
+    st["best"] = _take_rows(st["best"], better, cand)
+    st["best_key"] = torch.where(better, key, st["best_key"])
+    st["best_logits"] = torch.where(better[:, None], logits, st["best_logits"])
+    st["best_obj"] = torch.where(better, obj, st["best_obj"])
+    accept = obj > st["obj"]
+    st["cur"] = _take_rows(st["cur"], accept, cand)
+    st["obj"] = torch.where(accept, obj, st["obj"])
+    st["used"] = st["used"] + 1
+
+
+def _take_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """`dst` with the rows where `mask` replaced by those of `src` (in place on the CPU, where
+    copying the few changed rows is much cheaper than a full select)."""
+    if dst.device.type != "cpu":
+        return torch.where(bview(mask, src), src, dst)
+    rows = mask.nonzero().squeeze(1)
+    if rows.numel():
+        dst.index_copy_(0, rows, src.index_select(0, rows))
+    return dst
+
+
+def _repack(out: dict[str, torch.Tensor], st: dict[str, torch.Tensor], pos: torch.Tensor,
+            done: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Write the result of the running examples that are `done` (None: all) into `out` at
+    their positions `pos`; return the positions and packed state of those still running."""
+    fin = slice(None) if done is None else done
+    for k in out:
+        out[k][pos[fin]] = st[k][fin]
+    if done is None:
+        return pos[:0], st
+    keep = ~done
+    return pos[keep], {k: v[keep] for k, v in st.items()}
 
 
 @dataclasses.dataclass(frozen=True)

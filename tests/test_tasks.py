@@ -277,6 +277,22 @@ def test_old_train_spellings_work_with_one_note(tmp_path, capsys):
     assert meta["kwargs"]["norm"] == "none"
 
 
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_presets_use_only_current_setting_keys(config, capsys, tmp_path):
+    import yaml
+
+    scales = list(yaml.safe_load(config.read_text(encoding="utf-8")).get("scales") or {})
+    assert scales
+    for scale in scales:  # every run's TrainSpec and tracking, every evaluation's spec
+        preset = ex.load_preset(config, scale)
+        preset["data"]["name"] = "synthetic"  # the keys are the point, not the data
+        specs = ex.preset_specs(preset, tmp_path)
+        ws = ex.Workspace(preset, tmp_path)
+        tracks = [ws.track_spec(run) for run in preset["runs"]]
+        assert specs and len(tracks) == len(specs)
+    assert capsys.readouterr().err == ""  # no deprecation note: only the current keys
+
+
 @pytest.mark.deprecated_spelling
 def test_an_old_train_setting_key_works_with_one_note(capsys):
     base = {"data": {"name": "synthetic"}, "model": {"name": "mlp"}}

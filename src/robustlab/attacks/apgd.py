@@ -43,6 +43,7 @@ from robustlab.attacks.base import (
     AttackResult,
     Model,
     RunOptions,
+    TargetedOptions,
     bview,
     check_attack_args,
     eval_mode,
@@ -309,16 +310,11 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
     return result
 
 
-@dataclasses.dataclass(frozen=True)
-class APGD(RunOptions):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class APGD(RunOptions, TargetedOptions):
     """`apgd` as a stateless callable: `APGD(norm="l2", eps=1.5, loss="dlr-t")(model, x, y, generator=g)`."""
 
-    norm: str = "linf"
-    eps: float | None = None
     loss: str = "ce"
-    targets: int = 9
-    steps: int = 100
-    restarts: int = 1
     target: Any = None
 
     attack = staticmethod(apgd)

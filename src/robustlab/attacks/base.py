@@ -80,6 +80,25 @@ class RunOptions(BoxOptions):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class BallOptions(BoxOptions):
+    """An attack in an Lp ball: the norm, the radius (None: the spec default for the image size)
+    and the number of restarts. A subclass may override a default (FAB: `norm="l2"`)."""
+
+    norm: str = "linf"
+    eps: float | None = None
+    restarts: int = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TargetedOptions(BallOptions):
+    """An iterative attack with targeted variants (APGD-T, FAB-T): iterations and the number of
+    target classes (the top-k non-true classes)."""
+
+    targets: int = 9
+    steps: int = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepOptions(RunOptions):
     """PGD's iteration options, in one place (PGD, frames and distal attacks take them)."""
 

@@ -35,8 +35,8 @@ import torch
 
 from robustlab.attacks.base import (
     AttackResult,
-    BoxOptions,
     Model,
+    TargetedOptions,
     bview,
     check_attack_args,
     eval_mode,
@@ -267,14 +267,10 @@ def fab(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
     return result
 
 
-@dataclasses.dataclass(frozen=True)
-class FAB(BoxOptions):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FAB(TargetedOptions):
     """`fab` as a stateless callable: `FAB(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
 
     norm: str = "l2"
-    eps: float | None = None
-    targets: int = 9
-    steps: int = 100
-    restarts: int = 1
 
     attack = staticmethod(fab)

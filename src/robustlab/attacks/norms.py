@@ -217,9 +217,9 @@ class Norm:
     further out before taking a step (pointless for L∞'s sign step, which the box clamp absorbs).
     `apgd_start`: APGD's random start (an `init` kind of `pgd`); `apgd = False` for norms APGD
     does not support; `apgd_sparse`: APGD takes `sparse_direction` steps on an adaptive number of
-    entries (L1-APGD) with the exact ball ∩ box projection. `square`: the Square attack supports
-    the norm (it implements `square_start`, `square_draws` and `square_propose`), with windows of
-    side at least `square_smallest`, odd where `square_odd`.
+    entries (L1-APGD) with the exact ball ∩ box projection. A norm that implements
+    `square_start`, `square_draws` and `square_propose` supports the Square attack (`square`),
+    with windows of side at least `square_smallest`, odd where `square_odd`.
     """
 
     name: ClassVar[str]
@@ -228,7 +228,6 @@ class Norm:
     apgd: ClassVar[bool] = True
     apgd_start: ClassVar[str] = "norm"
     apgd_sparse: ClassVar[bool] = False
-    square: ClassVar[bool] = False
     square_smallest: ClassVar[int] = 1
     square_odd: ClassVar[bool] = False
 
@@ -272,6 +271,11 @@ class Norm:
         """PGD's default step: 2.5·ε/steps (enough to cross the ball in 40 % of the iterations)."""
         return 2.5 * eps / max(steps, 1)
 
+    @property
+    def square(self) -> bool:
+        """Whether the Square attack supports the norm (the class implements its proposal)."""
+        return type(self).square_propose is not Norm.square_propose
+
     def square_start(self, x: torch.Tensor, eps: float, generator: torch.Generator
                      ) -> torch.Tensor:
         """Square's start δ for every image of x (N×C×H×W), before the box."""
@@ -301,7 +305,6 @@ class Linf(Norm):
     radii = {"gray28": (0.1, 0.2), "mnist": (0.3, 0.4), "color32": (8 / 255, 16 / 255)}
     inward_steps = False
     apgd_start = "cube"
-    square = True
 
     def norm(self, delta: torch.Tensor, *, pixels: bool = False) -> torch.Tensor:
         return delta.flatten(1).abs().amax(1)
@@ -344,7 +347,6 @@ class L2(Norm):
 
     name = "l2"
     radii = {"gray28": (1.5, 3.0), "color32": (0.5, 1.0)}
-    square = True
     square_smallest = 3
     square_odd = True
 

@@ -36,7 +36,7 @@ import torch
 
 from robustlab.attacks.base import (
     AttackResult,
-    BoxOptions,
+    BallOptions,
     Model,
     bview,
     check_attack_args,
@@ -244,14 +244,11 @@ def _repack(out: dict[str, torch.Tensor], st: dict[str, torch.Tensor], pos: torc
     return pos[keep], {k: v[keep] for k, v in st.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class Square(BoxOptions):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Square(BallOptions):
     """`square` as a stateless callable: `Square(norm="l2", eps=1.5)(model, x, y, generator=g)`."""
 
-    norm: str = "linf"
-    eps: float | None = None
     queries: int = 5000
     p_init: float = 0.8
-    restarts: int = 1
 
     attack = staticmethod(square)

@@ -36,6 +36,7 @@ from robustlab.report.metric import threat_label as threat_label  # re-exported
 
 log = logging.getLogger("robustlab.report")
 
+
 def kind_of(name: str, r: dict[str, Any]) -> str:
     """What kind of result a dict is: the registry key it carries (results with a `schema`), else,
     for older files, guessed from their keys: clean, adversarial, biterrors, chip, energy,

@@ -94,6 +94,27 @@ def test_decided_only_at_the_largest_tau(soft) -> None:
     assert both["threats"]["linf:0.6"]["by_attack"]["conf/zero×1"]["attacked"] == undecided
 
 
+def test_without_tprs_an_example_is_decided_once_misclassified(soft) -> None:
+    """`tprs=()` (RErr only): AutoAttack's rule, a later attack runs only on the examples every
+    earlier attack left correct; no τ metrics are reported; early exit on/off agree."""
+    model, test = soft
+    kw = dict(n_test=100, steps=6, tprs=(), attacks="pgd", objectives=("ce", "conf"),
+              batch_size=100, sanity=False, progress=False)
+    r = adversarial(model, test, "linf:0.2", **kw)
+    t = r["threats"]["linf:0.2"]
+    assert t["at"] == {} and r["clean"]["tau"] == {}
+    first, second = t["by_attack"]["ce/zero×1"], t["by_attack"]["conf/zero×1"]
+    clean_wrong = sum(r["clean"]["wrong"])
+    assert first["attacked"] == 100 - clean_wrong  # misclassified clean: decided before any attack
+    assert second["attacked"] == first["attacked"] - first["added"] > 0
+    assert first["added"] > 0
+    off = adversarial(model, test, "linf:0.2", early_stop=False, **kw)["threats"]["linf:0.2"]
+    assert off["adv_wrong"] == t["adv_wrong"]
+    with_tau = adversarial(model, test, "linf:0.2", tprs=(0.99, 0.3), **{
+        k: v for k, v in kw.items() if k != "tprs"})["threats"]["linf:0.2"]
+    assert with_tau["by_attack"]["conf/zero×1"]["attacked"] > second["attacked"]
+
+
 @pytest.mark.parametrize("attacks", ["pgd", "standard"])
 def test_early_exit_on_and_off_give_the_same_verdicts_with_separated_taus(soft, attacks) -> None:
     """TPRs 0.99 and 0.3 have far apart τ: stopping at the smallest τ would leave examples
@@ -152,6 +173,14 @@ def test_attack_command_prints_contributions_and_rejects_unknown_attacks(tmp_pat
     assert res["config"]["attacks"] == list(STANDARD) and isinstance(res["flags"], list)
     assert main(["attack", str(run), "--attacks", "fab", "--quiet"]) == 2
     assert "unknown attack 'fab'" in capsys.readouterr().err
+    assert main(["attack", str(run), "--suite", "linf", "--n-test", "30", "--steps", "2",
+                 "--queries", "10", "--targets", "2", "--tprs", "none", "--quiet",
+                 "--no-figures", "--name", "notau"]) == 0
+    res = json.loads((run / "results" / "notau.json").read_text())
+    assert res["config"]["tprs"] == [] and res["threats"]["linf"]["at"] == {}
+    with pytest.raises(SystemExit) as e:
+        main(["attack", str(run), "--tprs", "0.99,nan", "--quiet"])
+    assert e.value.code == 2 and "TPR nan is out of range" in capsys.readouterr().err
 
 
 def test_three_class_model_skips_targeted_dlr_with_a_note() -> None:

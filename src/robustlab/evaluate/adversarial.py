@@ -317,6 +317,9 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
     defaults to 100 for APGD and 40 for PGD (100 for patches); `queries` (Square) to 5000, or
     50·`steps` (at most 5000) when `steps` is given. `channels_last=None` lets the attacks
     choose (on for 4-D inputs on the CPU). `sanity` adds the sanity flags (`flags`).
+    `tprs=()` reports no confidence thresholding (no τ, RErr@τ, FPR@τ): an example is then
+    decided, and left alone by later attacks, as soon as it is misclassified (AutoAttack's
+    rule), which is faster when only Err and RErr matter.
     With `examples_path`, the first `n_examples`
     clean and adversarial images of every threat model are saved there (safetensors; keys
     `<threat>/clean|adv|pred|conf|y`) and the result names the file in `examples_file` (a path
@@ -380,7 +383,9 @@ def adversarial(model: Model, test: Dataset, suite: str | Sequence[str] = DEFAUL
         clean_logits = logits_of(x_att)
         clean_wrong = clean_logits.argmax(1) != y_att
         clean_conf = confidence(clean_logits)
-        decide = max(taus.values())  # the largest τ reported: a decided example stays decided
+        # the largest τ reported: a decided example stays decided; without τ (`tprs=()`, RErr
+        # only) an example is decided once misclassified, as in AutoAttack
+        decide = max(taus.values(), default=0.0)
         n_queries = int(queries) if queries is not None else (
             5000 if steps is None else max(1, min(5000, 50 * int(steps))))
         s = _Settings(attack_names, 40 if steps is None else int(steps),

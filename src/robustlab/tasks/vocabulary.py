@@ -40,6 +40,14 @@ def _tpr(text: str) -> float:
 
 _tpr.__name__ = "a TPR in (0, 1]"
 
+
+def _tprs(text: str) -> list[float]:
+    """Comma-separated TPRs, or `none` (no confidence thresholding)."""
+    return [] if text.strip().lower() == "none" else list_of(_tpr)(text)
+
+
+_tprs.__name__ = "TPRs in (0, 1], or none"
+
 # the registered Lp norms, a live view: a norm registered later (attacks.norms.NORMS) is accepted too
 NORMS = _NORM_REGISTRY.keys()
 
@@ -69,8 +77,9 @@ VOCABULARY: dict[str, Term] = {
     "restarts": Term("attack restarts", positive_int, 1),
     "targets": Term("target classes of targeted attacks (the most likely non-true ones)",
                     positive_int, 9),
-    "tprs": Term("true positive rates at which the confidence threshold τ is calibrated",
-                 list_of(_tpr), [0.99, 0.98], "T,T,…", aliases=("--tpr",)),
+    "tprs": Term("true positive rates at which the confidence threshold τ is calibrated "
+                 "('none': no τ; an example is then decided once misclassified, as in "
+                 "AutoAttack)", _tprs, [0.99, 0.98], "T,T,…", aliases=("--tpr",)),
     # models
     "norm_layer": Term("normalization layers of the model", str, None, aliases=("--norm",)),
 }

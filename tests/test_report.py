@@ -205,7 +205,7 @@ def test_sections_and_setting_lines_come_from_the_specs():
     assert [summary.group_of(k) for k in ("clean", "adversarial", "patches", "biterrors", "chip",
                                           "energy", "bitattack", "flatness", "landscape", "nope")] \
         == ["clean", "input attacks", "input attacks", "random bit errors", "random bit errors",
-            "random bit errors", "adversarial bit errors", "flatness", "other", "other"]
+            "random bit errors", "adversarial bit errors", "flatness", "flatness", "other"]
 
     class Blur(EvalSpec):  # a new kind: its section, metrics and setting line from its class
         kind: ClassVar[str] = "blur-toy"
@@ -229,6 +229,64 @@ def test_sections_and_setting_lines_come_from_the_specs():
                                                   "clean": "n=8 test images"}
     finally:
         REGISTRY.pop("blur-toy", None)
+
+
+def test_figure_sections_come_from_the_specs(tmp_path):
+    """A new kind's figures go to its `group`'s section: by default its per-result `figures()`,
+    or its own cross-run `report_figures` (sorted by `order`); a new group gets its own section
+    before 'other'; a kind whose figures fail leaves a note, not a broken report."""
+    from pathlib import Path
+    from typing import Any, ClassVar
+
+    from robustlab.report import html as report_html
+    from robustlab.tasks.spec import REGISTRY, EvalSpec, register
+
+    class Blur(EvalSpec):  # default: each result's own figure files
+        kind: ClassVar[str] = "blur-toy"
+        title: ClassVar[str] = "blur"
+        group: ClassVar[str] = "input attacks"
+
+        def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
+            (folder / "b.png").write_bytes(f"blur {result['n']}".encode())
+            (folder / "b.txt").write_text("not a figure")
+            return [folder / "b.png", folder / "b.txt"]
+
+    class Rain(EvalSpec):  # one figure across the models, a later one first in the code
+        kind: ClassVar[str] = "rain-toy"
+        group: ClassVar[str] = "weather"
+
+        @classmethod
+        def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                           ) -> list[dict[str, Any]]:
+            return [figs.make(f"late ({name})", "c", lambda p: p.write_bytes(b"late"), order=2),
+                    figs.make(f"rain ({name})", "c", lambda p: p.write_bytes(
+                        ",".join(lab for lab, _ in items).encode()))]
+
+    class Hail(Rain):
+        kind: ClassVar[str] = "hail-toy"
+
+        @classmethod
+        def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                           ) -> list[dict[str, Any]]:
+            raise ValueError("no hail")
+
+    for cls in (Blur, Rain, Hail):
+        register(cls)
+    try:
+        res = {k: {"kind": k, "schema": 1, "settings": {}, "n": 8}
+               for k in ("blur-toy", "rain-toy", "hail-toy", "unknown-toy")}
+        runs = [{"label": lab, "results": res, "history": []} for lab in ("a", "b")]
+        figs = report_html.Figures(tmp_path)
+        got = report_html.sections(runs, figs)
+        assert [(k, h, g, [(f["title"], f["png"]) for f in made]) for k, h, g, made in got] == [
+            ("adversarial", "Input attacks", "input attacks",
+             [("blur (blur-toy, a)", b"blur 8"), ("blur (blur-toy, b)", b"blur 8")]),
+            ("weather", "Weather", "weather",
+             [("rain (rain-toy)", b"a,b"), ("late (rain-toy)", b"late")])]
+        assert figs.failures == ["hail-toy (hail-toy): ValueError: no hail"]
+    finally:
+        for k in ("blur-toy", "rain-toy", "hail-toy"):
+            REGISTRY.pop(k, None)
 
 
 def test_png_size_rejects_non_png():

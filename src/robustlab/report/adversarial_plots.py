@@ -357,3 +357,26 @@ def _with_clean(clean: Any, perturbed: Any) -> Any:
     import torch
 
     return torch.cat([clean[:1], perturbed])
+
+
+def example_figures(items: Sequence[tuple[str, Mapping[str, Any]]], name: str, figs: Any,
+                    order: int = 3) -> list[dict[str, Any]]:
+    """The report's example grids (`plot_examples`) of each (run label, result) whose saved
+    examples file exists, titled 'Adversarial examples for <label> (<name>)' (`report.html`)."""
+    out = []
+    for label, r in items:
+        if not r.get("examples_file"):
+            continue
+        f = Path(r["examples_file"])
+        ex_path = f if f.is_absolute() else Path(r["_dir"]) / f
+        if ex_path.is_file():
+            fig = figs.make(
+                f"Adversarial examples for {label} ({name})", "Clean test images (top row, titled "
+                "with the true class) and their adversarial versions per threat model, titled with "
+                "the predicted class and confidence; red frame: the attack succeeded "
+                "(misclassified), green: it failed.",
+                lambda p, e=ex_path, label=label: plot_examples(e, p, title=label, max_columns=4),
+                size="half", order=order)
+            if fig:
+                out.append(fig)
+    return out

@@ -3,7 +3,8 @@
 `write_report(root)` reads `root/**/model.json`, `metrics.jsonl` and `results/*.json` (plus the
 `plan.json` and `table.json` that `robustlab demo` / `robustlab reproduce` leave in `root`) and
 writes `root/report.html`: a summary table of every model × metric, the figures of each capability
-(drawn by the capability modules' own plot functions, embedded as base64 PNG), training curves,
+(one section per spec `group`, each result kind's figures from its spec's `report_figures`,
+embedded as base64 PNG), training curves,
 the preset's findings, and the commands, settings and versions that produced the results.
 The page loads nothing from the network (a Content-Security-Policy forbids it) and works offline.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import json
 import logging
 import tempfile
@@ -115,18 +115,19 @@ class Figures:
     """Calls plot functions that write PNG files and keeps the bytes; failures become notes."""
 
     def __init__(self, tmp: Path):
-        self.tmp, self.count, self.failures = tmp, 0, []
+        self.tmp, self.count, self.failures, self.folders = tmp, 0, [], 0
 
     def make(self, title: str, caption: str, draw: Callable[[Path], Any], *,
-             size: str = "full") -> dict[str, Any] | None:
+             size: str = "full", order: int = 0) -> dict[str, Any] | None:
+        """Draw one figure (`draw(png path)`); its dict, or None (a note) when drawing failed.
+        `order` places it in its section (`EvalSpec.report_figures`)."""
         self.count += 1
         path = self.tmp / f"fig{self.count}.png"
         try:
             draw(path)
             data = path.read_bytes()
         except Exception as e:  # a broken figure must not take the whole report down
-            log.warning("figure %r failed: %s", title, e)
-            self.failures.append(f"{title}: {type(e).__name__}: {e}")
+            self.fail(title, e)
             return None
         finally:
             try:
@@ -135,15 +136,19 @@ class Figures:
                 plt.close("all")
             except ImportError:
                 pass
-        return {"title": title, "caption": caption, "png": data, "size": size}
+        return {"title": title, "caption": caption, "png": data, "size": size, "order": order}
 
+    def fail(self, title: str, e: Exception) -> None:
+        """Note a figure that could not be drawn (the report lists them)."""
+        log.warning("figure %r failed: %s", title, e)
+        self.failures.append(f"{title}: {type(e).__name__}: {e}")
 
-def _function(module: str, name: str) -> Callable[..., Any] | None:
-    """A plot function of another module, or None when that module/function is not in this build."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
+    def folder(self) -> Path:
+        """A fresh empty folder for figure files that are drawn elsewhere and then embedded."""
+        self.folders += 1
+        path = self.tmp / f"spec{self.folders}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -160,17 +165,6 @@ def _figure_html(f: dict[str, Any]) -> str:
     return (f'<figure class="{cls}"><img alt="{_esc(f["title"])}" width="{w}" height="{h}" '
             f'src="data:image/png;base64,{b64}">'
             f'<figcaption><b>{_esc(f["title"])}</b>. {_esc(f["caption"])}</figcaption></figure>')
-
-
-def _results_of(runs: list[dict[str, Any]], *kinds: str
-                ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """{result name: [(run label, result)]} for results of one of `kinds`."""
-    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for r in runs:
-        for name, res in r["results"].items():
-            if summary.kind_of(name, res) in kinds:
-                out.setdefault(name, []).append((r["label"], res))
-    return out
 
 
 def training_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
@@ -193,194 +187,55 @@ def training_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str
     return [f] if f else []
 
 
-def _wilson_note(items: list[tuple[str, dict[str, Any]]], key: str = "n_test") -> str:
-    ns = sorted({r.get(key) for _, r in items if isinstance(r.get(key), int)})
-    if not ns:
-        return ""
-    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
-
-
-def biterror_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    out = []
-    plot = _function("robustlab.report.biterrors_plot", "plot_rerr_vs_rate")
-    for name, items in _results_of(runs, "biterrors").items():
-        if plot is None:
-            break
-        k = items[0][1].get("patterns")
-        f = figs.make(f"RErr vs bit error rate ({name})",
-                      f"Mean robust error over {k} random bit error patterns per rate on "
-                      f"{_wilson_note(items)} test images; error bars: 95 % interval of the mean "
-                      "(t over patterns, never narrower than Wilson over images); shaded: min–max "
-                      "over patterns. The legend gives each model's quantized clean error.",
-                      lambda p, items=items: plot([r for _, r in items], p,
-                                                  labels=[lab for lab, _ in items]))
-        out.append(f)
-    energy = _function("robustlab.report.biterrors_plot", "plot_energy")
-    for name, items in _results_of(runs, "energy").items():
-        for label, r in items:
-            if energy is not None:
-                out.append(figs.make(f"Energy of {label} ({name})", "Mean RErr and relative energy "
-                                     "per memory access against supply voltage.",
-                                     lambda p, r=r: energy(r, p)))
-    return [f for f in out if f]
-
-
-def adversarial_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    mod = "robustlab.report.adversarial_plots"
-    bars = _function(mod, "plot_rerr_bars")
-    hist = _function(mod, "plot_confidence_grid")
-    grid = _function(mod, "plot_examples")
-    from robustlab.report.extra_plots import plot_patch_locations
-
-    out, patch_bars, hists, grids = [], [], [], []
-    for name, items in _results_of(runs, "patches").items():
-        patch_bars.append(figs.make(f"RErr per patch location mode ({name})",
-                                    "Robust error under adversarial patches whose location is fixed, "
-                                    "random or optimized during the attack, with 95 % Wilson "
-                                    f"intervals over the {_wilson_note(items, 'n')} attacked images "
-                                    "(black bar: clean Err of those images).",
-                                    lambda p, items=items: plot_patch_locations(items, p)))
-    for name, items in _results_of(runs, "adversarial", "patches").items():
-        kind = summary.kind_of(name, items[0][1])
-        if kind == "adversarial":
-            ns = [{"n": (r.get("config") or {}).get("n")} for _, r in items]
-            note = _wilson_note([("", x) for x in ns], "n")
-            if bars is not None:
-                out.append(figs.make(
-                    f"RErr per threat model ({name})",
-                    "Per threat model and model: light bars without rejection (RErr; distal: "
-                    "every input counts, 100 %; corruptions: mean Err), dark bars with inputs of "
-                    "confidence below τ rejected, τ at 99 % TPR (RErr@τ; distal: FPR@τ; "
-                    f"corruptions: Err@τ). Error bars: 95 % Wilson intervals over the {note} "
-                    "attacked images (RErr@τ: over those not rejected).",
-                    lambda p, items=items: bars(items, p)))
-            if hist is not None:
-                hists.append(figs.make(
-                    f"Confidence per model and threat ({name})",
-                    "Rows: models; columns: threat models. Green: confidence of the correctly "
-                    "classified clean images; red: confidence of the adversarial inputs that are "
-                    "misclassified (distal: of every distal input); dashed: τ at 99 % TPR. Each "
-                    "panel is a density histogram on its own y-scale.",
-                    lambda p, items=items: hist(items, p)))
-        for label, r in items:
-            if grid is not None and r.get("examples_file"):
-                f = Path(r["examples_file"])
-                ex_path = f if f.is_absolute() else Path(r["_dir"]) / f
-                if ex_path.is_file():
-                    grids.append(figs.make(
-                        f"Adversarial examples for {label} ({name})", "Clean test images (top "
-                        "row, titled with the true class) and their adversarial versions per "
-                        "threat model, titled with the predicted class and confidence; red frame: "
-                        "the attack succeeded (misclassified), green: it failed.",
-                        lambda p, e=ex_path, label=label: grid(e, p, title=label, max_columns=4),
-                        size="half"))
-    return [f for f in out + patch_bars + hists + grids if f]
-
-
-def bitattack_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    from robustlab.report.flatness_plots import METHOD_NAMES
-
-    plot = _function("robustlab.report.flatness_plots", "plot_bit_attack")
-    out = []
-    for name, items in _results_of(runs, "bitattack").items():
-        methods = list(dict.fromkeys(m for _, r in items for m in (r.get("results") or {})))
-        styles = {"attack": "solid", "bfa": "dash-dotted", "random": "dotted", "worst": "dashed"}
-        what = ", ".join(f"{METHOD_NAMES.get(m, m)} ({styles.get(m, 'dashed')})" for m in methods)
-        if plot is not None:
-            out.append(figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model "
-                                 "(colour) after bit flips within the budget (at most one per "
-                                 f"weight), per method (line style): {what}. Error bars: 95 % "
-                                 f"Wilson intervals over the {_wilson_note(items)} test images.",
-                                 lambda p, items=items: plot([r for _, r in items], p,
-                                                             labels=[lab for lab, _ in items])))
-    return [f for f in out if f]
-
-
-def flatness_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    from robustlab.report.extra_plots import plot_flatness_bars
-
-    out = []
-    corr = _function("robustlab.report.flatness_plots", "plot_correlation")
-    for name, items in _results_of(runs, "flatness").items():
-        samples = sorted({len(d.get("perturbed_losses") or []) for _, r in items
-                          for d in r.get("details") or []} - {0})
-        xis = sorted({d["xi"] for _, r in items for d in r.get("details") or []})
-        err = (f"Error bars: 95 % t interval of the mean over the {samples[-1]} random "
-               "perturbations." if samples and samples[-1] > 1 else
-               "No error bars: one random perturbation (or a worst case) per model.")
-        out.append(figs.make(f"Flatness per model ({name})",
-                             "Increase of the robust loss under relative weight perturbations "
-                             f"‖ν_l‖ ≤ ξ‖w_l‖, ξ = {', '.join(f'{x:g}' for x in xis)} "
-                             f"(adversarial examples recomputed per perturbed model). {err}",
-                             lambda p, items=items: plot_flatness_bars(items, p)))
-        with_gap = [r for _, r in items if r.get("gap") is not None]
-        if corr is not None and len(with_gap) >= 3:
-            labelled = [{**r, "label": lab} for lab, r in items]
-            out.append(figs.make(f"Flatness vs robust generalization ({name})",
-                                 "Robust test loss and test−train robust loss gap against flatness, "
-                                 "one point per model, with Kendall τ and its two-sided p-value "
-                                 "(few models: a weak test).",
-                                 lambda p, labelled=labelled: corr(labelled, p)))
-    from robustlab.report.flatness_plots import plot_landscape, plot_landscapes
-
-    for name, items in _results_of(runs, "landscape").items():
-        one_d = [(lab, r) for lab, r in items if r.get("dims") == 1]
-        if one_d:
-            out.append(figs.make(f"Loss landscapes ({name})",
-                                 "Clean (blue) and robust (red) loss along a weight direction "
-                                 "through each model (α: step relative to each filter's norm; "
-                                 "dotted: ±ξ for adversarial directions); one shared y-axis.",
-                                 lambda p, one_d=one_d: plot_landscapes(one_d, p)))
-        for label, r in items:
-            if r.get("dims") != 1:
-                out.append(figs.make(f"Loss landscape of {label} ({name})",
-                                     "Clean and robust loss over a 2-D plane of weight directions.",
-                                     lambda p, r=r: plot_landscape(r, p)))
-    return [f for f in out if f]
-
-
-BUILT_IN_KINDS = {"clean", "adversarial", "patches", "biterrors", "chip", "energy", "bitattack",
-                  "flatness", "landscape", "epsilons", "tracking"}  # drawn by the sections above
-
-
-def spec_figures(runs: list[dict[str, Any]], figs: Figures) -> list[dict[str, Any]]:
-    """Figures of results of other registered kinds: their spec's `figures(result, folder)`."""
-    out = []
+def _results_by_group(runs: list[dict[str, Any]]
+                      ) -> dict[str, dict[tuple[str, type[Any]], list[tuple[str, dict[str, Any]]]]]:
+    """{report section (the spec's `group`): {(result name, spec): [(run label, result)]}} of
+    every result of a registered kind, in the order of the runs and their results."""
+    out: dict[str, dict[tuple[str, type[Any]], list[tuple[str, dict[str, Any]]]]] = {}
     for r in runs:
         for name, res in r["results"].items():
             kind = summary.kind_of(name, res)
             cls = summary.spec_for(kind)
-            if kind in BUILT_IN_KINDS or cls is None or not summary.overrides(cls, "figures"):
-                continue
-            folder = figs.tmp / f"spec{figs.count}-{len(out)}"
-            folder.mkdir(parents=True, exist_ok=True)
-            title = f"{cls.title or kind} ({name}, {r['label']})"
-            try:
-                paths = summary.spec_instance(cls, res).figures(res, folder)
-            except Exception as e:  # a broken figure must not take the whole report down
-                log.warning("figure %r failed: %s", title, e)
-                figs.failures.append(f"{title}: {type(e).__name__}: {e}")
-                continue
-            for i, path in enumerate(p for p in paths if Path(p).suffix == ".png"):
-                fig = figs.make(title if i == 0 else f"{title} [{i + 1}]", cls.title or kind,
-                                lambda dest, src=Path(path): dest.write_bytes(src.read_bytes()))
-                if fig:
-                    out.append(fig)
+            if cls is not None:
+                out.setdefault(summary.group_of(kind), {}).setdefault((name, cls), []).append(
+                    (r["label"], res))
     return out
 
 
-SECTION_GROUPS = {"adversarial": ("input attacks",), "biterrors": ("random bit errors",),
-                  "bitattack": ("adversarial bit errors",), "flatness": ("flatness",),
-                  "training": ("training",), "other": ("other",)}
+def section_figures(group: str, results: dict[tuple[str, type[Any]], list[tuple[str, Any]]],
+                    figs: Figures) -> list[dict[str, Any]]:
+    """The figures of one report section: each kind's `report_figures` per result name, sorted
+    by their `order` (then by result name)."""
+    out = []
+    for (name, cls), items in results.items():
+        try:
+            out += [f for f in cls.report_figures(items, name, figs) if f]
+        except Exception as e:  # a broken figure must not take the whole report down
+            figs.fail(f"{cls.title or cls.kind} ({name})", e)
+    return sorted(out, key=lambda f: f.get("order", 0))
 
-SECTIONS: list[tuple[str, str, Callable[[list[dict[str, Any]], Figures], list[dict[str, Any]]]]] = [
-    ("adversarial", "Input attacks", adversarial_figures),
-    ("biterrors", "Random bit errors", biterror_figures),
-    ("bitattack", "Adversarial bit errors", bitattack_figures),
-    ("flatness", "Flatness", flatness_figures),
-    ("training", "Training", training_figures),
-    ("other", "Other evaluations", spec_figures),
-]
+
+# section anchors kept from before the sections came from the specs; others: the group's words
+SECTION_IDS = {"input attacks": "adversarial", "random bit errors": "biterrors",
+               "adversarial bit errors": "bitattack"}
+
+
+def sections(runs: list[dict[str, Any]], figs: Figures) -> list[tuple[str, str, str, list[Any]]]:
+    """(anchor, heading, group, figures) of every report section with figures: the spec groups
+    in `summary.SECTIONS` order (training curves under 'training'), other groups after them,
+    'other' last."""
+    by_group = _results_by_group(runs)
+    order = [*summary.SECTIONS, *(g for g in by_group if g not in summary.SECTIONS and g != "other"),
+             "other"]
+    out = []
+    for group in order:
+        made = section_figures(group, by_group.get(group, {}), figs)
+        if group == "training":
+            made += training_figures(runs, figs)
+        if made:
+            heading = "Other evaluations" if group == "other" else group[:1].upper() + group[1:]
+            out.append((SECTION_IDS.get(group, group.replace(" ", "-")), heading, group, made))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,12 +455,9 @@ def build_report(root: str | Path, *, title: str | None = None) -> tuple[str, di
             figs.failures.append(f"headline: {type(e).__name__}: {e}")
             head_html = '<p class="muted">The headline could not be built (see the note above).</p>'
 
-        for key, name, build in SECTIONS:
-            made = build(runs, figs)
-            if not made:
-                continue
+        for key, name, group, made in sections(runs, figs):
             nav.append((key, name))
-            note = "; ".join(v for g, v in settings.items() if g in SECTION_GROUPS.get(key, ()))
+            note = settings.get(group, "")
             note_html = f'<p class="setting-note">Settings: {_esc(note)}</p>' if note else ""
             sections_html.append(f'<section id="{key}"><h2>{_esc(name)}</h2>{note_html}'
                                  '<div class="figures">'

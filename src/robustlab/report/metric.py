@@ -74,6 +74,14 @@ def threat_label(key: str, t: dict[str, Any]) -> str:
     return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
 
 
+def n_note(items: list[tuple[str, dict[str, Any]]], key: str = "n_test") -> str:
+    """'n = 200' or 'n = 100–200': the range of `key` over (label, result) pairs ('' if none)."""
+    ns = sorted({r.get(key) for _, r in items if isinstance(r.get(key), int)})
+    if not ns:
+        return ""
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+
+
 def number(v: Any) -> float | None:
     """`v` as a float when it is a number (not a bool); else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -135,22 +135,7 @@ _LOADED: list[bool] = []
 
 def spec_instance(cls: type[Any], r: dict[str, Any]) -> Any:
     """The spec that wrote `r` (its recorded settings), else the spec with its defaults."""
-    import contextlib
-    import io
-
-    from robustlab.errors import UserError
-
-    settings = r.get("settings") if r.get("schema") is not None else None
-    for attempt in ((lambda: cls.from_settings(settings)) if isinstance(settings, dict) else None,
-                    cls):
-        if attempt is None:
-            continue
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):  # no deprecation notes in reports
-                return attempt()
-        except (UserError, TypeError, ValueError):
-            continue
-    return cls.__new__(cls)
+    return cls.from_result(r)
 
 
 def overrides(cls: type[Any], method: str) -> bool:

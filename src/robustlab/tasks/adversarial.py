@@ -263,6 +263,32 @@ class Adversarial(EvalSpec):
     def table(self, result: dict[str, Any]) -> str:
         return summary_table(result)
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """RErr per threat model across the models, their confidence histograms (order 2) and
+        each model's example images (order 3)."""
+        from robustlab.report import adversarial_plots as plots
+        from robustlab.report.metric import n_note
+
+        note = n_note([("", {"n": (r.get("config") or {}).get("n")}) for _, r in items], "n")
+        bars = figs.make(
+            f"RErr per threat model ({name})",
+            "Per threat model and model: light bars without rejection (RErr; distal: "
+            "every input counts, 100 %; corruptions: mean Err), dark bars with inputs of "
+            "confidence below τ rejected, τ at 99 % TPR (RErr@τ; distal: FPR@τ; "
+            f"corruptions: Err@τ). Error bars: 95 % Wilson intervals over the {note} "
+            "attacked images (RErr@τ: over those not rejected).",
+            lambda p: plots.plot_rerr_bars(items, p))
+        hists = figs.make(
+            f"Confidence per model and threat ({name})",
+            "Rows: models; columns: threat models. Green: confidence of the correctly "
+            "classified clean images; red: confidence of the adversarial inputs that are "
+            "misclassified (distal: of every distal input); dashed: τ at 99 % TPR. Each "
+            "panel is a density histogram on its own y-scale.",
+            lambda p: plots.plot_confidence_grid(items, p), order=2)
+        return [f for f in (bars, hists) if f] + plots.example_figures(items, name, figs)
+
     def figures(self, result: dict[str, Any], folder: Path, *, name: str | None = None,
                 title: str | None = None) -> list[Path]:
         """RErr bars, confidence histograms and example images, as `<name>_*.png` in `folder`

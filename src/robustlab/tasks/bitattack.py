@@ -179,6 +179,25 @@ class BitAttack(EvalSpec):
                      f"{plural((result.get('config') or {}).get('random_patterns'), 'pattern')}")
         return text
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """RErr against the number of flipped bits, one colour per model, one line style per
+        method."""
+        from robustlab.report.flatness_plots import METHOD_NAMES, plot_bit_attack
+        from robustlab.report.metric import n_note
+
+        methods = list(dict.fromkeys(m for _, r in items for m in (r.get("results") or {})))
+        styles = {"attack": "solid", "bfa": "dash-dotted", "random": "dotted", "worst": "dashed"}
+        what = ", ".join(f"{METHOD_NAMES.get(m, m)} ({styles.get(m, 'dashed')})" for m in methods)
+        f = figs.make(f"RErr vs flipped bits ({name})", "Robust error of each model "
+                      "(colour) after bit flips within the budget (at most one per "
+                      f"weight), per method (line style): {what}. Error bars: 95 % "
+                      f"Wilson intervals over the {n_note(items)} test images.",
+                      lambda p: plot_bit_attack([r for _, r in items], p,
+                                                labels=[lab for lab, _ in items]))
+        return [f] if f else []
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.flatness_plots import plot_bit_attack
 

@@ -159,6 +159,23 @@ class BitErrors(PatternSpec):
         return (f"n={result.get('n_test')} test images, {plural(result.get('patterns'), 'pattern')} "
                 f"per rate" + (f", {bits}-bit weights" if bits else ""))
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """Mean RErr against the bit error rate, one curve per model."""
+        from robustlab.report.biterrors_plot import plot_rerr_vs_rate
+        from robustlab.report.metric import n_note
+
+        k = items[0][1].get("patterns")
+        f = figs.make(f"RErr vs bit error rate ({name})",
+                      f"Mean robust error over {k} random bit error patterns per rate on "
+                      f"{n_note(items)} test images; error bars: 95 % interval of the mean "
+                      "(t over patterns, never narrower than Wilson over images); shaded: min–max "
+                      "over patterns. The legend gives each model's quantized clean error.",
+                      lambda p: plot_rerr_vs_rate([r for _, r in items], p,
+                                                  labels=[lab for lab, _ in items]))
+        return [f] if f else []
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.biterrors_plot import plot_rerr_vs_rate
 

@@ -65,6 +65,17 @@ class Energy(PatternSpec):
                                        better="higher", over="", setting=f"tolerance "
                                        f"{sig3(100 * r.get('tolerance', math.nan))} points")}
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """One energy figure per model (order 1: after the RErr vs rate curves)."""
+        from robustlab.report.biterrors_plot import plot_energy
+
+        out = [figs.make(f"Energy of {label} ({name})", "Mean RErr and relative energy "
+                         "per memory access against supply voltage.",
+                         lambda p, r=r: plot_energy(r, p), order=1) for label, r in items]
+        return [f for f in out if f]
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.biterrors_plot import plot_energy
 

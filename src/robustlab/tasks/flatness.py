@@ -239,6 +239,34 @@ class Flatness(EvalSpec):
                    f"ε={sig3(att.get('eps'))}, {plural(att.get('steps'), 'step')}"
                    if att.get("eps") is not None else ""))
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """Flatness per model and, with a robust loss gap for at least three models, flatness
+        against robust generalization."""
+        from robustlab.report.extra_plots import plot_flatness_bars
+        from robustlab.report.flatness_plots import plot_correlation
+
+        samples = sorted({len(d.get("perturbed_losses") or []) for _, r in items
+                          for d in r.get("details") or []} - {0})
+        xis = sorted({d["xi"] for _, r in items for d in r.get("details") or []})
+        err = (f"Error bars: 95 % t interval of the mean over the {samples[-1]} random "
+               "perturbations." if samples and samples[-1] > 1 else
+               "No error bars: one random perturbation (or a worst case) per model.")
+        out = [figs.make(f"Flatness per model ({name})",
+                         "Increase of the robust loss under relative weight perturbations "
+                         f"‖ν_l‖ ≤ ξ‖w_l‖, ξ = {', '.join(f'{x:g}' for x in xis)} "
+                         f"(adversarial examples recomputed per perturbed model). {err}",
+                         lambda p: plot_flatness_bars(items, p))]
+        if len([r for _, r in items if r.get("gap") is not None]) >= 3:
+            labelled = [{**r, "label": lab} for lab, r in items]
+            out.append(figs.make(f"Flatness vs robust generalization ({name})",
+                                 "Robust test loss and test−train robust loss gap against flatness, "
+                                 "one point per model, with Kendall τ and its two-sided p-value "
+                                 "(few models: a weak test).",
+                                 lambda p: plot_correlation(labelled, p)))
+        return [f for f in out if f]
+
     def table(self, result: dict[str, Any]) -> str:
         res = result
         what = "clean" if res.get("variant") == "clean" else "robust"

@@ -83,6 +83,30 @@ class Landscape(EvalSpec):
                 f"points={self.n_points()}, attack_settings={att!r}, n_test={self.n_test}, "
                 f"selection={self.params!r}, steps={self.ascent_steps}, seed={self.seed})")
 
+    group: ClassVar[str] = "flatness"  # the report's section (figures only: no metrics)
+
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """The 1-D landscapes of every model on one shared y-axis, each 2-D one on its own
+        (order 1: after the flatness figures)."""
+        from robustlab.report.flatness_plots import plot_landscape, plot_landscapes
+
+        out = []
+        one_d = [(lab, r) for lab, r in items if r.get("dims") == 1]
+        if one_d:
+            out.append(figs.make(f"Loss landscapes ({name})",
+                                 "Clean (blue) and robust (red) loss along a weight direction "
+                                 "through each model (α: step relative to each filter's norm; "
+                                 "dotted: ±ξ for adversarial directions); one shared y-axis.",
+                                 lambda p: plot_landscapes(one_d, p), order=1))
+        for label, r in items:
+            if r.get("dims") != 1:
+                out.append(figs.make(f"Loss landscape of {label} ({name})",
+                                     "Clean and robust loss over a 2-D plane of weight directions.",
+                                     lambda p, r=r: plot_landscape(r, p), order=1))
+        return [f for f in out if f]
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         from robustlab.report.flatness_plots import plot_landscape
 

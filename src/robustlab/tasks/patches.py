@@ -90,6 +90,23 @@ class Patches(EvalSpec):
         return (f"patch locations: n={result.get('n')}, {plural(cfg.get('steps'), 'step')}, "
                 f"{plural(cfg.get('restarts'), 'restart')}")
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """RErr per location mode across the models (order 1: after the suites' RErr bars) and
+        each model's example images (order 3)."""
+        from robustlab.report.adversarial_plots import example_figures
+        from robustlab.report.extra_plots import plot_patch_locations
+        from robustlab.report.metric import n_note
+
+        bars = figs.make(f"RErr per patch location mode ({name})",
+                         "Robust error under adversarial patches whose location is fixed, "
+                         "random or optimized during the attack, with 95 % Wilson "
+                         f"intervals over the {n_note(items, 'n')} attacked images "
+                         "(black bar: clean Err of those images).",
+                         lambda p: plot_patch_locations(items, p), order=1)
+        return ([bars] if bars else []) + example_figures(items, name, figs)
+
     def table(self, result: dict[str, Any]) -> str:
         lines = [f"clean Err {100 * result['clean']['err']:.2f}% on {result['n']} images",
                  f"{'location':<16} {'RErr':>6} {'Err':>6}"]

@@ -102,6 +102,32 @@ class EvalSpec:
         """Draw the result's figures into `folder`; the paths written."""
         return []
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """The report's figures of every result named `name` of this kind, one (run label,
+        result) per model, drawn with `figs.make(title, caption, draw, size=, order=)`
+        (`report.html.Figures`); they go to the section of the spec's `group`, sorted by
+        `order` (0: the section's main comparison of the models, 1: further comparisons,
+        2: distributions, 3: per-model images), then by result name. By default each result's
+        own `figures(result, folder)`, titled '<title> (<name>, <run label>)'."""
+        if cls.figures is EvalSpec.figures:
+            return []
+        out = []
+        for label, result in items:
+            title = f"{cls.title or cls.kind} ({name}, {label})"
+            try:
+                paths = cls.from_result(result).figures(result, figs.folder())
+            except Exception as e:  # a broken figure must not take the whole report down
+                figs.fail(title, e)
+                continue
+            for i, path in enumerate(p for p in paths if Path(p).suffix == ".png"):
+                fig = figs.make(title if i == 0 else f"{title} [{i + 1}]", cls.title or cls.kind,
+                                lambda dest, src=Path(path): dest.write_bytes(src.read_bytes()))
+                if fig:
+                    out.append(fig)
+        return out
+
     def table(self, result: dict[str, Any]) -> str:
         """The terminal table printed by the command."""
         return ""
@@ -124,6 +150,23 @@ class EvalSpec:
         """Build from a settings dict (a preset's): unknown keys are one-line errors; old
         spellings are accepted with a deprecation note."""
         return cls(**_check_keys(cls, dict(settings or {}), where or f"{cls.kind} settings"))
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> EvalSpec:
+        """The spec that wrote `result` (its recorded settings, quietly: no deprecation notes),
+        else the spec with its defaults, else a bare instance (for reading the result only)."""
+        import contextlib
+        import io
+
+        settings = result.get("settings") if result.get("schema") is not None else None
+        attempts = ([lambda: cls.from_settings(settings)] if isinstance(settings, dict) else [])
+        for attempt in [*attempts, cls]:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    return attempt()
+            except (UserError, TypeError, ValueError):
+                continue
+        return cls.__new__(cls)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalSpec:

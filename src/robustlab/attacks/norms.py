@@ -169,10 +169,8 @@ def window_index(r: torch.Tensor, c: torch.Tensor, s: int, shape: tuple[int, ...
     with top-left corners (r, c) in every channel: N×C×s×s."""
     n, ch, h, w = shape
     ar = torch.arange(s, device=r.device)
-    base = (torch.arange(n, device=r.device)[:, None] * ch
-            + torch.arange(ch, device=r.device)[None, :]) * (h * w)
-    return (base[:, :, None, None] + ((r[:, None] + ar) * w)[:, None, :, None]
-            + (c[:, None] + ar)[:, None, None, :])
+    corner = torch.arange(n * ch, device=r.device).view(n, ch) * (h * w) + (r * w + c)[:, None]
+    return corner[:, :, None, None] + (ar[:, None] * w + ar[None, :])
 
 
 def pyramid(h1: int, h2: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

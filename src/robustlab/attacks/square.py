@@ -137,7 +137,9 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
     """One Square run on the examples `idx` (random numbers drawn for all n rows, then indexed).
 
     The state of the running examples is kept packed (in index order) and re-packed only when
-    an example is decided; a decided example's state is written back then.
+    an example is decided; a decided example's state is written back then. A candidate's
+    logits do not depend on which rows share its model block, so evaluating the next
+    candidate of an example ahead of time (in otherwise padded rows) changes no number.
     """
     lp = cfg.lp
     n = x.shape[0]
@@ -161,25 +163,66 @@ def _run(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, idx: tor
         pos, st = _repack(out, st, pos, stop_test(logits, ls, cfg.early_stop))
         ls = ls.index(pos)
     xr, sub = xs[pos], idx[pos]  # the running examples and their rows of the n-row draws
+    st["ahead"] = torch.zeros(pos.numel(), dtype=torch.bool, device=x.device)
+    st["ahead_x"] = torch.empty_like(st["cur"])
+    st["ahead_logits"] = torch.empty_like(st["best_logits"])
+
+    def side(it: int) -> int:
+        return square_side(p_schedule(it, cfg.steps, p_init), h, w, lp.square_smallest,
+                           odd=lp.square_odd)
+
+    def propose(rr: torch.Tensor | int, it: int, draws: dict[str, torch.Tensor]
+                ) -> torch.Tensor:
+        """Iteration it's candidates of the running rows `rr` (an int: the first rr rows) from
+        their current points."""
+        if isinstance(rr, int):
+            xq, cq, sq = xr[:rr], st["cur"][:rr], sub[:rr]
+        else:
+            xq, cq, sq = xr.index_select(0, rr), st["cur"].index_select(0, rr), sub[rr]
+        if sq.numel() < n:
+            draws = {k: v[sq] for k, v in draws.items()}
+        return (xq + lp.square_propose(xq, cq - xq, cfg.eps, side(it), draws)).clamp_(lo, hi)
+
+    draws_next = None
     for it in range(cfg.steps - 1):
-        s = square_side(p_schedule(it, cfg.steps, p_init), h, w, lp.square_smallest,
-                        odd=lp.square_odd)
-        draws = lp.square_draws(x, s, generator)  # for every example, then indexed
+        draws = draws_next if draws_next is not None else lp.square_draws(x, side(it), generator)
         if pos.numel() == 0:
             break
-        if sub.numel() < n:
-            draws = {k: v[sub] for k, v in draws.items()}
-        cand = (xr + lp.square_propose(xr, st["cur"] - xr, cfg.eps, s, draws)).clamp_(lo, hi)
-        logits_c = _logits(model, cand, rows)
+        r = pos.numel()
+        # rows whose candidate of this iteration was already evaluated (look-ahead, below)
+        ahead = st["ahead"]
+        need = (~ahead).nonzero().squeeze(1) if bool(ahead.any()) else None
+        cand = propose(r if need is None else need, it, draws) if need is None or need.numel() \
+            else xr[:0]
+        # Look-ahead: the free rows of the last model block take the next iteration's candidates
+        # of the first running examples (valid for those whose point does not move now), when
+        # that can spare the next iteration a model block.
+        k = cand.shape[0]
+        spec = min(-k % rows, r)
+        draws_next = lp.square_draws(x, side(it + 1), generator) if it < cfg.steps - 2 else None
+        if draws_next is not None and spec and -(-(r - spec) // rows) < -(-r // rows):
+            cand = torch.cat([cand, propose(spec, it + 1, draws_next)])
+        else:
+            spec = 0
+        logits_all = _logits(model, cand, rows) if k + spec else st["ahead_logits"][:0]
+        if need is None:
+            cand_r, logits_c = cand[:k], logits_all[:k]
+        else:  # this iteration's candidates: the look-ahead buffers, completed
+            cand_r = st["ahead_x"].index_copy_(0, need, cand[:k])
+            logits_c = st["ahead_logits"].index_copy_(0, need, logits_all[:k])
         obj_c = _margin(logits_c, ls.obj)
-        _step(st, cand, obj_c, logits_c, ls)
-        if stopping:
-            done = stop_test(logits_c, ls, cfg.early_stop)
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                pos, st = _repack(out, st, pos, done)
-                ls = ls.index(keep)
-                xr, sub = xr[keep], sub[keep]
+        accept = _step(st, cand_r, obj_c, logits_c, ls)
+        done = stop_test(logits_c, ls, cfg.early_stop) if stopping else None
+        st["ahead"] = torch.zeros_like(ahead)
+        if spec:
+            st["ahead"][:spec] = ~accept[:spec]
+            st["ahead_x"][:spec] = cand[k:]
+            st["ahead_logits"][:spec] = logits_all[k:k + spec]
+        if done is not None and bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            pos, st = _repack(out, st, pos, done)
+            ls = ls.index(keep)
+            xr, sub = xr[keep], sub[keep]
     _repack(out, st, pos, None)
     return out["best"], out["best_logits"], out["used"]
 
@@ -205,9 +248,10 @@ def _logits(model: Model, xa: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _step(st: dict[str, torch.Tensor], cand: torch.Tensor, obj: torch.Tensor,
-          logits: torch.Tensor, labels: Labels) -> None:
+          logits: torch.Tensor, labels: Labels) -> torch.Tensor:
     """After a query: the best iterate by the worst-case key, then the loss (`keep_best`'s rule);
-    the current point moves to `cand` where the objective rose. Only changed rows are copied."""
+    the current point moves to `cand` where the objective rose (returned: where it moved).
+    Only changed rows are copied."""
     key = iterate_key(logits, labels)
     better = (key > st["best_key"]) | ((key == st["best_key"]) & (obj > st["best_obj"]))
     st["best"] = _take_rows(st["best"], better, cand)
@@ -218,6 +262,7 @@ def _step(st: dict[str, torch.Tensor], cand: torch.Tensor, obj: torch.Tensor,
     st["cur"] = _take_rows(st["cur"], accept, cand)
     st["obj"] = torch.where(accept, obj, st["obj"])
     st["used"] = st["used"] + 1
+    return accept
 
 
 def _take_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

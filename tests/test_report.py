@@ -289,6 +289,28 @@ def test_figure_sections_come_from_the_specs(tmp_path):
             REGISTRY.pop(k, None)
 
 
+def test_threat_labels_come_from_the_suite_threats(monkeypatch):
+    """Each suite threat labels itself (`SuiteThreat.label`): a new threat needs no report edit."""
+    from robustlab.evaluate.adversarial import SUITE_THREATS, SuiteThreat
+
+    class Blur(SuiteThreat):
+        name = "blur"
+
+        def label(self, t: dict) -> str:
+            return f"blur σ={t['sigma']}"
+
+    monkeypatch.setitem(SUITE_THREATS, "blur", Blur())
+    t = {"threat": "blur", "sigma": 2}
+    assert [summary.threat_label(k, t) for k in ("blur", "blur-2", "b")] == [
+        "blur σ=2", "blur σ=2", "b: blur σ=2"]
+    assert summary.threat_label("linf", {"threat": "linf", "eps": 0.031372}) == "L∞ ε=0.0314"
+    assert summary.threat_label("l2", {"threat": "l2"}) == "L2"
+    assert summary.threat_label("p", {"threat": "patch", "size": [5, 5]}) == "p: patch 5×5"
+    assert summary.threat_label("corrupt:3", {"threat": "corrupt", "corruptions": {
+        "fog/3": 0.1, "snow/3": 0.2}}) == "corruptions (2 kinds)"
+    assert summary.threat_label("odd", {"threat": "odd"}) == "odd"  # no such threat: its name
+
+
 def test_png_size_rejects_non_png():
     with pytest.raises(ValueError):
         png_size(b"GIF89a" + b"\0" * 30)

@@ -489,6 +489,15 @@ class SuiteThreat:
         """Attack and score; returns the threat's result and its example images (or None)."""
         raise NotImplementedError
 
+    def label(self, t: dict[str, Any]) -> str:
+        """The threat as reports name it ('L∞ ε=0.1', 'patch 7×7'), from its result `t`."""
+        return self.name
+
+
+def _eps_label(t: dict[str, Any]) -> str:
+    eps = t.get("eps")
+    return f" ε={eps:.3g}" if isinstance(eps, (int, float)) and not isinstance(eps, bool) else ""
+
 
 def _integer_param(part: str, param: float, what: str) -> None:
     if param < 1 or param != int(param):
@@ -592,6 +601,9 @@ class LpThreat(AttackedThreat):
     def __init__(self, norm: str) -> None:
         self.norm = self.name = self.eps_key = norm
 
+    def label(self, t: dict[str, Any]) -> str:
+        return "L" + ("∞" if self.norm == "linf" else self.norm[1:]) + _eps_label(t)
+
     def settings(self, param: float | None, ctx: SuiteContext) -> dict[str, Any]:
         eps = param if param is not None else ctx.eps_over.get(
             self.norm, default_eps(self.norm, ctx.shape, ctx.dataset))
@@ -657,6 +669,9 @@ class FramesThreat(AttackedThreat):
 
     name = "frames"
 
+    def label(self, t: dict[str, Any]) -> str:
+        return "frames" + (f" w={t['width']}" if t.get("width") is not None else "")
+
     def check_param(self, part: str, param: float) -> None:
         _integer_param(part, param, "frame width")
 
@@ -680,6 +695,11 @@ class PatchThreat(AttackedThreat):
     """Location-optimized patches (spec §3) of side `:SIDE` (default a quarter of the image)."""
 
     name = "patch"
+
+    def label(self, t: dict[str, Any]) -> str:
+        size = t.get("size")
+        return "patch" + (f" {size[0]}×{size[1]}" if isinstance(size, list) and len(size) == 2
+                          else "")
 
     def check_param(self, part: str, param: float) -> None:
         _integer_param(part, param, "patch side")
@@ -714,6 +734,9 @@ class DistalThreat(SuiteThreat):
     name = "distal"
     eps_key = "distal"
 
+    def label(self, t: dict[str, Any]) -> str:
+        return "distal" + _eps_label(t)
+
     def run(self, item: SuiteItem, ctx: SuiteContext, item_seed: int
             ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
         s = ctx.settings
@@ -739,6 +762,10 @@ class CorruptThreat(SuiteThreat):
     """Corruptions (spec §3) at severity `:SEVERITY` (default the `severities`): Err and Err@τ."""
 
     name = "corrupt"
+
+    def label(self, t: dict[str, Any]) -> str:
+        kinds = len({c.split("/")[0] for c in t.get("corruptions") or {}})
+        return f"corruptions ({kinds} kind{'' if kinds == 1 else 's'})" if kinds else "corruptions"
 
     def check_param(self, part: str, param: float) -> None:
         if param not in corr.SEVERITIES:

@@ -55,22 +55,12 @@ def tau_label(key: str) -> str:
 
 
 def threat_label(key: str, t: dict[str, Any]) -> str:
-    """'L∞ ε=0.1', 'frames w=2', 'patch 7×7', 'distal ε=0.3', 'corruptions (2 × 1 severity)'."""
+    """'L∞ ε=0.1', 'frames w=2', 'patch 7×7', 'distal ε=0.3', 'corruptions (2 kinds)'."""
+    from robustlab.evaluate.adversarial import SUITE_THREATS
+
     threat = t.get("threat", key)
-    if threat in NORM_NAMES:
-        text = NORM_NAMES[threat] + (f" ε={sig3(t['eps'])}" if number(t.get("eps")) is not None else "")
-    elif threat == "frames":
-        text = "frames" + (f" w={t['width']}" if t.get("width") is not None else "")
-    elif threat == "patch":
-        size = t.get("size")
-        text = "patch" + (f" {size[0]}×{size[1]}" if isinstance(size, list) and len(size) == 2 else "")
-    elif threat == "distal":
-        text = "distal" + (f" ε={sig3(t['eps'])}" if number(t.get("eps")) is not None else "")
-    elif threat == "corrupt":
-        names = {c.split("/")[0] for c in t.get("corruptions") or {}}
-        text = f"corruptions ({plural(len(names), 'kind')})" if names else "corruptions"
-    else:
-        text = str(threat)
+    suite_threat = SUITE_THREATS.get(threat)  # each threat labels itself (`SuiteThreat.label`)
+    text = suite_threat.label(t) if suite_threat is not None else str(threat)
     return text if key in (threat, "corrupt") or key.startswith(threat) else f"{key}: {text}"
 
 

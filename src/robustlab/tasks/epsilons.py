@@ -77,6 +77,13 @@ class Epsilons(EvalSpec):
                          + f" {v['default_eps']:9.4g} {100 * v['frac_within_default_eps']:7.2f}%")
         return "\n".join(lines)
 
+    @classmethod
+    def report_figures(cls, items: list[tuple[str, dict[str, Any]]], name: str, figs: Any
+                       ) -> list[dict[str, Any]]:
+        """None: distances within the data set compare no models (`robustlab epsilons` draws
+        `figures()` beside the result, where its example images are read from)."""
+        return []
+
     def figures(self, result: dict[str, Any], folder: Path) -> list[Path]:
         """The distance histograms and, when saved, the perturbed example images."""
         from robustlab.report import adversarial_plots as plots

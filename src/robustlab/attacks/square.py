@@ -17,6 +17,10 @@ window; the proposal is accepted when it lowers the margin loss z_y − max_{k�
   ε² − ‖δ‖², and zeroes W2 (the paper's Algorithm 3), so ‖δ‖₂ = ε again.
 - Every proposal is clipped to the box `bounds`, which only shrinks |δ|, so it stays in the ball.
 
+The per-norm parts (start, random numbers, proposal) are methods of the norm classes
+(`square_start`, `square_draws`, `square_propose` in `norms.py`): a norm that implements them is
+one Square supports.
+
 One query is the start, each further query one proposal. Random numbers are drawn for every
 example at every iteration (then indexed), and the model sees blocks of a fixed number of rows,
 so per-example results do not depend on which examples still run. The best iterate per example

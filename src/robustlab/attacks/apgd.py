@@ -48,6 +48,7 @@ from robustlab.attacks.base import (
     check_attack_args,
     eval_mode,
     ranked_targets,
+    take_rows,
 )
 from robustlab.attacks.norms import NORMS, Bounds, get_norm, inward, sparse_direction
 from robustlab.attacks.pgd import (
@@ -190,10 +191,12 @@ class APGDRule:
         if lp.inward_steps:
             g = inward(g, xa, cfg.bounds)
         d = sparse_direction(g, st["k"]) if "k" in st else lp.direction(g)
-        z = project_point(xa + bview(st["eta"], d) * d, x, cfg, mask)
+        z = project_point((bview(st["eta"], d) * d).add_(xa), x, cfg, mask)
         if step == 0:
             return z
-        return project_point(xa + ALPHA * (z - xa) + (1 - ALPHA) * (xa - st["prev"]), x, cfg, mask)
+        # xa + α(z − xa) + (1 − α)(xa − prev), the same operations in place on fresh temporaries
+        nxt = z.sub_(xa).mul_(ALPHA).add_(xa).add_((xa - st["prev"]).mul_(1 - ALPHA))
+        return project_point(nxt, x, cfg, mask)
 
     def update(self, st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
                grad: torch.Tensor, step: int, cfg: EngineCfg) -> None:
@@ -201,8 +204,8 @@ class APGDRule:
         st["prev"], st["xa"], st["grad"], st["loss"] = st["xa"], cand, grad, loss
         up = loss > st["fmax"]
         st["fmax"] = torch.where(up, loss, st["fmax"])
-        st["xmax"] = torch.where(bview(up, cand), cand, st["xmax"])
-        st["gmax"] = torch.where(bview(up, cand), grad, st["gmax"])
+        st["xmax"] = take_rows(st["xmax"], up, cand)
+        st["gmax"] = take_rows(st["gmax"], up, grad)
         if step not in self.prev_w:
             return
         h = halve(st["inc"], step - self.prev_w[step], st["fmax"], st["fmax_ckpt"], st["halved"])

@@ -55,6 +55,7 @@ from robustlab.attacks.base import (
     check_bounds,
     eval_mode,
     merge_into,
+    take_rows,
     target_key,
     worst_case_key,
     wrong_confidence,
@@ -253,7 +254,7 @@ class Labels:
         return Labels(_take(self.obj, idx), _take(self.key, idx), _take(self.target, idx))
 
 
-def _take(y: Any, idx: torch.Tensor) -> Any:
+def _take(y: Any, idx: torch.Tensor | slice) -> Any:
     return y[idx] if isinstance(y, torch.Tensor) else y
 
 
@@ -331,6 +332,7 @@ def eval_rows(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg, rows: int
               grad: bool = True) -> tuple[torch.Tensor, ...]:
     """Evaluate `xa` in model calls of exactly `rows` rows (the last one padded with its last row).
 
+    Full blocks are views of `xa` (no copy); only a short last block is gathered and padded.
     Returns (loss, gradient, logits) with `grad`, else (loss, logits).
     """
     fn = _forward_grad if grad else _forward_plain
@@ -340,8 +342,11 @@ def eval_rows(model: Model, xa: torch.Tensor, yo: Any, cfg: EngineCfg, rows: int
     parts = []
     for s in range(0, r, rows):
         k = min(rows, r - s)
-        sel = torch.arange(s, s + rows, device=xa.device).clamp(max=r - 1)
-        out = fn(model, xa[sel], _take(yo, sel), cfg)
+        if k == rows:
+            out = fn(model, xa[s:s + rows], _take(yo, slice(s, s + rows)), cfg)
+        else:
+            sel = torch.arange(s, s + rows, device=xa.device).clamp(max=r - 1)
+            out = fn(model, xa[sel], _take(yo, sel), cfg)
         parts.append([t[:k] for t in out])
     return tuple(torch.cat(ts) for ts in zip(*parts))
 
@@ -357,7 +362,7 @@ def project_point(xa: torch.Tensor, x: torch.Tensor, cfg: EngineCfg,
     """The feasible point nearest to `xa`: x + δ with δ projected onto the ball (∩ box), in the box."""
     delta = cfg.lp.project(xa - x, x, cfg.eps, mask=mask, pixels=cfg.pixels, bounds=cfg.bounds,
                            exact=cfg.l1_box)
-    return (x + delta).clamp(*cfg.bounds)
+    return (x + delta).clamp_(*cfg.bounds)
 
 
 def keep_best(st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tensor,
@@ -369,8 +374,8 @@ def keep_best(st: dict[str, torch.Tensor], cand: torch.Tensor, loss: torch.Tenso
     else:
         better = (key > st["best_key"]) | ((key == st["best_key"]) & (loss > st["best_obj"]))
         st["best_key"] = torch.where(better, key, st["best_key"])
-    st["best"] = torch.where(bview(better, cand), cand, st["best"])
-    st["best_logits"] = torch.where(better[:, None], logits, st["best_logits"])
+    st["best"] = take_rows(st["best"], better, cand)
+    st["best_logits"] = take_rows(st["best_logits"], better, logits)
     st["best_obj"] = torch.where(better, loss, st["best_obj"])
 
 
@@ -409,7 +414,8 @@ def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0
     if stopping:
         st["done"] = stop_test(logits, labels, cfg.early_stop)
     # `sv` holds the state of the running examples, rows `idx` of `st` (None: all, sv is st); it
-    # is re-packed only when some example has just been decided, not at every step.
+    # is re-packed only when some example has just been decided, not at every step, and only
+    # the rows of the examples just decided are written back (the others at the end).
     idx: torch.Tensor | None = None
     sv, xs, ls, ms = st, x, labels, mask
     for step in range(cfg.steps):
@@ -417,8 +423,10 @@ def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0
             run = ~sv["done"]
             if not bool(run.all()):  # one sync per iteration, not per example
                 if idx is not None:
+                    gone = (~run).nonzero().squeeze(1)
+                    dst = idx[gone]
                     for k, v in sv.items():
-                        st[k][idx] = v
+                        st[k][dst] = v[gone]
                 keep = run.nonzero().squeeze(1)
                 if keep.numel() == 0:
                     idx, sv = None, st

@@ -436,7 +436,11 @@ def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0
                 xs, ls = xs[keep], ls.index(keep)
                 ms = ms if ms is None or ms.shape[0] == 1 else ms[keep]
         cand = rule.propose(sv, xs, ms, step, cfg)
-        loss_c, grad_c, logits_c = eval_rows(model, cand, ls.obj, cfg, rows)
+        if step + 1 < cfg.steps:
+            loss_c, grad_c, logits_c = eval_rows(model, cand, ls.obj, cfg, rows)
+        else:  # no step follows the last one: its gradient would go unused
+            loss_c, logits_c = eval_rows(model, cand, ls.obj, cfg, rows, grad=False)
+            grad_c = sv["grad"]
         keep_best(sv, cand, loss_c, logits_c, ls)
         if stopping:
             sv["done"] = sv["done"] | stop_test(logits_c, ls, cfg.early_stop)

@@ -576,3 +576,57 @@ def test_targeted_early_exit_stops_at_the_target_and_keeps_the_verdicts() -> Non
     decided = on.success & (p_t >= c)
     assert 10 < int(decided.sum())
     assert torch.equal(on.x_adv[~decided], off.x_adv[~decided])
+
+
+def test_take_rows_copies_exactly_the_selected_rows_in_place() -> None:
+    from robustlab.attacks.base import take_rows
+
+    g = gen(4)
+    dst = torch.randn(6, 2, 3, generator=g)
+    src = torch.randn(6, 2, 3, generator=g)
+    src[1, 0, 0], src[3, 1, 2] = float("nan"), -0.0  # bits, not just values, are copied
+    for mask in (torch.tensor([0, 1, 0, 1, 1, 0], dtype=torch.bool), torch.zeros(6, dtype=torch.bool),
+                 torch.ones(6, dtype=torch.bool)):
+        d = dst.clone()
+        want = torch.where(mask.view(-1, 1, 1), src, d)
+        out = take_rows(d, mask, src)
+        assert out is d
+        assert torch.equal(out.view(torch.int32), want.view(torch.int32))
+
+
+class BlockRecorder(nn.Module):
+    """Records the input and the grad mode of every call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+        self.grad: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        self.grad.append(torch.is_grad_enabled())
+        return self.model(x)
+
+
+def test_eval_rows_blocks_are_the_rows_in_order_and_the_last_is_padded_with_its_last_row() -> None:
+    from robustlab.attacks.pgd import EngineCfg, ce_loss, eval_rows
+
+    model = BlockRecorder(small_cnn())
+    x, y = batch(10)
+    loss, grad, logits = eval_rows(model, x, y, EngineCfg("linf", 0.1, 1, ce_loss), 4)
+    assert [tuple(t.shape) for t in model.inputs] == [(4, 1, 8, 8)] * 3
+    assert torch.equal(torch.cat(model.inputs), torch.cat([x, x[-1:], x[-1:]]))
+    assert loss.shape == (10,) and grad.shape == x.shape and logits.shape == (10, 5)
+    assert torch.allclose(logits, model.model(x), atol=1e-6)
+    assert torch.allclose(loss, F.cross_entropy(logits, y, reduction="none"))
+
+
+def test_the_last_step_is_evaluated_without_a_gradient() -> None:
+    # its gradient would go unused; the start and every other step need one
+    model = BlockRecorder(small_cnn())
+    x, y = batch(16)
+    steps = 3
+    res = pgd(model, x, y, eps=0.1, steps=steps, generator=gen())
+    assert model.grad == [True] * steps + [False]  # start, steps 1..N−1, step N
+    assert torch.equal(res.logits, evaluate_logits(model.model, res.x_adv))

@@ -398,7 +398,8 @@ def run_engine(model: Model, x: torch.Tensor, labels: Labels, cfg: EngineCfg, x0
 
     The start counts as an iterate. An example is decided (early exit) once `stop_test` holds at
     an iterate; that iterate has been offered to `keep_best` first, so it (or a higher-ranked
-    one) is the result.
+    one) is the result. The last candidate is evaluated without a gradient (the rule's last
+    `update` receives the previous one; no step uses it).
     """
     n = x.shape[0]
     rows = rows or block_rows(n, x.device)

@@ -12,7 +12,7 @@ Threats: L∞ 0.1 and L2 1.5 on the first --n-test test images (default 500). τ
 from the held-out last 10 % of the test set (robustlab's protocol) and is used for every library.
 Per model and threat, the libraries run interleaved (order rotated per model):
 
-    robustlab      `rl.evaluate.adversarial` with its defaults (APGD-CE, APGD-T, APGD-conf,
+    robustlab      `rl.evaluate.adversarial` with its defaults (APGD-CE, APGD-T, APGD-conf, FAB-T,
                    Square 5000 queries on undecided examples; early exit; channels_last auto)
     ta-apgd-ce     torchattacks APGD, CE loss, 100 steps, 1 restart
     ta-apgd-t      torchattacks APGDT, 100 steps, 9 targets

@@ -52,8 +52,7 @@ def test_default_suite_records_which_attack_decided_each_example(trained) -> Non
     assert res["config"]["attacks"] == list(STANDARD) and res["config"]["queries"] == 30
     clean_wrong = torch.tensor(res["clean"]["wrong"])
     clean_conf = torch.tensor(res["clean"]["conf"])
-    no_fab = [a for a in STANDARD if a != "fab-t"]  # FAB-T runs for L2 only
-    for key, names in (("linf:0.25", no_fab), ("l2:1.2", list(STANDARD)),
+    for key, names in (("linf:0.25", list(STANDARD)), ("l2:1.2", list(STANDARD)),
                        ("l1:6", ["apgd-ce", "apgd-t", "apgd-conf"]),
                        ("l0", ["ce/zero×1", "conf/zero×1"])):
         t = res["threats"][key]

@@ -105,12 +105,12 @@ def test_bad_settings_are_one_line_errors() -> None:
 # ---- costs (the plan's units; the same numbers as before the task layer) ----------------------
 
 def test_costs_closed_form() -> None:
-    # default suite, n = 1000: APGD-CE + 9 targets + conf (100 steps) and Square 5000 queries on
-    # linf and l2, plus FAB-T's 9 targets on l2; APGD only on l1; PGD 40 steps × 2 objectives on
+    # default suite, n = 1000: APGD-CE + 9 targets + conf (100 steps), FAB-T's 9 targets and
+    # Square 5000 queries on linf and l2; APGD only on l1; PGD 40 steps × 2 objectives on
     # l0 and frames; patches 100 × 2 × 2.5; distal 40; corruptions 0.3 × 11
-    linf = 1000 * 100 * 11 + 1000 * 5000 * 0.4
+    linf = 1000 * 100 * (11 + 9) + 1000 * 5000 * 0.4
     assert Adversarial().cost(10000) == pytest.approx(
-        2 * linf + 1000 * 100 * 9 + 1000 * 100 * 11 + 2 * 1000 * 40 * 2 + 1000 * 100 * 2 * 2.5 + 1000 * 40
+        2 * linf + 1000 * 100 * 11 + 2 * 1000 * 40 * 2 + 1000 * 100 * 2 * 2.5 + 1000 * 40
         + 0.3 * 1000 * 11)
     a = Adversarial(suite="linf,patch", attacks="pgd", n_test=40, steps=2, restarts=3)
     assert a.cost(30) == 30 * 2 * 3 * 2 + 30 * 2 * 3 * 2 * 2.5  # n capped by the test set

@@ -77,7 +77,7 @@ class Adversarial(EvalSpec):
                                "(default: the spec's for the image size: 0.1/1.5/10/15 on 28×28 "
                                "gray)")
     attacks: str = option(default="standard", type=str, help=(
-        "optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf, FAB-T (L2) and Square in "
+        "optimizers of the Lp threats: standard (APGD-CE, APGD-T, APGD-conf, FAB-T and Square in "
         "sequence, the worst case per example), pgd (a quick look: PGD with each of "
         "--objectives), or a comma list of apgd-ce, apgd-dlr, apgd-t, apgd-conf, fab-t, square, pgd"))
     restarts: int = option("restarts", help="attack restarts: APGD restarts; PGD: runs per "
@@ -161,8 +161,8 @@ class Adversarial(EvalSpec):
             elif item == "corrupt":
                 cost += 0.3 * n * 11 * len(self.severities)
             elif item in ("linf", "l2", "l1") and standard:
-                # APGD-CE, APGD-T (one run per target), APGD-conf, on L2 FAB-T (one run per
-                # target); Square's queries: forwards only
+                # APGD-CE, APGD-T (one run per target), APGD-conf, on L∞/L2 FAB-T (one run
+                # per target); Square's queries: forwards only
                 apgd_steps = int(self.steps or 100)
                 queries = int(self.queries or (min(5000, 50 * apgd_steps) if self.steps else 5000))
                 runs = 2 + int(self.targets) * (2 if item in FAB_SUITE_NORMS else 1)

@@ -1,0 +1,141 @@
+"""APGD and APGD-T: robustlab against torchattacks at equal steps, on attack_strength.py's models.
+
+The same images, model, ε, 100 steps and 1 restart; robustlab `apgd(loss="ce")` against
+torchattacks `APGD(loss="ce")`, and robustlab `apgd(loss="dlr-t", targets=9)` against
+torchattacks `APGDT(n_classes=10)` (9 targets). One run per (seed, norm, attack, library), the
+libraries interleaved (order alternating per seed and attack), 1 thread by default.
+
+Stopping: torchattacks attacks the examples still correctly classified at the start of each
+restart (APGD-T: each target) for all its steps, and an example counts as fooled when any
+iterate is misclassified. robustlab runs with `early_stop=0.0`: an example stops at its first
+misclassified iterate (the same success criterion) and skips later restarts and targets, so the
+reported rate is the fraction of images misclassified (clean errors included) for both. The
+library `robustlab-nostop` (`early_stop=None`, every example for every step and target) shows
+robustlab's cost at the work of an attack without any early exit.
+Wall times and process CPU times are per library, summed over seeds (on a shared machine the CPU
+time is the steadier of the two).
+
+    python benchmarks/apgd_vs_peers.py --model at --n 200 --seeds 0
+
+The model comes from attack_strength.py's cache (run that script once to train it). Writes
+benchmarks/results/apgd_vs_peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from common import bench_data, cached_model, choose
+
+from robustlab.attacks import apgd
+from robustlab.io import atomic_write_json, versions
+
+EPS = {"linf": 0.1, "l2": 1.5}
+ATTACKS = ("apgd-ce", "apgd-t")
+LIBS = ("robustlab", "torchattacks", "robustlab-nostop")
+
+
+def run_lib(lib: str, attack: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            norm: str, eps: float, steps: int, seed: int, batch: int) -> torch.Tensor:
+    """Per-example misclassified after the attack (bool, n)."""
+    out = []
+    for i in range(0, x.shape[0], batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        if lib.startswith("robustlab"):
+            g = torch.Generator().manual_seed(seed)
+            loss = "ce" if attack == "apgd-ce" else "dlr-t"
+            res = apgd(model, xb, yb, norm=norm, eps=eps, loss=loss, targets=9, steps=steps,
+                       restarts=1, generator=g, early_stop=None if lib.endswith("nostop") else 0.0)
+            adv = res.x_adv
+        else:
+            import torchattacks as ta
+
+            name = {"linf": "Linf", "l2": "L2"}[norm]
+            if attack == "apgd-ce":
+                atk = ta.APGD(model, norm=name, eps=eps, steps=steps, n_restarts=1, seed=seed,
+                              loss="ce")
+            else:
+                atk = ta.APGDT(model, norm=name, eps=eps, steps=steps, n_restarts=1, seed=seed,
+                               n_classes=10)
+            adv = atk(xb, yb).detach()
+        d = (adv - xb).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert float(size.max()) <= eps * (1 + 1e-4) + 1e-5, (lib, float(size.max()))
+        assert float(adv.min()) >= 0 and float(adv.max()) <= 1, lib
+        with torch.no_grad():
+            out.append(model(adv).argmax(1) != yb)
+    return torch.cat(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="at", choices=("normal", "at", "ccat"))
+    ap.add_argument("--norms", default="linf,l2")
+    ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--libraries", default="robustlab,torchattacks")
+    ap.add_argument("--n", type=int, default=200, help="first n test images")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--subset", type=int, default=20000)
+    ap.add_argument("--cache", default="/tmp/robustlab_attack_strength")
+    ap.add_argument("--out", default="benchmarks/results/apgd_vs_peers.json")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    norms = choose(a.norms, tuple(EPS), "norm")
+    attacks = choose(a.attacks, ATTACKS, "attack")
+    libs = choose(a.libraries, LIBS, "library")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    train, test = bench_data(False, a.subset, 0)
+    model = cached_model(a.model, a.cache, train)
+    x, y = test.x[:a.n].float(), test.y[:a.n].long()
+    res: dict[str, dict[str, Any]] = {}
+    for norm in norms:
+        for attack in attacks:
+            for lib in libs:
+                res[f"{norm} {attack} {lib}"] = {
+                    "norm": norm, "attack": attack, "library": lib, "rates": [], "time_s": 0.0,
+                    "cpu_s": 0.0, "union": torch.zeros(a.n, dtype=torch.bool)}
+    turn = 0
+    for seed in seeds:
+        for norm in norms:
+            for attack in attacks:
+                order = libs if turn % 2 == 0 else libs[::-1]
+                turn += 1
+                for lib in order:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    wrong = run_lib(lib, attack, model, x, y, norm, EPS[norm], a.steps, seed,
+                                    a.batch_size)
+                    r = res[f"{norm} {attack} {lib}"]
+                    r["time_s"] += time.perf_counter() - t0
+                    r["cpu_s"] += time.process_time() - c0
+                    r["rates"].append(float(wrong.float().mean()))
+                    r["union"] |= wrong
+                    print(f"  seed {seed} {norm} {attack} {lib}: {100 * r['rates'][-1]:.1f} % "
+                          f"({time.perf_counter() - t0:.1f}s wall, "
+                          f"{time.process_time() - c0:.1f}s cpu)", flush=True)
+    print(f"\nAPGD on {a.model}, first {a.n} test images, {a.steps} steps, 1 restart, "
+          f"seeds {a.seeds}, {a.threads} thread(s): misclassified in %")
+    print(f"{'norm':<5} {'attack':<8} {'library':<17} {'per seed':<18} {'mean':>6} {'union':>6} "
+          f"{'time s':>7} {'cpu s':>7}")
+    rows = []
+    for r in res.values():
+        mean = sum(r["rates"]) / len(r["rates"])
+        per = " ".join(f"{100 * v:.1f}" for v in r["rates"])
+        print(f"{r['norm']:<5} {r['attack']:<8} {r['library']:<17} {per:<18} {100 * mean:6.1f} "
+              f"{100 * float(r['union'].float().mean()):6.1f} {r['time_s']:7.1f} {r['cpu_s']:7.1f}")
+        rows.append({"norm": r["norm"], "attack": r["attack"], "library": r["library"],
+                     "rates": r["rates"], "mean": mean,
+                     "union": float(r["union"].float().mean()),
+                     "time_s": round(r["time_s"], 1), "cpu_s": round(r["cpu_s"], 1)})
+    atomic_write_json(a.out, {"benchmark": "apgd_vs_peers", "config": vars(a), "rows": rows,
+                              "versions": versions()})
+    print(f"written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -213,9 +213,10 @@ class Norm:
     grayscale, Fashion-MNIST), optionally `mnist` (defaults to `gray28`), and `color32` (32×32
     color). `inward_steps`: zero the gradient entries that push a pixel at the box boundary
     further out before taking a step (pointless for L∞'s sign step, which the box clamp absorbs).
-    `apgd_start`: APGD's random start (an `init` kind of `pgd`); `apgd = False` for norms APGD
-    does not support; `apgd_sparse`: APGD takes `sparse_direction` steps on an adaptive number of
-    entries (L1-APGD) with the exact ball ∩ box projection. A norm that implements
+    `apgd_start`: APGD's random start (an `init` kind of `pgd`; L2 and L1 start on the sphere);
+    `apgd = False` for norms APGD does not support; `apgd_sparse`: APGD takes
+    `sparse_direction` steps on an adaptive number of entries (L1-APGD) with the exact
+    ball ∩ box projection. A norm that implements
     `square_start`, `square_draws` and `square_propose` supports the Square attack (`square`),
     with windows of side at least `square_smallest`, odd where `square_odd`.
     """
@@ -234,8 +235,9 @@ class Norm:
         raise NotImplementedError
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
-                     pixels: bool = False) -> torch.Tensor:
-        """A random δ: a random direction of the norm times ε·U(0, 1) (before the box)."""
+                     pixels: bool = False, full: bool = False) -> torch.Tensor:
+        """A random δ: a random direction of the norm times ε·U(0, 1), or times ε with `full`
+        (on the sphere; the same draws) (before the box)."""
         raise NotImplementedError
 
     def direction(self, g: torch.Tensor, *, l1_fraction: float = 0.025) -> torch.Tensor:
@@ -292,8 +294,10 @@ class Norm:
         raise NotImplementedError
 
     @staticmethod
-    def _radius(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
-        return draw((x.shape[0],), generator, x, "uniform") * eps
+    def _radius(x: torch.Tensor, eps: float, generator: torch.Generator, full: bool = False
+                ) -> torch.Tensor:
+        r = draw((x.shape[0],), generator, x, "uniform") * eps  # drawn either way: same stream
+        return torch.full_like(r, eps) if full else r
 
 
 class Linf(Norm):
@@ -308,8 +312,8 @@ class Linf(Norm):
         return delta.flatten(1).abs().amax(1)
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
-                     pixels: bool = False) -> torch.Tensor:
-        radius = self._radius(x, eps, generator)
+                     pixels: bool = False, full: bool = False) -> torch.Tensor:
+        radius = self._radius(x, eps, generator, full)
         u = 2 * draw(x.shape, generator, x, "uniform") - 1
         return _unit(u, u.flatten(1).abs().amax(1)) * bview(radius, u)
 
@@ -345,6 +349,7 @@ class L2(Norm):
 
     name = "l2"
     radii = {"gray28": (1.5, 3.0), "color32": (0.5, 1.0)}
+    apgd_start = "sphere"
     square_smallest = 3
     square_odd = True
 
@@ -352,8 +357,8 @@ class L2(Norm):
         return delta.flatten(1).norm(dim=1)
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
-                     pixels: bool = False) -> torch.Tensor:
-        radius = self._radius(x, eps, generator)
+                     pixels: bool = False, full: bool = False) -> torch.Tensor:
+        radius = self._radius(x, eps, generator, full)
         u = draw(x.shape, generator, x, "normal")
         return _unit(u, u.flatten(1).norm(dim=1)) * bview(radius, u)
 
@@ -429,13 +434,14 @@ class L1(Norm):
     name = "l1"
     radii = {"gray28": (10.0, 18.0), "color32": (7.85, 12.0)}
     apgd_sparse = True
+    apgd_start = "sphere"
 
     def norm(self, delta: torch.Tensor, *, pixels: bool = False) -> torch.Tensor:
         return delta.flatten(1).abs().sum(1)
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
-                     pixels: bool = False) -> torch.Tensor:
-        radius = self._radius(x, eps, generator)
+                     pixels: bool = False, full: bool = False) -> torch.Tensor:
+        radius = self._radius(x, eps, generator, full)
         u = draw(x.shape, generator, x, "uniform").clamp(min=1e-12)
         s = draw(x.shape, generator, x, "normal").sign()
         lap = -u.log() * s  # Laplace: uniform direction on the L1 sphere after normalizing
@@ -479,9 +485,9 @@ class L0(Norm):
         return (delta.flatten(1) != 0).sum(1).to(delta.dtype)
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
-                     pixels: bool = False) -> torch.Tensor:
+                     pixels: bool = False, full: bool = False) -> torch.Tensor:
         # ⌈ε⌉ random entries with values U(−1, 1), magnitude scaled by U(0, 1)
-        radius = self._radius(x, eps, generator)
+        radius = self._radius(x, eps, generator, full)
         scores = draw(x.shape, generator, x, "uniform")
         vals = 2 * draw(x.shape, generator, x, "uniform") - 1
         dirn = project_l0(scores, l0_budget(eps), pixels=pixels).ne(0).to(x.dtype) * vals

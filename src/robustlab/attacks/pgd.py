@@ -12,7 +12,8 @@ x + δ ∈ [lo, hi] (`bounds`, default [0, 1]):
 - projections: L∞ clamp, L2 rescale, L1 exact (sort-based, batched) projection, L0 keep the ⌈ε⌉
   largest |δ| entries (or pixels), then the box;
 - initializations `zero`, `cube` (uniform in the L∞ cube of half-width min(ε, hi − lo), projected),
-  `norm` (a random direction of the norm times ε·U(0, 1)), `tiny` (0.001·N(0, 1), TRADES),
+  `norm` (a random direction of the norm times ε·U(0, 1)), `sphere` (the same direction times ε:
+  APGD's L2/L1 start, as in the APGD papers), `tiny` (0.001·N(0, 1), TRADES),
   `box` (x + δ uniform in the box, projected; for frames), or a comma-separated list for a
   per-example random choice ("zero,norm");
 - momentum (β: exponential average of L1-normalized gradients) and backtracking (a step that
@@ -65,7 +66,7 @@ from robustlab.attacks.threat import default_eps
 from robustlab.errors import UserError
 
 OBJECTIVES = ("ce", "conf", "distal", "dlr")
-INITS = ("zero", "cube", "norm", "tiny", "box")
+INITS = ("zero", "cube", "norm", "sphere", "tiny", "box")
 TARGETS = ("random", "least-likely")
 Objective = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -167,7 +168,8 @@ def init_one(kind: str, x: torch.Tensor, norm: str, eps: float, generator: torch
     if kind == "cube":
         half = min(eps, hi - lo)
         return (2 * draw(x.shape, generator, x, "uniform") - 1) * half
-    return get_norm(norm).random_start(x, eps, generator, pixels=pixels)  # "norm"
+    return get_norm(norm).random_start(x, eps, generator, pixels=pixels,
+                                       full=kind == "sphere")  # "norm", "sphere"
 
 
 def parse_init(init: str) -> list[str]:

@@ -237,7 +237,8 @@ class Norm:
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator, *,
                      pixels: bool = False, full: bool = False) -> torch.Tensor:
         """A random δ: a random direction of the norm times ε·U(0, 1), or times ε with `full`
-        (on the sphere; the same draws) (before the box)."""
+        (on the sphere; the same draws) (before the box). `full` is passed only for the `sphere`
+        start: a norm whose `apgd_start` is "sphere" must accept it."""
         raise NotImplementedError
 
     def direction(self, g: torch.Tensor, *, l1_fraction: float = 0.025) -> torch.Tensor:

@@ -168,8 +168,8 @@ def init_one(kind: str, x: torch.Tensor, norm: str, eps: float, generator: torch
     if kind == "cube":
         half = min(eps, hi - lo)
         return (2 * draw(x.shape, generator, x, "uniform") - 1) * half
-    return get_norm(norm).random_start(x, eps, generator, pixels=pixels,
-                                       full=kind == "sphere")  # "norm", "sphere"
+    full = {"full": True} if kind == "sphere" else {}  # a norm of one's own may lack `full`
+    return get_norm(norm).random_start(x, eps, generator, pixels=pixels, **full)  # norm, sphere
 
 
 def parse_init(init: str) -> list[str]:

@@ -24,11 +24,10 @@ benchmarks/results/apgd_vs_peers.json.
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any
+from functools import partial
 
 import torch
-from common import bench_data, cached_model, choose
+from common import bench_data, cached_model, choose, misclassified, tally, tally_table, timed_run
 
 from robustlab.attacks import apgd
 from robustlab.io import atomic_write_json, versions
@@ -61,12 +60,7 @@ def run_lib(lib: str, attack: str, model: torch.nn.Module, x: torch.Tensor, y: t
                 atk = ta.APGDT(model, norm=name, eps=eps, steps=steps, n_restarts=1, seed=seed,
                                n_classes=10)
             adv = atk(xb, yb).detach()
-        d = (adv - xb).flatten(1)
-        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-        assert float(size.max()) <= eps * (1 + 1e-4) + 1e-5, (lib, float(size.max()))
-        assert float(adv.min()) >= 0 and float(adv.max()) <= 1, lib
-        with torch.no_grad():
-            out.append(model(adv).argmax(1) != yb)
+        out.append(misclassified(model, xb, adv, yb, norm, eps, lib))
     return torch.cat(out)
 
 
@@ -93,13 +87,8 @@ def main() -> None:
     train, test = bench_data(False, a.subset, 0)
     model = cached_model(a.model, a.cache, train)
     x, y = test.x[:a.n].float(), test.y[:a.n].long()
-    res: dict[str, dict[str, Any]] = {}
-    for norm in norms:
-        for attack in attacks:
-            for lib in libs:
-                res[f"{norm} {attack} {lib}"] = {
-                    "norm": norm, "attack": attack, "library": lib, "rates": [], "time_s": 0.0,
-                    "cpu_s": 0.0, "union": torch.zeros(a.n, dtype=torch.bool)}
+    res = {f"{norm} {attack} {lib}": tally(a.n, norm=norm, attack=attack, library=lib)
+           for norm in norms for attack in attacks for lib in libs}
     turn = 0
     for seed in seeds:
         for norm in norms:
@@ -107,31 +96,14 @@ def main() -> None:
                 order = libs if turn % 2 == 0 else libs[::-1]
                 turn += 1
                 for lib in order:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    wrong = run_lib(lib, attack, model, x, y, norm, EPS[norm], a.steps, seed,
-                                    a.batch_size)
                     r = res[f"{norm} {attack} {lib}"]
-                    r["time_s"] += time.perf_counter() - t0
-                    r["cpu_s"] += time.process_time() - c0
-                    r["rates"].append(float(wrong.float().mean()))
-                    r["union"] |= wrong
+                    wall, cpu = timed_run(r, partial(run_lib, lib, attack, model, x, y, norm,
+                                                     EPS[norm], a.steps, seed, a.batch_size))
                     print(f"  seed {seed} {norm} {attack} {lib}: {100 * r['rates'][-1]:.1f} % "
-                          f"({time.perf_counter() - t0:.1f}s wall, "
-                          f"{time.process_time() - c0:.1f}s cpu)", flush=True)
+                          f"({wall:.1f}s wall, {cpu:.1f}s cpu)", flush=True)
     print(f"\nAPGD on {a.model}, first {a.n} test images, {a.steps} steps, 1 restart, "
           f"seeds {a.seeds}, {a.threads} thread(s): misclassified in %")
-    print(f"{'norm':<5} {'attack':<8} {'library':<17} {'per seed':<18} {'mean':>6} {'union':>6} "
-          f"{'time s':>7} {'cpu s':>7}")
-    rows = []
-    for r in res.values():
-        mean = sum(r["rates"]) / len(r["rates"])
-        per = " ".join(f"{100 * v:.1f}" for v in r["rates"])
-        print(f"{r['norm']:<5} {r['attack']:<8} {r['library']:<17} {per:<18} {100 * mean:6.1f} "
-              f"{100 * float(r['union'].float().mean()):6.1f} {r['time_s']:7.1f} {r['cpu_s']:7.1f}")
-        rows.append({"norm": r["norm"], "attack": r["attack"], "library": r["library"],
-                     "rates": r["rates"], "mean": mean,
-                     "union": float(r["union"].float().mean()),
-                     "time_s": round(r["time_s"], 1), "cpu_s": round(r["cpu_s"], 1)})
+    rows = tally_table(list(res.values()), {"norm": 5, "attack": 8, "library": 17})
     atomic_write_json(a.out, {"benchmark": "apgd_vs_peers", "config": vars(a), "rows": rows,
                               "versions": versions()})
     print(f"written to {a.out}")

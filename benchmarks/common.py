@@ -210,3 +210,53 @@ def override_runs(p: dict[str, Any], a: argparse.Namespace, **run_values: Any) -
                             r["label"] = r["label"].replace(text(old), text(new))
                             break
     return p
+
+
+# ---- attack-vs-peer benchmarks (square_vs_peers, apgd_vs_peers): rates and times per run -------
+
+def tally(n: int, **keys: Any) -> dict[str, Any]:
+    """An empty record of one (library, attack, …) over seeds: `keys` plus per-seed rates, the
+    union of misclassified examples over seeds, and summed wall and process CPU seconds."""
+    return {**keys, "rates": [], "time_s": 0.0, "cpu_s": 0.0,
+            "union": torch.zeros(n, dtype=torch.bool)}
+
+
+def timed_run(record: dict[str, Any], run: Any) -> tuple[float, float]:
+    """Run `run()` (→ a bool tensor of misclassified examples) into `record`; (wall, CPU) s."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    wrong = run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    record["time_s"] += wall
+    record["cpu_s"] += cpu
+    record["rates"].append(float(wrong.float().mean()))
+    record["union"] |= wrong
+    return wall, cpu
+
+
+def tally_table(records: list[dict[str, Any]], columns: dict[str, int]) -> list[dict[str, Any]]:
+    """Print one line per record (the `columns` keys at their widths, then per-seed rates, mean,
+    union, wall and CPU s, in %) and return the records as JSON rows."""
+    print(" ".join(f"{k:<{w}}" for k, w in columns.items()) + f" {'per seed':<20} {'mean':>6} "
+          f"{'union':>6} {'time s':>7} {'cpu s':>7}")
+    rows = []
+    for r in records:
+        mean = sum(r["rates"]) / len(r["rates"])
+        union = float(r["union"].float().mean())
+        per = " ".join(f"{100 * v:.1f}" for v in r["rates"])
+        print(" ".join(f"{r[k]:<{w}}" for k, w in columns.items()) + f" {per:<20} "
+              f"{100 * mean:6.1f} {100 * union:6.1f} {r['time_s']:7.1f} {r['cpu_s']:7.1f}")
+        rows.append({**{k: r[k] for k in columns}, "rates": r["rates"], "mean": mean,
+                     "union": union, "time_s": round(r["time_s"], 1), "cpu_s": round(r["cpu_s"], 1)})
+    return rows
+
+
+def misclassified(model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
+                  norm: str, eps: float, who: str) -> torch.Tensor:
+    """Whether the model misclassifies each adversarial input, after checking that every one is
+    within the `norm` ball of radius `eps` (L∞ or L2) around `x` and in the box [0, 1]."""
+    d = (adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert float(size.max()) <= eps * (1 + 1e-4) + 1e-5, (who, float(size.max()))
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1, who
+    with torch.no_grad():
+        return model(adv).argmax(1) != y

@@ -16,11 +16,10 @@ benchmarks/results/square_vs_peers.json.
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any
+from functools import partial
 
 import torch
-from common import bench_data, cached_model, choose
+from common import bench_data, cached_model, choose, misclassified, tally, tally_table, timed_run
 
 from robustlab.attacks import square
 from robustlab.io import atomic_write_json, versions
@@ -45,12 +44,7 @@ def run_lib(lib: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
             atk = ta.Square(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
                             n_queries=queries, n_restarts=1, seed=seed)
             adv = atk(xb, yb)
-        d = (adv - xb).flatten(1)
-        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-        assert float(size.max()) <= eps * (1 + 1e-4) + 1e-5, (lib, float(size.max()))
-        assert float(adv.min()) >= 0 and float(adv.max()) <= 1, lib
-        with torch.no_grad():
-            out.append(model(adv).argmax(1) != yb)
+        out.append(misclassified(model, xb, adv, yb, norm, eps, lib))
     return torch.cat(out)
 
 
@@ -75,37 +69,19 @@ def main() -> None:
     train, test = bench_data(False, a.subset, 0)
     model = cached_model(a.model, a.cache, train)
     x, y = test.x[:a.n].float(), test.y[:a.n].long()
-    res: dict[str, dict[str, Any]] = {}
-    for norm in norms:
-        for lib in libs:
-            res[f"{norm} {lib}"] = {"norm": norm, "library": lib, "rates": [], "time_s": 0.0,
-                                    "cpu_s": 0.0, "union": torch.zeros(a.n, dtype=torch.bool)}
+    res = {f"{norm} {lib}": tally(a.n, norm=norm, library=lib) for norm in norms for lib in libs}
     for si, seed in enumerate(seeds):
         for norm in norms:
             order = libs if si % 2 == 0 else libs[::-1]
             for lib in order:
-                t0, c0 = time.perf_counter(), time.process_time()
-                wrong = run_lib(lib, model, x, y, norm, EPS[norm], a.queries, seed, a.batch_size)
                 r = res[f"{norm} {lib}"]
-                r["time_s"] += time.perf_counter() - t0
-                r["cpu_s"] += time.process_time() - c0
-                r["rates"].append(float(wrong.float().mean()))
-                r["union"] |= wrong
-                print(f"  seed {seed} {norm} {lib}: {100 * r['rates'][-1]:.1f} % "
-                      f"({time.perf_counter() - t0:.1f}s)", flush=True)
+                wall, _ = timed_run(r, partial(run_lib, lib, model, x, y, norm, EPS[norm],
+                                               a.queries, seed, a.batch_size))
+                print(f"  seed {seed} {norm} {lib}: {100 * r['rates'][-1]:.1f} % ({wall:.1f}s)",
+                      flush=True)
     print(f"\nSquare on {a.model}, first {a.n} test images, {a.queries} queries, seeds {a.seeds}: "
           "misclassified in %")
-    print(f"{'norm':<5} {'library':<13} {'per seed':<24} {'mean':>6} {'union':>6} {'time s':>7} "
-          f"{'cpu s':>7}")
-    rows = []
-    for r in res.values():
-        mean = sum(r["rates"]) / len(r["rates"])
-        per = " ".join(f"{100 * v:.1f}" for v in r["rates"])
-        print(f"{r['norm']:<5} {r['library']:<13} {per:<24} {100 * mean:6.1f} "
-              f"{100 * float(r['union'].float().mean()):6.1f} {r['time_s']:7.1f} {r['cpu_s']:7.1f}")
-        rows.append({"norm": r["norm"], "library": r["library"], "rates": r["rates"],
-                     "mean": mean, "union": float(r["union"].float().mean()),
-                     "time_s": round(r["time_s"], 1), "cpu_s": round(r["cpu_s"], 1)})
+    rows = tally_table(list(res.values()), {"norm": 5, "library": 13})
     atomic_write_json(a.out, {"benchmark": "square_vs_peers", "config": vars(a), "rows": rows,
                               "versions": versions()})
     print(f"written to {a.out}")

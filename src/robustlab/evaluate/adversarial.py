@@ -150,7 +150,8 @@ ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "apgd-conf", "fab-t", "square", "pgd
 STANDARD = ("apgd-ce", "apgd-t", "apgd-conf", "fab-t", "square")
 # FAB-T runs in the suite for every norm it has (L∞, L2), so the suite holds all of AutoAttack's
 # attacks: on the AT benchmark model it closes the L2 gap to the peers (+40 examples of 500); at
-# L∞ it adds few (1 of 500, 1 of another 100) at about the time of the other attacks together
+# L∞ it adds few examples (0–1 of 500 and 1 of 100 in three runs) at about the time of the
+# other attacks together
 FAB_SUITE_NORMS = ("linf", "l2")
 GRADIENT_FREE = ("square",)
 

@@ -27,7 +27,7 @@ import argparse
 from functools import partial
 
 import torch
-from common import bench_data, cached_model, choose, misclassified, tally, tally_table, timed_run
+from common import add_peer_options, batched_wrong, choose, peer_setup, tally, tally_table, timed_run
 
 from robustlab.attacks import apgd
 from robustlab.io import atomic_write_json, versions
@@ -40,18 +40,16 @@ LIBS = ("robustlab", "torchattacks", "robustlab-nostop")
 def run_lib(lib: str, attack: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             norm: str, eps: float, steps: int, seed: int, batch: int) -> torch.Tensor:
     """Per-example misclassified after the attack (bool, n)."""
-    out = []
-    for i in range(0, x.shape[0], batch):
-        xb, yb = x[i:i + batch], y[i:i + batch]
-        if lib.startswith("robustlab"):
-            g = torch.Generator().manual_seed(seed)
+    if lib.startswith("robustlab"):
+        def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             loss = "ce" if attack == "apgd-ce" else "dlr-t"
-            res = apgd(model, xb, yb, norm=norm, eps=eps, loss=loss, targets=9, steps=steps,
-                       restarts=1, generator=g, early_stop=None if lib.endswith("nostop") else 0.0)
-            adv = res.x_adv
-        else:
-            import torchattacks as ta
+            return apgd(model, xb, yb, norm=norm, eps=eps, loss=loss, targets=9, steps=steps,
+                        restarts=1, generator=torch.Generator().manual_seed(seed),
+                        early_stop=None if lib.endswith("nostop") else 0.0).x_adv
+    else:
+        import torchattacks as ta
 
+        def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             name = {"linf": "Linf", "l2": "L2"}[norm]
             if attack == "apgd-ce":
                 atk = ta.APGD(model, norm=name, eps=eps, steps=steps, n_restarts=1, seed=seed,
@@ -59,34 +57,19 @@ def run_lib(lib: str, attack: str, model: torch.nn.Module, x: torch.Tensor, y: t
             else:
                 atk = ta.APGDT(model, norm=name, eps=eps, steps=steps, n_restarts=1, seed=seed,
                                n_classes=10)
-            adv = atk(xb, yb).detach()
-        out.append(misclassified(model, xb, adv, yb, norm, eps, lib))
-    return torch.cat(out)
+            return atk(xb, yb).detach()
+    return batched_wrong(model, x, y, batch, norm, eps, lib, run)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="at", choices=("normal", "at", "ccat"))
-    ap.add_argument("--norms", default="linf,l2")
+    add_peer_options(ap, "apgd_vs_peers", "robustlab,torchattacks", n=200, seeds="0",
+                     batch_size=200)
     ap.add_argument("--attacks", default=",".join(ATTACKS))
-    ap.add_argument("--libraries", default="robustlab,torchattacks")
-    ap.add_argument("--n", type=int, default=200, help="first n test images")
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--batch-size", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--subset", type=int, default=20000)
-    ap.add_argument("--cache", default="/tmp/robustlab_attack_strength")
-    ap.add_argument("--out", default="benchmarks/results/apgd_vs_peers.json")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    norms = choose(a.norms, tuple(EPS), "norm")
+    norms, libs, seeds, model, x, y = peer_setup(a, tuple(EPS), LIBS)
     attacks = choose(a.attacks, ATTACKS, "attack")
-    libs = choose(a.libraries, LIBS, "library")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    train, test = bench_data(False, a.subset, 0)
-    model = cached_model(a.model, a.cache, train)
-    x, y = test.x[:a.n].float(), test.y[:a.n].long()
     res = {f"{norm} {attack} {lib}": tally(a.n, norm=norm, attack=attack, library=lib)
            for norm in norms for attack in attacks for lib in libs}
     turn = 0

@@ -260,3 +260,42 @@ def misclassified(model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, y:
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1, who
     with torch.no_grad():
         return model(adv).argmax(1) != y
+
+
+def add_peer_options(ap: argparse.ArgumentParser, name: str, libraries: str, *, n: int,
+                     seeds: str, batch_size: int) -> None:
+    """The options an attack-vs-peer benchmark shares: model, norms, libraries, images, seeds,
+    batch, threads, training subset, model cache and output file."""
+    ap.add_argument("--model", default="at", choices=("normal", "at", "ccat"))
+    ap.add_argument("--norms", default="linf,l2")
+    ap.add_argument("--libraries", default=libraries)
+    ap.add_argument("--n", type=int, default=n, help="first n test images")
+    ap.add_argument("--seeds", default=seeds)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--subset", type=int, default=20000)
+    ap.add_argument("--cache", default=STRENGTH_CACHE)
+    ap.add_argument("--out", default=f"benchmarks/results/{name}.json")
+
+
+def peer_setup(a: argparse.Namespace, norms: tuple[str, ...], libraries: tuple[str, ...]
+               ) -> tuple[list[str], list[str], list[int], torch.nn.Module, torch.Tensor,
+                          torch.Tensor]:
+    """After `add_peer_options`: (norms, libraries, seeds, the cached model, its first --n test
+    images and labels), with --threads set."""
+    torch.set_num_threads(a.threads)
+    train, test = bench_data(False, a.subset, 0)
+    return (choose(a.norms, norms, "norm"), choose(a.libraries, libraries, "library"),
+            [int(s) for s in a.seeds.split(",")], cached_model(a.model, a.cache, train),
+            test.x[:a.n].float(), test.y[:a.n].long())
+
+
+def batched_wrong(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
+                  norm: str, eps: float, who: str, attack: Any) -> torch.Tensor:
+    """`attack(xb, yb) -> adversarial xb` over batches of x; per example misclassified (the
+    adversarial inputs checked by `misclassified`)."""
+    out = []
+    for i in range(0, x.shape[0], batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        out.append(misclassified(model, xb, attack(xb, yb), yb, norm, eps, who))
+    return torch.cat(out)

@@ -19,7 +19,7 @@ import argparse
 from functools import partial
 
 import torch
-from common import bench_data, cached_model, choose, misclassified, tally, tally_table, timed_run
+from common import add_peer_options, batched_wrong, peer_setup, tally, tally_table, timed_run
 
 from robustlab.attacks import square
 from robustlab.io import atomic_write_json, versions
@@ -31,44 +31,25 @@ LIBS = ("robustlab", "torchattacks")
 def run_lib(lib: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
             eps: float, queries: int, seed: int, batch: int) -> torch.Tensor:
     """Per-example misclassified after the attack (bool, n)."""
-    out = []
-    for i in range(0, x.shape[0], batch):
-        xb, yb = x[i:i + batch], y[i:i + batch]
-        if lib == "robustlab":
-            g = torch.Generator().manual_seed(seed)
-            adv = square(model, xb, yb, norm=norm, eps=eps, queries=queries, generator=g,
-                         early_stop=0.0).x_adv
-        else:
-            import torchattacks as ta
+    if lib == "robustlab":
+        def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return square(model, xb, yb, norm=norm, eps=eps, queries=queries,
+                          generator=torch.Generator().manual_seed(seed), early_stop=0.0).x_adv
+    else:
+        import torchattacks as ta
 
-            atk = ta.Square(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
-                            n_queries=queries, n_restarts=1, seed=seed)
-            adv = atk(xb, yb)
-        out.append(misclassified(model, xb, adv, yb, norm, eps, lib))
-    return torch.cat(out)
+        def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return ta.Square(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
+                             n_queries=queries, n_restarts=1, seed=seed)(xb, yb)
+    return batched_wrong(model, x, y, batch, norm, eps, lib, attack)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="at", choices=("normal", "at", "ccat"))
-    ap.add_argument("--norms", default="linf,l2")
-    ap.add_argument("--libraries", default=",".join(LIBS))
-    ap.add_argument("--n", type=int, default=250, help="first n test images")
+    add_peer_options(ap, "square_vs_peers", ",".join(LIBS), n=250, seeds="0,1,2", batch_size=250)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--batch-size", type=int, default=250)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--subset", type=int, default=20000)
-    ap.add_argument("--cache", default="/tmp/robustlab_attack_strength")
-    ap.add_argument("--out", default="benchmarks/results/square_vs_peers.json")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    norms = choose(a.norms, tuple(EPS), "norm")
-    libs = choose(a.libraries, LIBS, "library")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    train, test = bench_data(False, a.subset, 0)
-    model = cached_model(a.model, a.cache, train)
-    x, y = test.x[:a.n].float(), test.y[:a.n].long()
+    norms, libs, seeds, model, x, y = peer_setup(a, tuple(EPS), LIBS)
     res = {f"{norm} {lib}": tally(a.n, norm=norm, library=lib) for norm in norms for lib in libs}
     for si, seed in enumerate(seeds):
         for norm in norms:

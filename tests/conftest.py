@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from fitting import fit_full_batch
 
 import robustlab.errors as _errors
 
@@ -72,7 +73,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def trained():
     """A small MLP trained on a seeded 4-class 1×8×8 problem, and its 300 test images."""
-    import torch.nn.functional as F
     from torch import nn
 
     from robustlab import data
@@ -81,8 +81,5 @@ def trained():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
+    fit_full_batch(model, train.x, train.y, opt, 150)
     return model.eval(), test

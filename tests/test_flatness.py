@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from fitting import fit_full_batch
 from torch import nn
 
 from robustlab import attacks, models
@@ -29,10 +30,7 @@ def trained_mlp(seed=0):
     train, _ = data()
     m = models.create("mlp", in_shape=(1, 6, 6), num_classes=3, hidden=(16, 16), seed=seed)
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
-    for _ in range(30):
-        opt.zero_grad()
-        F.cross_entropy(m(train.x), train.y).backward()
-        opt.step()
+    fit_full_batch(m, train.x, train.y, opt, 30)
     return m
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attackchecks import assert_early_exit_invariant, assert_worst_of_visited
+from fitting import fit_full_batch
 from torch import nn
 
 from robustlab.attacks import INITS, pgd, project_l0, project_l1, worst_case
@@ -201,10 +202,7 @@ def trained_digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(8 * 16, 10))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
+    fit_full_batch(model, train.x, train.y, opt, 150)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), test.x[:300].clone(), test.y[:300].clone()
@@ -324,10 +322,7 @@ def trained_linear(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
+    fit_full_batch(model, train.x, train.y, opt, 60)
     return model.eval(), train.x[:200], train.y[:200]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fitting import fit_full_batch
 
 from robustlab import quant
 
@@ -64,7 +65,6 @@ def test_seeds_differing_in_high_bits_give_different_patterns() -> None:
 def _small_model_and_noisy_labels():
     """A trained linear 3-class model on 4×4 images and test labels with 40 % made wrong, so that
     bit errors turn some clean errors right (Err < RErr per pattern)."""
-    import torch.nn.functional as F
     from torch import nn
 
     from robustlab import data
@@ -73,10 +73,7 @@ def _small_model_and_noisy_labels():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(50):
-        opt.zero_grad()
-        F.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
+    fit_full_batch(model, train.x, train.y, opt, 50)
     y = test.y.clone()
     y[:40] = (y[:40] + 1) % 3
     return model.eval(), (test.x, y)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from fitting import fit_full_batch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -48,10 +49,7 @@ def _linear(seed: int = 0, d: int = 16, k: int = 3) -> nn.Module:
 def _trained_linear(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     m = _linear()
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
-    for _ in range(100):
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
+    fit_full_batch(m, x, y, opt, 100)
     return m
 
 

@@ -56,6 +56,7 @@ from robustlab import distributed, sources
 from robustlab.attacks import corruptions as corr
 from robustlab.attacks.base import AttackResult, confidence, evaluate_logits, merge_into
 from robustlab.attacks.distal import distal
+from robustlab.attacks.fab import FAB_NORMS
 from robustlab.attacks.frames import frame_mask, frames
 from robustlab.attacks.norms import NORMS as NORM_OBJECTS
 from robustlab.attacks.patches import check_size, patch_attack
@@ -148,11 +149,10 @@ def _batch_generators(item_seed: int, n: int, batch_size: int) -> list[tuple[int
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "apgd-conf", "fab-t", "square", "pgd")
 STANDARD = ("apgd-ce", "apgd-t", "apgd-conf", "fab-t", "square")
-# FAB-T runs in the suite for every norm it has (L∞, L2), so the suite holds all of AutoAttack's
-# attacks: on the AT benchmark model it closes the L2 gap to the peers (+40 examples of 500); at
-# L∞ it adds few examples (0–1 of 500 and 1 of 100 in three runs) at about the time of the
-# other attacks together
-FAB_SUITE_NORMS = ("linf", "l2")
+# FAB-T runs in the suite for every norm it has (`FAB_NORMS`: L∞, L2), so the suite holds all of
+# AutoAttack's attacks: on the AT benchmark model it closes the L2 gap to the peers (+40 examples
+# of 500); at L∞ it adds few examples (0–1 of 500 and 1 of 100 in three runs) at about the time
+# of the other attacks together
 GRADIENT_FREE = ("square",)
 
 
@@ -639,7 +639,7 @@ class LpThreat(AttackedThreat):
                 else:
                     notes.append(f"square skipped: no {norm} version")
             elif name == "fab-t":
-                if norm in FAB_SUITE_NORMS:
+                if norm in FAB_NORMS:
                     def run_fab(x: torch.Tensor, y: torch.Tensor, g: torch.Generator
                                 ) -> AttackResult:
                         return fab(model, x, y, norm=norm, eps=eps, targets=s.targets,
@@ -647,8 +647,7 @@ class LpThreat(AttackedThreat):
                                    early_stop=s.early_stop)
                     steps.append(("fab-t", run_fab))
                 elif not set(STANDARD) <= set(s.attacks):  # chosen on its own: say why not
-                    notes.append(f"fab-t skipped: the suite runs it for "
-                                 f"{', '.join(FAB_SUITE_NORMS)} only")
+                    notes.append(f"fab-t skipped: no {norm} version")
             elif num_classes < _MIN_CLASSES.get(name, 0):
                 notes.append(f"{name} skipped: its DLR loss needs at least "
                              f"{_MIN_CLASSES[name]} classes (the model has {num_classes})")

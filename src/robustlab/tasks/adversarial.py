@@ -12,8 +12,9 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+from robustlab.attacks.fab import FAB_NORMS
 from robustlab.errors import UserError
-from robustlab.evaluate.adversarial import DEFAULT_SUITE, FAB_SUITE_NORMS, parse_eps
+from robustlab.evaluate.adversarial import DEFAULT_SUITE, parse_eps
 from robustlab.tasks.spec import EvalSpec, option, register
 from robustlab.values import list_of, nonneg_int, positive_int
 
@@ -165,7 +166,7 @@ class Adversarial(EvalSpec):
                 # per target); Square's queries: forwards only
                 apgd_steps = int(self.steps or 100)
                 queries = int(self.queries or (min(5000, 50 * apgd_steps) if self.steps else 5000))
-                runs = 2 + int(self.targets) * (2 if item in FAB_SUITE_NORMS else 1)
+                runs = 2 + int(self.targets) * (2 if item in FAB_NORMS else 1)
                 cost += n * apgd_steps * runs * int(self.restarts)
                 cost += 0 if item == "l1" else n * queries * 0.4
             else:
